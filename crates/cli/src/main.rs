@@ -1,0 +1,370 @@
+//! The `sluice` binary: runs the server, talks to one over HTTP, benchmarks it, and
+//! repairs a data directory. It speaks only the public API (and the WAL's repair API).
+
+mod client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use sluice_server::ServerConfig;
+use sluice_wal::FsyncPolicy;
+
+use crate::client::Client;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Durable job queues in one binary")]
+struct Cli {
+    /// Server to talk to (all commands but `server` and `repair`).
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_URL",
+        default_value = "http://127.0.0.1:7440"
+    )]
+    url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FsyncMode {
+    /// fsync before every reply (grouped across concurrent writers).
+    Always,
+    /// fsync every --fsync-interval-ms; a power loss may lose that interval.
+    Batch,
+    /// Leave flushing to the OS; a power loss may lose anything not yet flushed.
+    Never,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Server {
+        #[arg(long, default_value = "127.0.0.1:7440")]
+        addr: SocketAddr,
+        #[arg(long, default_value = "./sluice-data")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "always")]
+        fsync: FsyncMode,
+        #[arg(long, default_value_t = 10)]
+        fsync_interval_ms: u64,
+        /// Roll to a new WAL segment past this size.
+        #[arg(long, default_value_t = 64 * 1024 * 1024)]
+        segment_bytes_max: u64,
+        /// Keep finished jobs this long.
+        #[arg(long, default_value_t = 24 * 3_600_000)]
+        retention_ms: u64,
+        /// Keep at most this many finished jobs per queue.
+        #[arg(long, default_value_t = 100_000)]
+        retention_len_max: usize,
+        /// Snapshot the state after this many WAL records.
+        #[arg(long, default_value_t = 100_000)]
+        snapshot_every_records: u64,
+        /// Time in-flight requests get to finish at shutdown.
+        #[arg(long, default_value_t = 10_000)]
+        shutdown_grace_ms: u64,
+    },
+    /// Enqueue one job.
+    Enqueue {
+        #[arg(long)]
+        queue: String,
+        #[arg(long)]
+        kind: String,
+        /// JSON payload.
+        #[arg(long, default_value = "null")]
+        payload: String,
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        priority: i16,
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        run_at: Option<String>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        #[arg(long)]
+        unique_key: Option<String>,
+        #[arg(long)]
+        unique_ttl_ms: Option<u64>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Look at or act on one job.
+    Job {
+        #[command(subcommand)]
+        action: JobAction,
+    },
+    /// List queues, or pause, resume or purge one.
+    Queues {
+        #[command(subcommand)]
+        action: Option<QueueAction>,
+    },
+    /// Check a data directory for damage; with --apply, cut the log at the first damage.
+    Repair {
+        #[arg(long, default_value = "./sluice-data")]
+        data_dir: PathBuf,
+        /// Change files (default: only report).
+        #[arg(long)]
+        apply: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobAction {
+    Get { id: String },
+    Cancel { id: String },
+    Retry { id: String },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    Pause {
+        queue: String,
+    },
+    Resume {
+        queue: String,
+    },
+    Purge {
+        queue: String,
+    },
+    /// Jobs of a queue in one state.
+    Jobs {
+        queue: String,
+        #[arg(long, default_value = "ready")]
+        state: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Server {
+            addr,
+            data_dir,
+            fsync,
+            fsync_interval_ms,
+            segment_bytes_max,
+            retention_ms,
+            retention_len_max,
+            snapshot_every_records,
+            shutdown_grace_ms,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let config = ServerConfig {
+                data_dir,
+                fsync: match fsync {
+                    FsyncMode::Always => FsyncPolicy::Always,
+                    FsyncMode::Batch => FsyncPolicy::Batch {
+                        interval_ms: fsync_interval_ms.max(1),
+                    },
+                    FsyncMode::Never => FsyncPolicy::Never,
+                },
+                segment_bytes_max,
+                retention_ms,
+                retention_len_max,
+                snapshot_every_records,
+                shutdown_grace_ms,
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "listening");
+            sluice_server::run(listener, config, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Enqueue {
+            queue,
+            kind,
+            payload,
+            priority,
+            delay_ms,
+            run_at,
+            max_attempts,
+            timeout_ms,
+            unique_key,
+            unique_ttl_ms,
+            tags,
+        } => {
+            let payload: Value =
+                serde_json::from_str(&payload).context("--payload must be JSON")?;
+            let mut body =
+                json!({ "queue": queue, "kind": kind, "payload": payload, "priority": priority });
+            let fields = [
+                ("delay_ms", delay_ms.map(Value::from)),
+                ("run_at", run_at.map(Value::from)),
+                ("max_attempts", max_attempts.map(Value::from)),
+                ("timeout_ms", timeout_ms.map(Value::from)),
+                ("unique_key", unique_key.map(Value::from)),
+                ("unique_ttl_ms", unique_ttl_ms.map(Value::from)),
+            ];
+            for (name, value) in fields {
+                if let Some(value) = value {
+                    body[name] = value;
+                }
+            }
+            if !tags.is_empty() {
+                body["tags"] = json!(tags);
+            }
+            print(&Client::new(&cli.url)?.post("/v1/jobs", &body).await?);
+            Ok(())
+        }
+        Command::Job { action } => {
+            let client = Client::new(&cli.url)?;
+            let reply = match action {
+                JobAction::Get { id } => client.get(&format!("/v1/jobs/{id}")).await?,
+                JobAction::Cancel { id } => {
+                    client
+                        .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
+                        .await?
+                }
+                JobAction::Retry { id } => {
+                    client
+                        .post(&format!("/v1/jobs/{id}/retry"), &json!({}))
+                        .await?
+                }
+            };
+            print(&reply);
+            Ok(())
+        }
+        Command::Queues { action } => {
+            let client = Client::new(&cli.url)?;
+            match action {
+                None => {
+                    let reply = client.get("/v1/queues?limit=1000").await?;
+                    println!(
+                        "{:<32} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                        "QUEUE",
+                        "PAUSED",
+                        "SCHEDULED",
+                        "READY",
+                        "LEASED",
+                        "SUCCEEDED",
+                        "FAILED",
+                        "DEAD",
+                        "CANCELLED"
+                    );
+                    for q in reply["queues"].as_array().into_iter().flatten() {
+                        let c = &q["counts"];
+                        println!(
+                            "{:<32} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                            q["name"].as_str().unwrap_or(""),
+                            if q["paused"].as_bool().unwrap_or(false) {
+                                "yes"
+                            } else {
+                                "no"
+                            },
+                            c["scheduled"].as_u64().unwrap_or(0),
+                            c["ready"].as_u64().unwrap_or(0),
+                            c["leased"].as_u64().unwrap_or(0),
+                            c["succeeded"].as_u64().unwrap_or(0),
+                            c["failed"].as_u64().unwrap_or(0),
+                            c["dead"].as_u64().unwrap_or(0),
+                            c["cancelled"].as_u64().unwrap_or(0)
+                        );
+                    }
+                }
+                Some(QueueAction::Pause { queue }) => print(
+                    &client
+                        .post(&format!("/v1/queues/{queue}/pause"), &json!({}))
+                        .await?,
+                ),
+                Some(QueueAction::Resume { queue }) => print(
+                    &client
+                        .post(&format!("/v1/queues/{queue}/resume"), &json!({}))
+                        .await?,
+                ),
+                Some(QueueAction::Purge { queue }) => print(
+                    &client
+                        .post(&format!("/v1/queues/{queue}/purge"), &json!({}))
+                        .await?,
+                ),
+                Some(QueueAction::Jobs {
+                    queue,
+                    state,
+                    limit,
+                }) => print(
+                    &client
+                        .get(&format!(
+                            "/v1/queues/{queue}/jobs?state={state}&limit={limit}"
+                        ))
+                        .await?,
+                ),
+            }
+            Ok(())
+        }
+        Command::Repair { data_dir, apply } => {
+            let report = sluice_wal::repair(&data_dir, apply)
+                .with_context(|| format!("cannot inspect {}", data_dir.display()))?;
+            println!("{report}");
+            if !apply && (!report.actions.is_empty() || !report.unfixable.is_empty()) {
+                bail!("damage found; run again with --apply to cut the log at the first damage");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,112 @@
+//! Events: the facts the state machine writes to the log. Applying an event never fails
+//! and never looks at a clock, so replaying the log rebuilds exactly the same state.
+//!
+//! Events are encoded with postcard (a compact, non-self-describing serde format); fields
+//! are only ever appended to the end of a variant, and variants only to the end of `Event`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{JobId, LeaseId, Millis};
+
+/// Retry backoff as stored (the wire form lives in `sluice-proto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backoff {
+    Exponential { base_ms: u32, max_ms: u32 },
+    Fixed { delay_ms: u32 },
+}
+
+/// A job as the enqueue event records it: every option resolved, the id assigned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    /// JSON text, validated when the job was enqueued.
+    pub payload: String,
+    pub priority: i16,
+    pub run_at: Millis,
+    pub max_attempts: u16,
+    pub backoff: Backoff,
+    pub timeout_ms: u32,
+    /// Unique key and when its claim lapses.
+    pub unique: Option<(String, Millis)>,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasedItem {
+    pub id: JobId,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedItem {
+    pub id: JobId,
+    pub error: String,
+    /// When the job runs again; `None` means it is dead.
+    pub retry_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    Enqueued {
+        at: Millis,
+        jobs: Vec<NewJob>,
+    },
+    Leased {
+        at: Millis,
+        lease_id: LeaseId,
+        worker: Option<String>,
+        jobs: Vec<LeasedItem>,
+    },
+    Heartbeat {
+        at: Millis,
+        id: JobId,
+        expires_at: Millis,
+        progress: Option<String>,
+    },
+    Acked {
+        at: Millis,
+        ids: Vec<JobId>,
+    },
+    Failed {
+        at: Millis,
+        jobs: Vec<FailedItem>,
+    },
+    /// Leases that ran out: each job runs again at `retry_at`, or is dead.
+    Expired {
+        at: Millis,
+        jobs: Vec<(JobId, Option<Millis>)>,
+    },
+    Cancelled {
+        at: Millis,
+        id: JobId,
+    },
+    Retried {
+        at: Millis,
+        id: JobId,
+    },
+    QueuePaused {
+        queue: String,
+        paused: bool,
+    },
+    Purged {
+        queue: String,
+        ids: Vec<JobId>,
+    },
+    /// Finished jobs past retention, forgotten.
+    Removed {
+        ids: Vec<JobId>,
+    },
+}
+
+impl Event {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain data into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Event, String> {
+        postcard::from_bytes(bytes).map_err(|e| format!("undecodable event: {e}"))
+    }
+}

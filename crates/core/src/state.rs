@@ -1,0 +1,1261 @@
+//! The job state and its indexes. Every command is decided against the state at `now`
+//! (validation, picking jobs, computing retry times) into at most one [`Event`], which is
+//! then applied. Replay applies the same events, so live and replayed state agree.
+
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+use sluice_proto::limits;
+use sluice_proto::JobState;
+
+use crate::error::{CoreError, Detail, ErrorKind};
+use crate::event::{Backoff, Event, FailedItem, LeasedItem, NewJob};
+use crate::{JobId, LeaseId, Millis};
+
+/// Low bits of a job id that count jobs made in the same millisecond.
+const ID_COUNTER_BITS: u32 = 16;
+/// Leases expired or finished jobs removed per tick, so that one tick stays short.
+pub const TICK_BATCH_LEN_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Finished jobs (succeeded, dead, cancelled) are forgotten this long after finishing.
+    pub retention_ms: u64,
+    /// ... or when their queue holds more finished jobs than this (oldest first).
+    pub retention_len_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            retention_ms: 24 * 3_600_000,
+            retention_len_max: 100_000,
+        }
+    }
+}
+
+/// One attempt at running a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u16,
+    pub leased_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub outcome: Option<Outcome>,
+    pub error: Option<Box<str>>,
+    pub worker: Option<Box<str>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Expired,
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Expired => "expired",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What most jobs never need, kept out of line so a plain pending job stays small.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobExtra {
+    pub unique_key: Option<Box<str>>,
+    pub tags: Vec<Box<str>>,
+    pub history: Vec<Attempt>,
+    pub progress: Option<Box<str>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub queue: u32,
+    pub state: JobState,
+    pub priority: i16,
+    pub attempts: u16,
+    pub max_attempts: u16,
+    pub timeout_ms: u32,
+    pub backoff: Backoff,
+    pub run_at: Millis,
+    /// 0 unless leased.
+    pub lease_id: LeaseId,
+    pub lease_expires_at: Millis,
+    /// 0 unless finished.
+    pub finished_at: Millis,
+    pub kind: Arc<str>,
+    pub payload: Box<str>,
+    pub extra: Option<Box<JobExtra>>,
+}
+
+impl Job {
+    /// Ids are made from the enqueue time, so it need not be stored.
+    pub fn enqueued_at(&self) -> Millis {
+        (self.id >> ID_COUNTER_BITS) as Millis
+    }
+
+    pub fn extra(&self) -> Option<&JobExtra> {
+        self.extra.as_deref()
+    }
+
+    fn extra_mut(&mut self) -> &mut JobExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+}
+
+const STATE_COUNT: usize = JobState::ALL.len();
+
+fn state_index(state: JobState) -> usize {
+    state as usize
+}
+
+#[derive(Debug, Default)]
+pub struct Queue {
+    pub name: Box<str>,
+    pub paused: bool,
+    /// Ready jobs in lease order: highest priority, then earliest run_at, then oldest.
+    ready: BTreeSet<(Reverse<i16>, Millis, JobId)>,
+    /// Every job of the queue by state, in id (enqueue) order: counts and listing.
+    by_state: [BTreeSet<JobId>; STATE_COUNT],
+}
+
+impl Queue {
+    pub fn count(&self, state: JobState) -> usize {
+        self.by_state[state_index(state)].len()
+    }
+
+    fn finished_len(&self) -> usize {
+        self.count(JobState::Succeeded)
+            + self.count(JobState::Dead)
+            + self.count(JobState::Cancelled)
+    }
+}
+
+/// The indexes over `jobs`, apart from the map so both can be borrowed at once.
+#[derive(Debug, Default)]
+struct Indexes {
+    queues: Vec<Queue>,
+    queue_ids: FxHashMap<Box<str>, u32>,
+    /// Scheduled and failed (waiting to retry) jobs by run_at.
+    delayed: BTreeSet<(Millis, JobId)>,
+    /// Leased jobs by lease expiry.
+    lease_expiry: BTreeSet<(Millis, JobId)>,
+    /// Finished jobs by finish time, for retention.
+    finished: BTreeSet<(Millis, JobId)>,
+}
+
+impl Indexes {
+    fn insert(&mut self, job: &Job) {
+        let queue = &mut self.queues[job.queue as usize];
+        queue.by_state[state_index(job.state)].insert(job.id);
+        match job.state {
+            JobState::Ready => {
+                queue
+                    .ready
+                    .insert((Reverse(job.priority), job.run_at, job.id));
+            }
+            JobState::Scheduled | JobState::Failed => {
+                self.delayed.insert((job.run_at, job.id));
+            }
+            JobState::Leased => {
+                self.lease_expiry.insert((job.lease_expires_at, job.id));
+            }
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
+                self.finished.insert((job.finished_at, job.id));
+            }
+        }
+    }
+
+    fn remove(&mut self, job: &Job) {
+        let queue = &mut self.queues[job.queue as usize];
+        let removed = queue.by_state[state_index(job.state)].remove(&job.id);
+        debug_assert!(removed, "job {} missing from its state index", job.id);
+        match job.state {
+            JobState::Ready => {
+                queue
+                    .ready
+                    .remove(&(Reverse(job.priority), job.run_at, job.id));
+            }
+            JobState::Scheduled | JobState::Failed => {
+                self.delayed.remove(&(job.run_at, job.id));
+            }
+            JobState::Leased => {
+                self.lease_expiry.remove(&(job.lease_expires_at, job.id));
+            }
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
+                self.finished.remove(&(job.finished_at, job.id));
+            }
+        }
+    }
+
+    fn queue_id_or_create(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.queue_ids.get(name) {
+            return id;
+        }
+        let id = self.queues.len() as u32;
+        self.queues.push(Queue {
+            name: name.into(),
+            ..Queue::default()
+        });
+        self.queue_ids.insert(name.into(), id);
+        id
+    }
+}
+
+/// A job to enqueue, parsed from the wire and with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnqueueSpec {
+    pub queue: String,
+    pub kind: String,
+    /// JSON text.
+    pub payload: String,
+    pub priority: i16,
+    /// Absolute time; `None` for now.
+    pub run_at: Option<Millis>,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub timeout_ms: u64,
+    pub unique_key: Option<String>,
+    pub unique_ttl_ms: u64,
+    pub tags: Vec<String>,
+}
+
+impl EnqueueSpec {
+    /// A job with every option at its default.
+    pub fn new(queue: &str, kind: &str, payload: &str) -> Self {
+        EnqueueSpec {
+            queue: queue.into(),
+            kind: kind.into(),
+            payload: payload.into(),
+            priority: 0,
+            run_at: None,
+            max_attempts: limits::MAX_ATTEMPTS_DEFAULT,
+            backoff: Backoff::Exponential {
+                base_ms: 1_000,
+                max_ms: 3_600_000,
+            },
+            timeout_ms: limits::TIMEOUT_MS_DEFAULT,
+            unique_key: None,
+            unique_ttl_ms: limits::UNIQUE_TTL_MS_DEFAULT,
+            tags: Vec::new(),
+        }
+    }
+
+    fn validate(&self, path: &str, now: Millis, details: &mut Vec<Detail>) {
+        let mut bad = |field: &str, message: String| {
+            details.push(Detail {
+                path: format!("{path}{field}"),
+                message,
+            })
+        };
+        if !limits::is_valid_name(&self.queue, limits::QUEUE_NAME_BYTES_MAX) {
+            bad(
+                "queue",
+                format!(
+                    "must be 1 to {} bytes of A-Z a-z 0-9 _ . : -",
+                    limits::QUEUE_NAME_BYTES_MAX
+                ),
+            );
+        }
+        if !limits::is_valid_name(&self.kind, limits::KIND_BYTES_MAX) {
+            bad(
+                "kind",
+                format!(
+                    "must be 1 to {} bytes of A-Z a-z 0-9 _ . : -",
+                    limits::KIND_BYTES_MAX
+                ),
+            );
+        }
+        if self.max_attempts == 0 || self.max_attempts > limits::MAX_ATTEMPTS_MAX {
+            bad(
+                "max_attempts",
+                format!("must be 1 to {}", limits::MAX_ATTEMPTS_MAX),
+            );
+        }
+        if !(limits::TIMEOUT_MS_MIN..=limits::TIMEOUT_MS_MAX).contains(&self.timeout_ms) {
+            bad(
+                "timeout_ms",
+                format!(
+                    "must be {} to {}",
+                    limits::TIMEOUT_MS_MIN,
+                    limits::TIMEOUT_MS_MAX
+                ),
+            );
+        }
+        if let Some(run_at) = self.run_at {
+            if run_at > now.saturating_add(limits::DELAY_MS_MAX as Millis) {
+                bad("run_at", "must be at most one year ahead".into());
+            }
+        }
+        let backoff_ok = match self.backoff {
+            Backoff::Exponential { base_ms, max_ms } => {
+                base_ms > 0 && base_ms <= max_ms && u64::from(max_ms) <= limits::BACKOFF_MS_MAX
+            }
+            Backoff::Fixed { delay_ms } => u64::from(delay_ms) <= limits::BACKOFF_MS_MAX,
+        };
+        if !backoff_ok {
+            bad(
+                "backoff",
+                format!(
+                    "needs 0 < base_ms <= max_ms <= {} (fixed: delay_ms <= {})",
+                    limits::BACKOFF_MS_MAX,
+                    limits::BACKOFF_MS_MAX
+                ),
+            );
+        }
+        if let Some(key) = &self.unique_key {
+            if key.is_empty() || key.len() > limits::UNIQUE_KEY_BYTES_MAX {
+                bad(
+                    "unique_key",
+                    format!("must be 1 to {} bytes", limits::UNIQUE_KEY_BYTES_MAX),
+                );
+            }
+        }
+        if self.unique_ttl_ms == 0 || self.unique_ttl_ms > limits::UNIQUE_TTL_MS_MAX {
+            bad(
+                "unique_ttl_ms",
+                format!("must be 1 to {}", limits::UNIQUE_TTL_MS_MAX),
+            );
+        }
+        if self.tags.len() > limits::TAGS_LEN_MAX {
+            bad("tags", format!("at most {} tags", limits::TAGS_LEN_MAX));
+        }
+        for (i, tag) in self.tags.iter().enumerate() {
+            if tag.is_empty() || tag.len() > limits::TAG_BYTES_MAX {
+                bad(
+                    &format!("tags[{i}]"),
+                    format!("must be 1 to {} bytes", limits::TAG_BYTES_MAX),
+                );
+            }
+        }
+    }
+}
+
+/// Result of enqueueing one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: JobId,
+    pub duplicate: bool,
+}
+
+/// A job's state after an ack or fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub state: JobState,
+    pub retry_at: Option<Millis>,
+}
+
+pub struct FailInput {
+    pub id: JobId,
+    pub lease_id: LeaseId,
+    pub error: String,
+    pub retry_at: Option<Millis>,
+}
+
+/// What a decided command returns: the event to log (if anything changed) and the reply.
+pub type Decided<T> = (Option<Event>, T);
+
+#[derive(Debug, Default)]
+pub struct State {
+    config: Config,
+    jobs: FxHashMap<JobId, Job>,
+    ix: Indexes,
+    unique: FxHashMap<(u32, Box<str>), (JobId, Millis)>,
+    kinds: FxHashSet<Arc<str>>,
+    last_id: JobId,
+    last_lease_id: LeaseId,
+}
+
+/// Deterministic jitter in [0.5, 1.0] from the job and attempt (splitmix64), so a replay
+/// or a simulation computes the same retry time.
+fn jitter(id: JobId, attempt: u16) -> f64 {
+    let mut z = id ^ (u64::from(attempt) << 48) ^ 0x9e37_79b9_7f4a_7c15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    0.5 + 0.5 * ((z >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+/// Delay before the retry that follows failed attempt number `attempt` (1-based).
+pub fn backoff_delay_ms(backoff: Backoff, id: JobId, attempt: u16) -> u64 {
+    match backoff {
+        Backoff::Fixed { delay_ms } => u64::from(delay_ms),
+        Backoff::Exponential { base_ms, max_ms } => {
+            let exponent = u32::from(attempt.saturating_sub(1)).min(40);
+            let raw = u64::from(base_ms).saturating_mul(1u64 << exponent);
+            let capped = raw.min(u64::from(max_ms));
+            (capped as f64 * jitter(id, attempt)) as u64
+        }
+    }
+}
+
+fn truncate_utf8(text: &str, bytes_max: usize) -> &str {
+    if text.len() <= bytes_max {
+        return text;
+    }
+    let mut end = bytes_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+impl State {
+    pub fn new(config: Config) -> Self {
+        State {
+            config,
+            ..State::default()
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        self.config
+    }
+
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    pub fn job_len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn queue(&self, name: &str) -> Option<&Queue> {
+        let id = *self.ix.queue_ids.get(name)?;
+        self.ix.queues.get(id as usize)
+    }
+
+    pub fn queue_name(&self, id: u32) -> &str {
+        self.ix.queues.get(id as usize).map_or("", |q| &q.name)
+    }
+
+    /// Queues in name order, from after `after`, at most `limit`.
+    pub fn queues_page(&self, after: Option<&str>, limit: usize) -> Vec<&Queue> {
+        let mut names: Vec<&Queue> = self
+            .ix
+            .queues
+            .iter()
+            .filter(|q| after.is_none_or(|a| &*q.name > a))
+            .collect();
+        names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        names.truncate(limit);
+        names
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.ix.queues.len()
+    }
+
+    /// Jobs of `queue` in `state` with id above `after`, in id order.
+    pub fn jobs_page(
+        &self,
+        queue: &Queue,
+        state: JobState,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Vec<&Job> {
+        let set = &queue.by_state[state_index(state)];
+        let iter: Box<dyn Iterator<Item = &JobId>> = match after {
+            Some(after) => {
+                Box::new(set.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)))
+            }
+            None => Box::new(set.iter()),
+        };
+        iter.take(limit)
+            .filter_map(|id| self.jobs.get(id))
+            .collect()
+    }
+
+    /// Earliest time at which a tick has work: a lease expiring or a delayed job due.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let lease = self.ix.lease_expiry.first().map(|&(at, _)| at);
+        let delayed = self.ix.delayed.first().map(|&(at, _)| at);
+        match (lease, delayed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn next_id(&self, now: Millis, previous: JobId) -> JobId {
+        let from_clock = (now.max(0) as u64) << ID_COUNTER_BITS;
+        from_clock.max(previous + 1)
+    }
+
+    /// Moves scheduled and failed jobs whose time has come to their ready sets. Not an
+    /// event: which of the two states a due job is in does not change what it does.
+    pub fn promote_due(&mut self, now: Millis) {
+        while let Some(&(run_at, id)) = self.ix.delayed.first() {
+            if run_at > now {
+                break;
+            }
+            let Some(job) = self.jobs.get_mut(&id) else {
+                self.ix.delayed.pop_first();
+                continue;
+            };
+            self.ix.remove(job);
+            job.state = JobState::Ready;
+            self.ix.insert(job);
+        }
+    }
+
+    // ---- commands -------------------------------------------------------------------
+
+    pub fn enqueue(
+        &mut self,
+        now: Millis,
+        specs: Vec<EnqueueSpec>,
+        batch: bool,
+    ) -> Result<Decided<Vec<Enqueued>>, CoreError> {
+        let mut details = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let path = if batch {
+                format!("jobs[{i}].")
+            } else {
+                String::new()
+            };
+            spec.validate(&path, now, &mut details);
+        }
+        if !details.is_empty() {
+            details.truncate(100);
+            return Err(CoreError {
+                kind: ErrorKind::BadInput,
+                code: "invalid_request",
+                message: "the request is invalid".into(),
+                details,
+            });
+        }
+        let new_queues: FxHashSet<&str> = specs
+            .iter()
+            .map(|s| s.queue.as_str())
+            .filter(|q| !self.ix.queue_ids.contains_key(*q))
+            .collect();
+        if self.ix.queues.len() + new_queues.len() > limits::QUEUES_MAX {
+            return Err(CoreError::new(
+                ErrorKind::Limit,
+                "too_many_queues",
+                format!("at most {} queues may exist", limits::QUEUES_MAX),
+            ));
+        }
+        let mut replies = Vec::with_capacity(specs.len());
+        let mut jobs = Vec::with_capacity(specs.len());
+        let mut batch_keys: FxHashMap<(&str, &str), JobId> = FxHashMap::default();
+        let mut last_id = self.last_id;
+        for spec in &specs {
+            if let Some(key) = spec.unique_key.as_deref() {
+                if let Some(&id) = batch_keys.get(&(spec.queue.as_str(), key)) {
+                    replies.push(Enqueued {
+                        id,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                if let Some(id) = self.unique_holder(&spec.queue, key, now) {
+                    replies.push(Enqueued {
+                        id,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+            }
+            let id = self.next_id(now, last_id);
+            last_id = id;
+            if let Some(key) = spec.unique_key.as_deref() {
+                batch_keys.insert((spec.queue.as_str(), key), id);
+            }
+            replies.push(Enqueued {
+                id,
+                duplicate: false,
+            });
+            jobs.push(NewJob {
+                id,
+                queue: spec.queue.clone(),
+                kind: spec.kind.clone(),
+                payload: spec.payload.clone(),
+                priority: spec.priority,
+                run_at: spec.run_at.unwrap_or(now).max(now),
+                max_attempts: spec.max_attempts as u16,
+                backoff: spec.backoff,
+                timeout_ms: spec.timeout_ms as u32,
+                unique: spec
+                    .unique_key
+                    .clone()
+                    .map(|k| (k, now.saturating_add(spec.unique_ttl_ms as Millis))),
+                tags: spec.tags.clone(),
+            });
+        }
+        self.commit(
+            replies,
+            (!jobs.is_empty()).then_some(Event::Enqueued { at: now, jobs }),
+        )
+    }
+
+    fn unique_holder(&self, queue: &str, key: &str, now: Millis) -> Option<JobId> {
+        let queue_id = *self.ix.queue_ids.get(queue)?;
+        let &(id, expires_at) = self.unique.get(&(queue_id, Box::from(key)))?;
+        let job = self.jobs.get(&id)?;
+        (expires_at > now && !job.state.is_finished()).then_some(id)
+    }
+
+    pub fn lease(
+        &mut self,
+        now: Millis,
+        queues: &[String],
+        max_jobs: usize,
+        worker: Option<String>,
+    ) -> Result<Decided<Vec<JobId>>, CoreError> {
+        self.promote_due(now);
+        let mut candidates: Vec<(Reverse<i16>, Millis, JobId)> = Vec::new();
+        let mut seen = FxHashSet::default();
+        for name in queues {
+            let Some(queue) = self.queue(name) else {
+                continue;
+            };
+            if queue.paused || !seen.insert(name.as_str()) {
+                continue;
+            }
+            candidates.extend(queue.ready.iter().take(max_jobs).copied());
+        }
+        candidates.sort_unstable();
+        candidates.truncate(max_jobs);
+        if candidates.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let lease_id = self.last_lease_id + 1;
+        let jobs: Vec<LeasedItem> = candidates
+            .iter()
+            .filter_map(|&(_, _, id)| {
+                let job = self.jobs.get(&id)?;
+                Some(LeasedItem {
+                    id,
+                    expires_at: now.saturating_add(Millis::from(job.timeout_ms)),
+                })
+            })
+            .collect();
+        let ids = jobs.iter().map(|j| j.id).collect();
+        let worker = worker.map(|w| truncate_utf8(&w, limits::WORKER_BYTES_MAX).to_owned());
+        self.commit(
+            ids,
+            Some(Event::Leased {
+                at: now,
+                lease_id,
+                worker,
+                jobs,
+            }),
+        )
+    }
+
+    fn leased_job(&self, id: JobId, lease_id: LeaseId) -> Result<&Job, CoreError> {
+        let job = self
+            .jobs
+            .get(&id)
+            .ok_or_else(|| CoreError::not_found("job", &sluice_proto::ids::encode(id)))?;
+        if job.state != JobState::Leased || job.lease_id != lease_id {
+            return Err(CoreError::stale_lease(&sluice_proto::ids::encode(id)));
+        }
+        Ok(job)
+    }
+
+    pub fn heartbeat(
+        &mut self,
+        now: Millis,
+        id: JobId,
+        lease_id: LeaseId,
+        progress: Option<String>,
+    ) -> Result<Decided<Millis>, CoreError> {
+        let job = self.leased_job(id, lease_id)?;
+        if progress
+            .as_ref()
+            .is_some_and(|p| p.len() > limits::PROGRESS_BYTES_MAX)
+        {
+            return Err(CoreError::new(
+                ErrorKind::TooLarge,
+                "progress_too_large",
+                format!("progress is above {} bytes", limits::PROGRESS_BYTES_MAX),
+            ));
+        }
+        let expires_at = now
+            .saturating_add(Millis::from(job.timeout_ms))
+            .max(job.lease_expires_at);
+        self.commit(
+            expires_at,
+            Some(Event::Heartbeat {
+                at: now,
+                id,
+                expires_at,
+                progress,
+            }),
+        )
+    }
+
+    /// Acks each `(job, lease)`; each item succeeds or fails on its own.
+    pub fn ack(
+        &mut self,
+        now: Millis,
+        items: &[(JobId, LeaseId)],
+    ) -> Decided<Vec<Result<Settled, CoreError>>> {
+        let mut seen = FxHashSet::default();
+        let mut ids = Vec::new();
+        let results = items
+            .iter()
+            .map(|&(id, lease_id)| {
+                self.leased_job(id, lease_id)?;
+                if !seen.insert(id) {
+                    return Err(CoreError::stale_lease(&sluice_proto::ids::encode(id)));
+                }
+                ids.push(id);
+                Ok(Settled {
+                    state: JobState::Succeeded,
+                    retry_at: None,
+                })
+            })
+            .collect();
+        let event = (!ids.is_empty()).then_some(Event::Acked { at: now, ids });
+        self.commit_infallible(results, event)
+    }
+
+    pub fn fail(
+        &mut self,
+        now: Millis,
+        items: Vec<FailInput>,
+    ) -> Decided<Vec<Result<Settled, CoreError>>> {
+        let mut seen = FxHashSet::default();
+        let mut failed = Vec::new();
+        let results = items
+            .into_iter()
+            .map(|item| {
+                let job = self.leased_job(item.id, item.lease_id)?;
+                if !seen.insert(item.id) {
+                    return Err(CoreError::stale_lease(&sluice_proto::ids::encode(item.id)));
+                }
+                let retry_at = (job.attempts < job.max_attempts).then(|| {
+                    item.retry_at
+                        .unwrap_or_else(|| {
+                            now.saturating_add(
+                                backoff_delay_ms(job.backoff, job.id, job.attempts) as Millis
+                            )
+                        })
+                        .max(now)
+                });
+                failed.push(FailedItem {
+                    id: item.id,
+                    error: truncate_utf8(&item.error, limits::ERROR_BYTES_MAX).to_owned(),
+                    retry_at,
+                });
+                Ok(Settled {
+                    state: if retry_at.is_some() {
+                        JobState::Failed
+                    } else {
+                        JobState::Dead
+                    },
+                    retry_at,
+                })
+            })
+            .collect();
+        let event = (!failed.is_empty()).then_some(Event::Failed {
+            at: now,
+            jobs: failed,
+        });
+        self.commit_infallible(results, event)
+    }
+
+    /// Takes back leases that expired by `now`: each counts as an attempt.
+    pub fn expire_leases(&mut self, now: Millis) -> Decided<usize> {
+        let jobs: Vec<(JobId, Option<Millis>)> = self
+            .ix
+            .lease_expiry
+            .iter()
+            .take_while(|&&(at, _)| at <= now)
+            .take(TICK_BATCH_LEN_MAX)
+            .filter_map(|&(_, id)| {
+                let job = self.jobs.get(&id)?;
+                Some((id, (job.attempts < job.max_attempts).then_some(now)))
+            })
+            .collect();
+        let len = jobs.len();
+        self.commit_infallible(len, (len > 0).then_some(Event::Expired { at: now, jobs }))
+    }
+
+    /// Forgets finished jobs past the retention time or count.
+    pub fn retain(&mut self, now: Millis) -> Decided<usize> {
+        let cutoff = now.saturating_sub(self.config.retention_ms as Millis);
+        let mut ids: Vec<JobId> = self
+            .ix
+            .finished
+            .iter()
+            .take_while(|&&(at, _)| at <= cutoff)
+            .take(TICK_BATCH_LEN_MAX)
+            .map(|&(_, id)| id)
+            .collect();
+        let mut picked: FxHashSet<JobId> = ids.iter().copied().collect();
+        for queue in &self.ix.queues {
+            let len = queue.finished_len();
+            if len <= self.config.retention_len_max || ids.len() >= TICK_BATCH_LEN_MAX {
+                continue;
+            }
+            let excess = (len - self.config.retention_len_max).min(TICK_BATCH_LEN_MAX - ids.len());
+            let mut oldest: Vec<JobId> = [JobState::Succeeded, JobState::Dead, JobState::Cancelled]
+                .iter()
+                .flat_map(|&s| queue.by_state[state_index(s)].iter().take(excess).copied())
+                .collect();
+            oldest.sort_unstable();
+            let fresh: Vec<JobId> = oldest
+                .into_iter()
+                .filter(|id| !picked.contains(id))
+                .take(excess)
+                .collect();
+            picked.extend(fresh.iter().copied());
+            ids.extend(fresh);
+        }
+        let len = ids.len();
+        self.commit_infallible(len, (len > 0).then_some(Event::Removed { ids }))
+    }
+
+    pub fn cancel(&mut self, now: Millis, id: JobId) -> Result<Decided<()>, CoreError> {
+        let job = self
+            .jobs
+            .get(&id)
+            .ok_or_else(|| CoreError::not_found("job", &sluice_proto::ids::encode(id)))?;
+        if job.state.is_finished() {
+            return Err(CoreError::new(
+                ErrorKind::InvalidState,
+                "invalid_state",
+                format!(
+                    "job is {}; only unfinished jobs can be cancelled",
+                    job.state.as_str()
+                ),
+            ));
+        }
+        self.commit((), Some(Event::Cancelled { at: now, id }))
+    }
+
+    pub fn retry(&mut self, now: Millis, id: JobId) -> Result<Decided<()>, CoreError> {
+        let job = self
+            .jobs
+            .get(&id)
+            .ok_or_else(|| CoreError::not_found("job", &sluice_proto::ids::encode(id)))?;
+        if !matches!(
+            job.state,
+            JobState::Dead | JobState::Cancelled | JobState::Failed
+        ) {
+            return Err(CoreError::new(
+                ErrorKind::InvalidState,
+                "invalid_state",
+                format!(
+                    "job is {}; only dead, cancelled and failed jobs can be retried",
+                    job.state.as_str()
+                ),
+            ));
+        }
+        self.commit((), Some(Event::Retried { at: now, id }))
+    }
+
+    pub fn set_paused(&mut self, queue: &str, paused: bool) -> Result<Decided<()>, CoreError> {
+        if !limits::is_valid_name(queue, limits::QUEUE_NAME_BYTES_MAX) {
+            return Err(CoreError::bad_input("queue", "not a valid queue name"));
+        }
+        match self.queue(queue) {
+            Some(q) if q.paused == paused => return Ok((None, ())),
+            None if self.ix.queues.len() >= limits::QUEUES_MAX => {
+                return Err(CoreError::new(
+                    ErrorKind::Limit,
+                    "too_many_queues",
+                    format!("at most {} queues may exist", limits::QUEUES_MAX),
+                ))
+            }
+            _ => {}
+        }
+        self.commit(
+            (),
+            Some(Event::QueuePaused {
+                queue: queue.to_owned(),
+                paused,
+            }),
+        )
+    }
+
+    /// Removes every ready, scheduled and failed job of a queue; leased jobs run on.
+    pub fn purge(&mut self, queue: &str) -> Result<Decided<usize>, CoreError> {
+        let q = self
+            .queue(queue)
+            .ok_or_else(|| CoreError::not_found("queue", queue))?;
+        let ids: Vec<JobId> = [JobState::Ready, JobState::Scheduled, JobState::Failed]
+            .iter()
+            .flat_map(|&s| q.by_state[state_index(s)].iter().copied())
+            .collect();
+        let len = ids.len();
+        let event = (len > 0).then(|| Event::Purged {
+            queue: queue.to_owned(),
+            ids,
+        });
+        Ok(self.commit_infallible(len, event))
+    }
+
+    fn commit<T>(&mut self, reply: T, event: Option<Event>) -> Result<Decided<T>, CoreError> {
+        Ok(self.commit_infallible(reply, event))
+    }
+
+    fn commit_infallible<T>(&mut self, reply: T, event: Option<Event>) -> Decided<T> {
+        if let Some(event) = &event {
+            let applied = self.apply(event);
+            debug_assert!(applied.is_ok(), "a decided event must apply: {applied:?}");
+        }
+        (event, reply)
+    }
+
+    // ---- apply ----------------------------------------------------------------------
+
+    fn intern_kind(&mut self, kind: &str) -> Arc<str> {
+        if let Some(k) = self.kinds.get(kind) {
+            return k.clone();
+        }
+        let k: Arc<str> = Arc::from(kind);
+        self.kinds.insert(k.clone());
+        k
+    }
+
+    /// Applies one event. An error means the log does not fit the state (a corrupt or
+    /// foreign log); the state is then unusable and start-up must stop.
+    pub fn apply(&mut self, event: &Event) -> Result<(), String> {
+        match event {
+            Event::Enqueued { at, jobs } => {
+                for new in jobs {
+                    if self.jobs.contains_key(&new.id) {
+                        return Err(format!("job {} enqueued twice", new.id));
+                    }
+                    let queue = self.ix.queue_id_or_create(&new.queue);
+                    let kind = self.intern_kind(&new.kind);
+                    let mut extra = None;
+                    if new.unique.is_some() || !new.tags.is_empty() {
+                        extra = Some(Box::new(JobExtra {
+                            unique_key: new.unique.as_ref().map(|(k, _)| k.as_str().into()),
+                            tags: new.tags.iter().map(|t| t.as_str().into()).collect(),
+                            ..JobExtra::default()
+                        }));
+                    }
+                    if let Some((key, expires_at)) = &new.unique {
+                        self.unique
+                            .insert((queue, key.as_str().into()), (new.id, *expires_at));
+                    }
+                    let job = Job {
+                        id: new.id,
+                        queue,
+                        state: if new.run_at > *at {
+                            JobState::Scheduled
+                        } else {
+                            JobState::Ready
+                        },
+                        priority: new.priority,
+                        attempts: 0,
+                        max_attempts: new.max_attempts,
+                        timeout_ms: new.timeout_ms,
+                        backoff: new.backoff,
+                        run_at: new.run_at,
+                        lease_id: 0,
+                        lease_expires_at: 0,
+                        finished_at: 0,
+                        kind,
+                        payload: new.payload.as_str().into(),
+                        extra,
+                    };
+                    self.ix.insert(&job);
+                    self.last_id = self.last_id.max(new.id);
+                    self.jobs.insert(new.id, job);
+                }
+            }
+            Event::Leased {
+                at,
+                lease_id,
+                worker,
+                jobs,
+            } => {
+                self.last_lease_id = self.last_lease_id.max(*lease_id);
+                for item in jobs {
+                    let job = self
+                        .jobs
+                        .get_mut(&item.id)
+                        .ok_or_else(|| format!("leased job {} does not exist", item.id))?;
+                    self.ix.remove(job);
+                    job.state = JobState::Leased;
+                    job.attempts = job.attempts.saturating_add(1);
+                    job.lease_id = *lease_id;
+                    job.lease_expires_at = item.expires_at;
+                    let attempt = job.attempts;
+                    let history = &mut job.extra_mut().history;
+                    if history.len() >= limits::HISTORY_LEN_MAX {
+                        history.remove(0);
+                    }
+                    history.push(Attempt {
+                        attempt,
+                        leased_at: *at,
+                        finished_at: None,
+                        outcome: None,
+                        error: None,
+                        worker: worker.as_deref().map(Into::into),
+                    });
+                    self.ix.insert(job);
+                }
+            }
+            Event::Heartbeat {
+                id,
+                expires_at,
+                progress,
+                ..
+            } => {
+                let job = self
+                    .jobs
+                    .get_mut(id)
+                    .ok_or_else(|| format!("heartbeat for missing job {id}"))?;
+                self.ix.remove(job);
+                job.lease_expires_at = *expires_at;
+                if let Some(progress) = progress {
+                    job.extra_mut().progress = Some(progress.as_str().into());
+                }
+                self.ix.insert(job);
+            }
+            Event::Acked { at, ids } => {
+                for id in ids {
+                    self.finish_attempt(
+                        *id,
+                        *at,
+                        Outcome::Succeeded,
+                        None,
+                        JobState::Succeeded,
+                        None,
+                    )?;
+                }
+            }
+            Event::Failed { at, jobs } => {
+                for item in jobs {
+                    let (state, run_at) = match item.retry_at {
+                        Some(retry_at) => (JobState::Failed, Some(retry_at)),
+                        None => (JobState::Dead, None),
+                    };
+                    self.finish_attempt(
+                        item.id,
+                        *at,
+                        Outcome::Failed,
+                        Some(&item.error),
+                        state,
+                        run_at,
+                    )?;
+                }
+            }
+            Event::Expired { at, jobs } => {
+                for &(id, retry_at) in jobs {
+                    let state = if retry_at.is_some() {
+                        JobState::Ready
+                    } else {
+                        JobState::Dead
+                    };
+                    self.finish_attempt(
+                        id,
+                        *at,
+                        Outcome::Expired,
+                        Some("lease expired"),
+                        state,
+                        retry_at,
+                    )?;
+                }
+            }
+            Event::Cancelled { at, id } => {
+                let leased = self
+                    .jobs
+                    .get(id)
+                    .is_some_and(|j| j.state == JobState::Leased);
+                if leased {
+                    self.finish_attempt(
+                        *id,
+                        *at,
+                        Outcome::Cancelled,
+                        None,
+                        JobState::Cancelled,
+                        None,
+                    )?;
+                } else {
+                    self.transition(*id, *at, JobState::Cancelled, None)?;
+                }
+            }
+            Event::Retried { at, id } => {
+                let job = self
+                    .jobs
+                    .get_mut(id)
+                    .ok_or_else(|| format!("retry of missing job {id}"))?;
+                if job.state != JobState::Failed {
+                    job.attempts = 0;
+                }
+                self.transition(*id, *at, JobState::Ready, Some(*at))?;
+            }
+            Event::QueuePaused { queue, paused } => {
+                let id = self.ix.queue_id_or_create(queue);
+                self.ix.queues[id as usize].paused = *paused;
+            }
+            Event::Purged { ids, .. } | Event::Removed { ids } => {
+                for id in ids {
+                    self.remove_job(*id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the running attempt of a leased job and moves it to `state`.
+    fn finish_attempt(
+        &mut self,
+        id: JobId,
+        at: Millis,
+        outcome: Outcome,
+        error: Option<&str>,
+        state: JobState,
+        run_at: Option<Millis>,
+    ) -> Result<(), String> {
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .ok_or_else(|| format!("missing job {id}"))?;
+        if let Some(last) = job.extra_mut().history.last_mut() {
+            last.finished_at = Some(at);
+            last.outcome = Some(outcome);
+            last.error = error.map(Into::into);
+        }
+        self.transition(id, at, state, run_at)
+    }
+
+    fn transition(
+        &mut self,
+        id: JobId,
+        at: Millis,
+        state: JobState,
+        run_at: Option<Millis>,
+    ) -> Result<(), String> {
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .ok_or_else(|| format!("missing job {id}"))?;
+        self.ix.remove(job);
+        job.state = state;
+        job.lease_id = 0;
+        job.lease_expires_at = 0;
+        if let Some(run_at) = run_at {
+            job.run_at = run_at;
+            // A retry due now is ready now; one due later waits in the delayed set.
+            if state == JobState::Failed && run_at <= at {
+                job.state = JobState::Ready;
+            }
+        }
+        job.finished_at = if state.is_finished() { at } else { 0 };
+        self.ix.insert(job);
+        if state.is_finished() {
+            self.release_unique(id);
+        }
+        Ok(())
+    }
+
+    fn release_unique(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let Some(key) = job.extra().and_then(|e| e.unique_key.as_ref()) else {
+            return;
+        };
+        let map_key = (job.queue, key.clone());
+        if self
+            .unique
+            .get(&map_key)
+            .is_some_and(|&(holder, _)| holder == id)
+        {
+            self.unique.remove(&map_key);
+        }
+    }
+
+    fn remove_job(&mut self, id: JobId) {
+        self.release_unique(id);
+        if let Some(job) = self.jobs.remove(&id) {
+            self.ix.remove(&job);
+        }
+    }
+
+    // ---- snapshots ------------------------------------------------------------------
+
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let snapshot = SnapshotRef {
+            last_id: self.last_id,
+            last_lease_id: self.last_lease_id,
+            queues: self
+                .ix
+                .queues
+                .iter()
+                .map(|q| (&*q.name, q.paused))
+                .collect(),
+            unique: self
+                .unique
+                .iter()
+                .map(|((q, k), &(id, at))| (*q, &**k, id, at))
+                .collect(),
+            jobs: JobsSeq(&self.jobs),
+        };
+        postcard::to_allocvec(&snapshot).unwrap_or_default()
+    }
+
+    pub fn decode_snapshot(config: Config, bytes: &[u8]) -> Result<State, String> {
+        let snapshot: SnapshotOwned =
+            postcard::from_bytes(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+        let mut state = State::new(config);
+        state.last_id = snapshot.last_id;
+        state.last_lease_id = snapshot.last_lease_id;
+        for (name, paused) in snapshot.queues {
+            let id = state.ix.queue_id_or_create(&name);
+            state.ix.queues[id as usize].paused = paused;
+        }
+        for (queue, key, id, at) in snapshot.unique {
+            state.unique.insert((queue, key.into()), (id, at));
+        }
+        state.jobs.reserve(snapshot.jobs.len());
+        for mut job in snapshot.jobs {
+            if job.queue as usize >= state.ix.queues.len() {
+                return Err(format!(
+                    "job {} names queue #{} which does not exist",
+                    job.id, job.queue
+                ));
+            }
+            job.kind = state.intern_kind(&job.kind);
+            state.ix.insert(&job);
+            state.jobs.insert(job.id, job);
+        }
+        Ok(state)
+    }
+}
+
+struct JobsSeq<'a>(&'a FxHashMap<JobId, Job>);
+
+impl Serialize for JobsSeq<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.values())
+    }
+}
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    last_id: JobId,
+    last_lease_id: LeaseId,
+    queues: Vec<(&'a str, bool)>,
+    unique: Vec<(u32, &'a str, JobId, Millis)>,
+    jobs: JobsSeq<'a>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotOwned {
+    last_id: JobId,
+    last_lease_id: LeaseId,
+    queues: Vec<(String, bool)>,
+    unique: Vec<(u32, String, JobId, Millis)>,
+    jobs: Vec<Job>,
+}

@@ -1,0 +1,427 @@
+//! Wire types of the Sluice HTTP API, shared by the server, the CLI and SDKs; no I/O here.
+//!
+//! API Boundary: these types are the public contract. Fields are only ever added (with a
+//! default), never renamed or removed, within `/v1`.
+
+pub mod limits;
+pub mod rfc3339;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+/// `{"error":{...}}`: the body of every 4xx/5xx response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable snake_case code, e.g. `stale_lease`, `payload_too_large`.
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Where in the request the problem is, e.g. `jobs[3].queue`.
+    pub path: String,
+    pub message: String,
+}
+
+/// Retry backoff of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Backoff {
+    /// `min(base_ms * 2^(attempt-1), max_ms)`, scaled by a deterministic jitter in [0.5, 1.0].
+    Exponential { base_ms: u32, max_ms: u32 },
+    /// The same delay after every failure.
+    Fixed { delay_ms: u32 },
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::Exponential {
+            base_ms: 1_000,
+            max_ms: 3_600_000,
+        }
+    }
+}
+
+/// One job to enqueue.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub queue: String,
+    /// What the job is: the worker picks its handler by kind.
+    pub kind: String,
+    /// Any JSON value, at most `limits::PAYLOAD_BYTES_MAX` bytes as sent.
+    #[schema(value_type = Object)]
+    #[serde(default = "null_payload")]
+    pub payload: Box<RawValue>,
+    /// Higher runs first. Default 0.
+    #[serde(default)]
+    pub priority: i16,
+    /// RFC 3339 time before which the job does not run. Exclusive with `delay_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Attempts before the job goes to the dead set. Default 25.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    /// Lease length for each attempt; heartbeats extend it by the same amount. Default 30000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// While a job with this key in this queue is unfinished (and younger than
+    /// `unique_ttl_ms`), enqueueing another returns the existing job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_ttl_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+fn null_payload() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).expect("null is JSON")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueBatchRequest {
+    pub jobs: Vec<JobSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnqueueResult {
+    pub id: String,
+    /// True when a unique key matched and this is the existing job.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnqueueBatchResponse {
+    pub jobs: Vec<EnqueueResult>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Scheduled,
+    Ready,
+    Leased,
+    Succeeded,
+    Failed,
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 7] = [
+        JobState::Scheduled,
+        JobState::Ready,
+        JobState::Leased,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Dead,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Ready => "ready",
+            JobState::Leased => "leased",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Succeeded, dead and cancelled jobs do not run again unless retried.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub leased_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// `succeeded`, `failed`, `expired`, `cancelled`; absent while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Lease {
+    pub lease_id: String,
+    pub expires_at: String,
+}
+
+/// A job as `GET /v1/jobs/{id}` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub payload: Box<RawValue>,
+    pub state: JobState,
+    pub priority: i16,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub timeout_ms: u64,
+    pub enqueued_at: String,
+    pub run_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub progress: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Attempt>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// Queues to lease from; across them the highest priority, then earliest run_at wins.
+    pub queues: Vec<String>,
+    /// At most `limits::LEASE_BATCH_LEN_MAX`. Default 1.
+    #[serde(default = "one")]
+    pub max_jobs: u32,
+    /// Long-poll: wait up to this long for a job when none is ready. Default 0.
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// Free-form worker name, kept in the attempt history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeasedJob {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub payload: Box<RawValue>,
+    pub priority: i16,
+    /// 1 for the first run.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub lease_id: String,
+    pub lease_expires_at: String,
+    pub enqueued_at: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaseResponse {
+    pub jobs: Vec<LeasedJob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub lease_id: String,
+    /// Any JSON value, shown on the job; at most `limits::PROGRESS_BYTES_MAX` bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub progress: Option<Box<RawValue>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatResponse {
+    pub lease_expires_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    pub lease_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    pub lease_id: String,
+    /// Kept in the attempt history; longer messages are cut to `limits::ERROR_BYTES_MAX`.
+    #[serde(default)]
+    pub error: String,
+    /// Retry at this RFC 3339 time instead of after the job's backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckItem {
+    pub id: String,
+    pub lease_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckBatchRequest {
+    pub acks: Vec<AckItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailItem {
+    pub id: String,
+    pub lease_id: String,
+    #[serde(default)]
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailBatchRequest {
+    pub fails: Vec<FailItem>,
+}
+
+/// Outcome of one item of a batch ack/fail: `error` is set when that item changed nothing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ItemResult {
+    pub id: String,
+    /// The job's state after the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchResultResponse {
+    pub results: Vec<ItemResult>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct StateCounts {
+    pub scheduled: u64,
+    pub ready: u64,
+    pub leased: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueInfo {
+    pub name: String,
+    pub paused: bool,
+    pub counts: StateCounts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<QueueInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PurgeResponse {
+    /// Ready, scheduled and failed jobs removed.
+    pub purged: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Job ids and lease ids: 13 characters of Crockford base32, so that ids sort as strings
+/// in the order they were made.
+pub mod ids {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    pub const LEN: usize = 13;
+
+    pub fn encode(value: u64) -> String {
+        let mut out = [0u8; LEN];
+        for (i, slot) in out.iter_mut().enumerate() {
+            // 13 * 5 = 65 bits: the first character carries the top 4 bits.
+            let shift = 5 * (LEN - 1 - i);
+            *slot = ALPHABET[((value >> shift) & 31) as usize];
+        }
+        out.iter().map(|&b| b as char).collect()
+    }
+
+    pub fn decode(text: &str) -> Option<u64> {
+        if text.len() != LEN {
+            return None;
+        }
+        let mut value: u64 = 0;
+        for (i, byte) in text.bytes().enumerate() {
+            let digit = ALPHABET
+                .iter()
+                .position(|&a| a == byte.to_ascii_lowercase())? as u64;
+            if i == 0 && digit > 15 {
+                return None;
+            }
+            value = (value << 5) | digit;
+        }
+        Some(value)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn ids_round_trip_and_sort_like_numbers() {
+            let values = [0u64, 1, 31, 32, 1 << 40, u64::MAX - 1, u64::MAX];
+            for v in values {
+                assert_eq!(decode(&encode(v)), Some(v));
+            }
+            for pair in values.windows(2) {
+                assert!(encode(pair[0]) < encode(pair[1]));
+            }
+            assert_eq!(decode("zzzzzzzzzzzzz"), None);
+            assert_eq!(decode("short"), None);
+            assert_eq!(decode("0000000000-00"), None);
+        }
+    }
+}

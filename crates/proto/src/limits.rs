@@ -1,0 +1,63 @@
+//! Every limit of the API, named, with the reason beside it. The server checks each where
+//! it binds and answers past it with the documented error (see `docs/api.md`).
+
+/// Largest request body. A full enqueue batch of small jobs is a few MiB; 32 MiB leaves
+/// room for larger payloads while bounding what one request can make the server buffer.
+pub const REQUEST_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Largest job payload (JSON text as sent). Jobs carry references, not files.
+pub const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
+/// Jobs in one enqueue batch (all-or-nothing, one WAL record).
+pub const ENQUEUE_BATCH_LEN_MAX: usize = 10_000;
+/// Jobs one lease request may take.
+pub const LEASE_BATCH_LEN_MAX: u32 = 1_000;
+/// Items in one batch ack or fail.
+pub const ACK_BATCH_LEN_MAX: usize = 10_000;
+/// Queues one lease request may name.
+pub const LEASE_QUEUES_LEN_MAX: usize = 100;
+/// Longest long-poll; proxies commonly cut idle requests at 60 s.
+pub const LONG_POLL_WAIT_MS_MAX: u64 = 30_000;
+/// Queue names: 1..=128 bytes of `[A-Za-z0-9_.:-]`.
+pub const QUEUE_NAME_BYTES_MAX: usize = 128;
+/// Job kinds: 1..=128 bytes of `[A-Za-z0-9_.:-]`.
+pub const KIND_BYTES_MAX: usize = 128;
+/// Distinct queues; each costs memory even when empty.
+pub const QUEUES_MAX: usize = 100_000;
+/// Attempts a job may be given.
+pub const MAX_ATTEMPTS_MAX: u32 = 1_000;
+/// Default attempts (Sidekiq's default of 25 retries, rounded to attempts).
+pub const MAX_ATTEMPTS_DEFAULT: u32 = 25;
+/// Lease length per attempt: at least 1 s, at most 1 h; heartbeats extend it.
+pub const TIMEOUT_MS_MIN: u64 = 1_000;
+pub const TIMEOUT_MS_MAX: u64 = 3_600_000;
+pub const TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Delays and run_at: at most one year ahead.
+pub const DELAY_MS_MAX: u64 = 366 * 24 * 3_600_000;
+/// Backoff parameters: at most one week.
+pub const BACKOFF_MS_MAX: u64 = 7 * 24 * 3_600_000;
+/// Unique keys.
+pub const UNIQUE_KEY_BYTES_MAX: usize = 256;
+pub const UNIQUE_TTL_MS_DEFAULT: u64 = 24 * 3_600_000;
+pub const UNIQUE_TTL_MS_MAX: u64 = 30 * 24 * 3_600_000;
+/// Tags per job and bytes per tag.
+pub const TAGS_LEN_MAX: usize = 16;
+pub const TAG_BYTES_MAX: usize = 64;
+/// Error messages from `fail` are cut (at a char boundary) to this many bytes.
+pub const ERROR_BYTES_MAX: usize = 4_096;
+/// Progress reported by a heartbeat.
+pub const PROGRESS_BYTES_MAX: usize = 4_096;
+/// Worker names.
+pub const WORKER_BYTES_MAX: usize = 256;
+/// Jobs per page when listing; default 100.
+pub const LIST_LIMIT_MAX: usize = 1_000;
+pub const LIST_LIMIT_DEFAULT: usize = 100;
+/// Attempts kept in a job's history (the newest ones).
+pub const HISTORY_LEN_MAX: usize = 25;
+
+/// True when `name` is a valid queue name or kind: 1..=max bytes of `[A-Za-z0-9_.:-]`.
+pub fn is_valid_name(name: &str, max_bytes: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_bytes
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}

@@ -1,0 +1,825 @@
+//! HTTP handlers under `/v1`: parse and check the wire form, run the command, shape replies.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sluice_core::{
+    Backoff as CoreBackoff, EnqueueSpec, FailInput, Job as CoreJob, JobId, Settled, State,
+};
+use sluice_proto::{self as proto, ids, limits, rfc3339};
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::error::{body_of, status_of, ApiError};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Arc<OnceLock<Arc<Broker>>>,
+    /// Turns true when the server begins to shut down: long-polls return at once.
+    pub shutting_down: watch::Receiver<bool>,
+}
+
+impl AppState {
+    pub fn broker(&self) -> Result<&Arc<Broker>, ApiError> {
+        self.broker.get().ok_or_else(ApiError::not_ready)
+    }
+}
+
+/// JSON body extractor whose errors are in the API's format, with the path of the bad
+/// field (`jobs[3].queue`).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes =
+            Bytes::from_request(req, state)
+                .await
+                .map_err(|rejection: BytesRejection| {
+                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "request_too_large",
+                            format!(
+                                "request bodies are limited to {} bytes",
+                                limits::REQUEST_BYTES_MAX
+                            ),
+                        )
+                    } else {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_body",
+                            rejection.body_text(),
+                        )
+                    }
+                })?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            ApiError::bad_input(
+                if path == "." { String::new() } else { path },
+                e.inner().to_string(),
+            )
+        })?;
+        deserializer.end().map_err(|e| {
+            ApiError::bad_input("", format!("trailing characters after the JSON body: {e}"))
+        })?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// Query-string extractor with errors in the API's format.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::bad_input("query", e.body_text()))
+    }
+}
+
+fn parse_id(text: &str) -> Result<JobId, ApiError> {
+    ids::decode(text).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("job {text} not found"),
+        )
+    })
+}
+
+fn parse_lease_id(text: &str, path: &str) -> Result<u64, ApiError> {
+    ids::decode(text).ok_or_else(|| ApiError::bad_input(path, "not a lease id"))
+}
+
+fn parse_time(text: &str, path: &str) -> Result<i64, ApiError> {
+    rfc3339::parse_ms(text).ok_or_else(|| ApiError::bad_input(path, "not an RFC 3339 time"))
+}
+
+fn core_backoff(backoff: proto::Backoff) -> CoreBackoff {
+    match backoff {
+        proto::Backoff::Exponential { base_ms, max_ms } => {
+            CoreBackoff::Exponential { base_ms, max_ms }
+        }
+        proto::Backoff::Fixed { delay_ms } => CoreBackoff::Fixed { delay_ms },
+    }
+}
+
+fn proto_backoff(backoff: CoreBackoff) -> proto::Backoff {
+    match backoff {
+        CoreBackoff::Exponential { base_ms, max_ms } => {
+            proto::Backoff::Exponential { base_ms, max_ms }
+        }
+        CoreBackoff::Fixed { delay_ms } => proto::Backoff::Fixed { delay_ms },
+    }
+}
+
+/// Wire spec to core spec: what needs the wire form (sizes, times) is checked here; the
+/// rules of the job model are checked by the core.
+fn to_spec(spec: proto::JobSpec, path: &str, now: i64) -> Result<EnqueueSpec, ApiError> {
+    let payload_len = spec.payload.get().len();
+    if payload_len > limits::PAYLOAD_BYTES_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "payload is {payload_len} bytes; the limit is {}",
+                limits::PAYLOAD_BYTES_MAX
+            ),
+        )
+        .with_detail(format!("{path}payload"), "too large"));
+    }
+    let run_at = match (&spec.run_at, spec.delay_ms) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_input(
+                format!("{path}run_at"),
+                "give run_at or delay_ms, not both",
+            ))
+        }
+        (Some(text), None) => Some(parse_time(text, &format!("{path}run_at"))?),
+        (None, Some(delay_ms)) => {
+            if delay_ms > limits::DELAY_MS_MAX {
+                return Err(ApiError::bad_input(
+                    format!("{path}delay_ms"),
+                    format!("must be at most {}", limits::DELAY_MS_MAX),
+                ));
+            }
+            Some(now.saturating_add(delay_ms as i64))
+        }
+        (None, None) => None,
+    };
+    let mut core = EnqueueSpec::new(&spec.queue, &spec.kind, spec.payload.get());
+    core.priority = spec.priority;
+    core.run_at = run_at;
+    core.max_attempts = spec.max_attempts.unwrap_or(core.max_attempts);
+    core.backoff = spec.backoff.map_or(core.backoff, core_backoff);
+    core.timeout_ms = spec.timeout_ms.unwrap_or(core.timeout_ms);
+    core.unique_key = spec.unique_key;
+    core.unique_ttl_ms = spec.unique_ttl_ms.unwrap_or(core.unique_ttl_ms);
+    core.tags = spec.tags;
+    Ok(core)
+}
+
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_owned()).unwrap_or_else(|_| {
+        // Payloads were validated as JSON on the way in; keep replies well-formed anyway.
+        RawValue::from_string("null".to_owned()).unwrap_or_default()
+    })
+}
+
+pub fn job_view(state: &State, job: &CoreJob) -> proto::Job {
+    let extra = job.extra();
+    proto::Job {
+        id: ids::encode(job.id),
+        queue: state.queue_name(job.queue).to_owned(),
+        kind: job.kind.to_string(),
+        payload: raw(&job.payload),
+        state: job.state,
+        priority: job.priority,
+        attempts: u32::from(job.attempts),
+        max_attempts: u32::from(job.max_attempts),
+        backoff: proto_backoff(job.backoff),
+        timeout_ms: u64::from(job.timeout_ms),
+        enqueued_at: rfc3339::format_ms(job.enqueued_at()),
+        run_at: rfc3339::format_ms(job.run_at),
+        finished_at: (job.finished_at != 0).then(|| rfc3339::format_ms(job.finished_at)),
+        lease: (job.lease_id != 0).then(|| proto::Lease {
+            lease_id: ids::encode(job.lease_id),
+            expires_at: rfc3339::format_ms(job.lease_expires_at),
+        }),
+        progress: extra.and_then(|e| e.progress.as_deref()).map(raw),
+        unique_key: extra
+            .and_then(|e| e.unique_key.as_deref())
+            .map(str::to_owned),
+        tags: extra.map_or_else(Vec::new, |e| e.tags.iter().map(|t| t.to_string()).collect()),
+        history: extra.map_or_else(Vec::new, |e| {
+            e.history
+                .iter()
+                .map(|a| proto::Attempt {
+                    attempt: u32::from(a.attempt),
+                    leased_at: rfc3339::format_ms(a.leased_at),
+                    finished_at: a.finished_at.map(rfc3339::format_ms),
+                    outcome: a.outcome.map(|o| o.as_str().to_owned()),
+                    error: a.error.as_deref().map(str::to_owned),
+                    worker: a.worker.as_deref().map(str::to_owned),
+                })
+                .collect()
+        }),
+    }
+}
+
+fn leased_view(state: &State, job: &CoreJob) -> proto::LeasedJob {
+    proto::LeasedJob {
+        id: ids::encode(job.id),
+        queue: state.queue_name(job.queue).to_owned(),
+        kind: job.kind.to_string(),
+        payload: raw(&job.payload),
+        priority: job.priority,
+        attempt: u32::from(job.attempts),
+        max_attempts: u32::from(job.max_attempts),
+        lease_id: ids::encode(job.lease_id),
+        lease_expires_at: rfc3339::format_ms(job.lease_expires_at),
+        enqueued_at: rfc3339::format_ms(job.enqueued_at()),
+        tags: job
+            .extra()
+            .map_or_else(Vec::new, |e| e.tags.iter().map(|t| t.to_string()).collect()),
+    }
+}
+
+fn queue_view(queue: &sluice_core::Queue) -> proto::QueueInfo {
+    use sluice_proto::JobState as S;
+    let count = |s| queue.count(s) as u64;
+    proto::QueueInfo {
+        name: queue.name.to_string(),
+        paused: queue.paused,
+        counts: proto::StateCounts {
+            scheduled: count(S::Scheduled),
+            ready: count(S::Ready),
+            leased: count(S::Leased),
+            succeeded: count(S::Succeeded),
+            failed: count(S::Failed),
+            dead: count(S::Dead),
+            cancelled: count(S::Cancelled),
+        },
+    }
+}
+
+fn job_or_404(state: &State, id: JobId) -> Result<proto::Job, ApiError> {
+    state
+        .job(id)
+        .map(|job| job_view(state, job))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("job {} not found", ids::encode(id)),
+            )
+        })
+}
+
+// ---- jobs ---------------------------------------------------------------------------
+
+pub async fn enqueue(
+    app: axum::extract::State<AppState>,
+    ApiJson(spec): ApiJson<proto::JobSpec>,
+) -> Result<Response, ApiError> {
+    let broker = app.broker()?;
+    let spec = to_spec(spec, "", crate::broker::system_now_ms())?;
+    let mut results = broker
+        .execute(|s, now| s.enqueue(now, vec![spec], false))
+        .await?;
+    let result = results
+        .pop()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no result"))?;
+    let status = if result.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(proto::EnqueueResult {
+            id: ids::encode(result.id),
+            duplicate: result.duplicate,
+        }),
+    )
+        .into_response())
+}
+
+pub async fn enqueue_batch(
+    app: axum::extract::State<AppState>,
+    ApiJson(request): ApiJson<proto::EnqueueBatchRequest>,
+) -> Result<Response, ApiError> {
+    let broker = app.broker()?;
+    if request.jobs.len() > limits::ENQUEUE_BATCH_LEN_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "{} jobs in one batch; the limit is {}",
+                request.jobs.len(),
+                limits::ENQUEUE_BATCH_LEN_MAX
+            ),
+        )
+        .with_detail("jobs", "too many"));
+    }
+    if request.jobs.is_empty() {
+        return Err(ApiError::bad_input("jobs", "must hold at least one job"));
+    }
+    let now = crate::broker::system_now_ms();
+    let specs = request
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, spec)| to_spec(spec, &format!("jobs[{i}]."), now))
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = broker.execute(|s, now| s.enqueue(now, specs, true)).await?;
+    let jobs = results
+        .into_iter()
+        .map(|r| proto::EnqueueResult {
+            id: ids::encode(r.id),
+            duplicate: r.duplicate,
+        })
+        .collect();
+    Ok((
+        StatusCode::CREATED,
+        Json(proto::EnqueueBatchResponse { jobs }),
+    )
+        .into_response())
+}
+
+pub async fn get_job(
+    app: axum::extract::State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<proto::Job>, ApiError> {
+    let id = parse_id(&id)?;
+    Ok(Json(app.broker()?.read(|s, _| job_or_404(s, id)).await?))
+}
+
+pub async fn cancel_job(
+    app: axum::extract::State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<proto::Job>, ApiError> {
+    let id = parse_id(&id)?;
+    let broker = app.broker()?;
+    broker.execute(|s, now| s.cancel(now, id)).await?;
+    Ok(Json(broker.read(|s, _| job_or_404(s, id)).await?))
+}
+
+pub async fn retry_job(
+    app: axum::extract::State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<proto::Job>, ApiError> {
+    let id = parse_id(&id)?;
+    let broker = app.broker()?;
+    broker.execute(|s, now| s.retry(now, id)).await?;
+    Ok(Json(broker.read(|s, _| job_or_404(s, id)).await?))
+}
+
+pub async fn heartbeat(
+    app: axum::extract::State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<proto::HeartbeatRequest>,
+) -> Result<Json<proto::HeartbeatResponse>, ApiError> {
+    let id = parse_id(&id)?;
+    let lease_id = parse_lease_id(&request.lease_id, "lease_id")?;
+    let progress = request.progress.map(|p| p.get().to_owned());
+    let expires_at = app
+        .broker()?
+        .execute(|s, now| s.heartbeat(now, id, lease_id, progress))
+        .await?;
+    Ok(Json(proto::HeartbeatResponse {
+        lease_expires_at: rfc3339::format_ms(expires_at),
+    }))
+}
+
+fn item_result(
+    id: &str,
+    result: Result<Settled, sluice_core::CoreError>,
+) -> (StatusCode, proto::ItemResult) {
+    match result {
+        Ok(settled) => (
+            StatusCode::OK,
+            proto::ItemResult {
+                id: id.to_owned(),
+                state: Some(settled.state),
+                retry_at: settled.retry_at.map(rfc3339::format_ms),
+                error: None,
+            },
+        ),
+        Err(error) => (
+            status_of(error.kind),
+            proto::ItemResult {
+                id: id.to_owned(),
+                state: None,
+                retry_at: None,
+                error: Some(body_of(error)),
+            },
+        ),
+    }
+}
+
+/// A single ack/fail answers with the item's own status: 409 for a stale lease.
+fn single(
+    id: &str,
+    mut results: Vec<Result<Settled, sluice_core::CoreError>>,
+) -> Result<Json<proto::ItemResult>, ApiError> {
+    match results.pop() {
+        Some(Ok(settled)) => Ok(Json(item_result(id, Ok(settled)).1)),
+        Some(Err(error)) => Err(error.into()),
+        None => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "no result",
+        )),
+    }
+}
+
+pub async fn ack(
+    app: axum::extract::State<AppState>,
+    Path(id_text): Path<String>,
+    ApiJson(request): ApiJson<proto::AckRequest>,
+) -> Result<Json<proto::ItemResult>, ApiError> {
+    let id = parse_id(&id_text)?;
+    let lease_id = parse_lease_id(&request.lease_id, "lease_id")?;
+    let results = app
+        .broker()?
+        .execute(|s, now| Ok(s.ack(now, &[(id, lease_id)])))
+        .await?;
+    single(&id_text, results)
+}
+
+fn fail_input(
+    id: JobId,
+    lease_id: &str,
+    error: String,
+    retry_at: Option<&str>,
+    path: &str,
+) -> Result<FailInput, ApiError> {
+    Ok(FailInput {
+        id,
+        lease_id: parse_lease_id(lease_id, &format!("{path}lease_id"))?,
+        error,
+        retry_at: retry_at
+            .map(|t| parse_time(t, &format!("{path}retry_at")))
+            .transpose()?,
+    })
+}
+
+pub async fn fail(
+    app: axum::extract::State<AppState>,
+    Path(id_text): Path<String>,
+    ApiJson(request): ApiJson<proto::FailRequest>,
+) -> Result<Json<proto::ItemResult>, ApiError> {
+    let id = parse_id(&id_text)?;
+    let input = fail_input(
+        id,
+        &request.lease_id,
+        request.error,
+        request.retry_at.as_deref(),
+        "",
+    )?;
+    let results = app
+        .broker()?
+        .execute(|s, now| Ok(s.fail(now, vec![input])))
+        .await?;
+    single(&id_text, results)
+}
+
+fn check_batch_len(len: usize, field: &str) -> Result<(), ApiError> {
+    if len > limits::ACK_BATCH_LEN_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "{len} items in one batch; the limit is {}",
+                limits::ACK_BATCH_LEN_MAX
+            ),
+        )
+        .with_detail(field, "too many"));
+    }
+    Ok(())
+}
+
+/// Ids that do not parse still get a result of their own (404), so one typo does not
+/// fail the batch.
+fn batch_results(
+    texts: Vec<String>,
+    parsed: Vec<Option<JobId>>,
+    mut settled: std::vec::IntoIter<Result<Settled, sluice_core::CoreError>>,
+) -> proto::BatchResultResponse {
+    let results = texts
+        .into_iter()
+        .zip(parsed)
+        .map(|(text, id)| match id {
+            Some(_) => match settled.next() {
+                Some(result) => item_result(&text, result).1,
+                None => item_result(&text, Err(sluice_core::CoreError::not_found("job", &text))).1,
+            },
+            None => item_result(&text, Err(sluice_core::CoreError::not_found("job", &text))).1,
+        })
+        .collect();
+    proto::BatchResultResponse { results }
+}
+
+pub async fn ack_batch(
+    app: axum::extract::State<AppState>,
+    ApiJson(request): ApiJson<proto::AckBatchRequest>,
+) -> Result<Json<proto::BatchResultResponse>, ApiError> {
+    check_batch_len(request.acks.len(), "acks")?;
+    let mut texts = Vec::with_capacity(request.acks.len());
+    let mut parsed = Vec::with_capacity(request.acks.len());
+    let mut items = Vec::with_capacity(request.acks.len());
+    for (i, item) in request.acks.into_iter().enumerate() {
+        let lease_id = parse_lease_id(&item.lease_id, &format!("acks[{i}].lease_id"))?;
+        let id = ids::decode(&item.id);
+        if let Some(id) = id {
+            items.push((id, lease_id));
+        }
+        parsed.push(id);
+        texts.push(item.id);
+    }
+    let settled = app
+        .broker()?
+        .execute(|s, now| Ok(s.ack(now, &items)))
+        .await?;
+    Ok(Json(batch_results(texts, parsed, settled.into_iter())))
+}
+
+pub async fn fail_batch(
+    app: axum::extract::State<AppState>,
+    ApiJson(request): ApiJson<proto::FailBatchRequest>,
+) -> Result<Json<proto::BatchResultResponse>, ApiError> {
+    check_batch_len(request.fails.len(), "fails")?;
+    let mut texts = Vec::with_capacity(request.fails.len());
+    let mut parsed = Vec::with_capacity(request.fails.len());
+    let mut items = Vec::with_capacity(request.fails.len());
+    for (i, item) in request.fails.into_iter().enumerate() {
+        let id = ids::decode(&item.id);
+        if let Some(id) = id {
+            items.push(fail_input(
+                id,
+                &item.lease_id,
+                item.error,
+                item.retry_at.as_deref(),
+                &format!("fails[{i}]."),
+            )?);
+        }
+        parsed.push(id);
+        texts.push(item.id);
+    }
+    let settled = app
+        .broker()?
+        .execute(|s, now| Ok(s.fail(now, items)))
+        .await?;
+    Ok(Json(batch_results(texts, parsed, settled.into_iter())))
+}
+
+pub async fn lease(
+    app: axum::extract::State<AppState>,
+    ApiJson(request): ApiJson<proto::LeaseRequest>,
+) -> Result<Json<proto::LeaseResponse>, ApiError> {
+    let broker = app.broker()?;
+    if request.queues.is_empty() || request.queues.len() > limits::LEASE_QUEUES_LEN_MAX {
+        return Err(ApiError::bad_input(
+            "queues",
+            format!("name 1 to {} queues", limits::LEASE_QUEUES_LEN_MAX),
+        ));
+    }
+    for (i, queue) in request.queues.iter().enumerate() {
+        if !limits::is_valid_name(queue, limits::QUEUE_NAME_BYTES_MAX) {
+            return Err(ApiError::bad_input(
+                format!("queues[{i}]"),
+                "not a valid queue name",
+            ));
+        }
+    }
+    if request.max_jobs == 0 || request.max_jobs > limits::LEASE_BATCH_LEN_MAX {
+        return Err(ApiError::bad_input(
+            "max_jobs",
+            format!("must be 1 to {}", limits::LEASE_BATCH_LEN_MAX),
+        ));
+    }
+    if request.wait_ms > limits::LONG_POLL_WAIT_MS_MAX {
+        return Err(ApiError::bad_input(
+            "wait_ms",
+            format!("must be at most {}", limits::LONG_POLL_WAIT_MS_MAX),
+        ));
+    }
+    if request
+        .worker
+        .as_ref()
+        .is_some_and(|w| w.len() > limits::WORKER_BYTES_MAX)
+    {
+        return Err(ApiError::bad_input(
+            "worker",
+            format!("at most {} bytes", limits::WORKER_BYTES_MAX),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms);
+    let mut shutting_down = app.shutting_down.clone();
+    loop {
+        let notified = broker.jobs_available.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let worker = request.worker.clone();
+        let jobs = broker
+            .execute(|s, now| {
+                let (event, ids) =
+                    s.lease(now, &request.queues, request.max_jobs as usize, worker)?;
+                let views: Vec<proto::LeasedJob> = ids
+                    .iter()
+                    .filter_map(|&id| s.job(id))
+                    .map(|job| leased_view(s, job))
+                    .collect();
+                Ok((event, views))
+            })
+            .await?;
+        if !jobs.is_empty() || request.wait_ms == 0 || *shutting_down.borrow() {
+            return Ok(Json(proto::LeaseResponse { jobs }));
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(proto::LeaseResponse { jobs: Vec::new() })),
+            _ = shutting_down.changed() => return Ok(Json(proto::LeaseResponse { jobs: Vec::new() })),
+        }
+    }
+}
+
+// ---- queues -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+    state: Option<String>,
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(limits::LIST_LIMIT_DEFAULT),
+        Some(n) if (1..=limits::LIST_LIMIT_MAX).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_input(
+            "limit",
+            format!("must be 1 to {}", limits::LIST_LIMIT_MAX),
+        )),
+    }
+}
+
+pub async fn list_queues(
+    app: axum::extract::State<AppState>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<proto::QueueList>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let list = app
+        .broker()?
+        .read(|s, _| {
+            let page = s.queues_page(query.cursor.as_deref(), limit + 1);
+            let more = page.len() > limit;
+            let queues: Vec<proto::QueueInfo> =
+                page.into_iter().take(limit).map(queue_view).collect();
+            let next_cursor = if more {
+                queues.last().map(|q| q.name.clone())
+            } else {
+                None
+            };
+            Ok(proto::QueueList {
+                queues,
+                next_cursor,
+            })
+        })
+        .await?;
+    Ok(Json(list))
+}
+
+fn queue_or_404<'a>(s: &'a State, name: &str) -> Result<&'a sluice_core::Queue, ApiError> {
+    s.queue(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("queue {name} not found"),
+        )
+    })
+}
+
+pub async fn get_queue(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<proto::QueueInfo>, ApiError> {
+    Ok(Json(
+        app.broker()?
+            .read(|s, _| queue_or_404(s, &name).map(queue_view))
+            .await?,
+    ))
+}
+
+pub async fn list_jobs(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<proto::JobList>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let state_text = query.state.as_deref().unwrap_or("ready");
+    let state = sluice_proto::JobState::parse(state_text).ok_or_else(|| {
+        ApiError::bad_input(
+            "state",
+            "one of scheduled, ready, leased, succeeded, failed, dead, cancelled",
+        )
+    })?;
+    let after = match query.cursor.as_deref() {
+        Some(c) => Some(
+            ids::decode(c)
+                .ok_or_else(|| ApiError::bad_input("cursor", "not a cursor from this API"))?,
+        ),
+        None => None,
+    };
+    let list = app
+        .broker()?
+        .read(|s, _| {
+            let queue = queue_or_404(s, &name)?;
+            let page = s.jobs_page(queue, state, after, limit + 1);
+            let more = page.len() > limit;
+            let jobs: Vec<proto::Job> = page
+                .into_iter()
+                .take(limit)
+                .map(|j| job_view(s, j))
+                .collect();
+            let next_cursor = if more {
+                jobs.last().map(|j| j.id.clone())
+            } else {
+                None
+            };
+            Ok(proto::JobList { jobs, next_cursor })
+        })
+        .await?;
+    Ok(Json(list))
+}
+
+async fn set_paused(
+    app: AppState,
+    name: String,
+    paused: bool,
+) -> Result<Json<proto::QueueInfo>, ApiError> {
+    let broker = app.broker()?;
+    broker.execute(|s, _| s.set_paused(&name, paused)).await?;
+    Ok(Json(
+        broker
+            .read(|s, _| queue_or_404(s, &name).map(queue_view))
+            .await?,
+    ))
+}
+
+pub async fn pause_queue(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<proto::QueueInfo>, ApiError> {
+    set_paused(app.0, name, true).await
+}
+
+pub async fn resume_queue(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<proto::QueueInfo>, ApiError> {
+    set_paused(app.0, name, false).await
+}
+
+pub async fn purge_queue(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<proto::PurgeResponse>, ApiError> {
+    let purged = app.broker()?.execute(|s, _| s.purge(&name)).await?;
+    Ok(Json(proto::PurgeResponse {
+        purged: purged as u64,
+    }))
+}
+
+// ---- health -------------------------------------------------------------------------
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub async fn readyz(
+    app: axum::extract::State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let broker = app.broker()?;
+    if broker.wal().is_poisoned() {
+        return Err(sluice_wal::WalError::Poisoned.into());
+    }
+    if *app.shutting_down.borrow() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        ));
+    }
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take this method",
+    )
+}

@@ -1,0 +1,183 @@
+//! The broker: the state machine behind a lock, its log, and the wake-ups for long-polls.
+//!
+//! Every command runs as: lock the state, decide and apply the event, append it to the
+//! WAL (still under the lock, so log order is apply order), unlock, then wait until the
+//! record is durable before answering. Reads wait until everything they saw is durable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use parking_lot::Mutex;
+use sluice_core::{Config as CoreConfig, CoreError, Decided, Event, Millis, State};
+use sluice_wal::{RecoveryReport, Replayed, Wal, WalOptions};
+use tokio::sync::Notify;
+
+use crate::error::ApiError;
+
+/// Bytes appended but not yet written past which commands are refused with 503
+/// `overloaded` instead of queueing more in memory.
+pub const WAL_PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+pub fn system_now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+pub struct Broker {
+    state: Mutex<State>,
+    wal: Wal,
+    /// Woken whenever jobs may have become ready.
+    pub jobs_available: Notify,
+    records_at_last_snapshot: AtomicU64,
+    pub snapshot_every_records: u64,
+}
+
+impl Broker {
+    /// Opens the log, replays it, and returns a broker ready to serve.
+    pub fn open(
+        options: WalOptions,
+        config: CoreConfig,
+        snapshot_every_records: u64,
+    ) -> Result<(Broker, RecoveryReport), sluice_wal::WalError> {
+        let mut state = State::new(config);
+        let (wal, report) = Wal::open(options, &mut |item| match item {
+            Replayed::Snapshot { bytes, .. } => {
+                state = State::decode_snapshot(config, bytes)?;
+                Ok(())
+            }
+            Replayed::Record { bytes, .. } => state.apply(&Event::decode(bytes)?),
+        })?;
+        let broker = Broker {
+            state: Mutex::new(state),
+            wal,
+            jobs_available: Notify::new(),
+            records_at_last_snapshot: AtomicU64::new(report.snapshot_lsn.unwrap_or(0)),
+            snapshot_every_records,
+        };
+        Ok((broker, report))
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Decides and applies a command, logs its event and waits for durability.
+    pub async fn execute<T>(
+        &self,
+        command: impl FnOnce(&mut State, Millis) -> Result<Decided<T>, CoreError>,
+    ) -> Result<T, ApiError> {
+        if self.wal.is_poisoned() {
+            return Err(sluice_wal::WalError::Poisoned.into());
+        }
+        if self.wal.pending_bytes() > WAL_PENDING_BYTES_MAX {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the write-ahead log is behind; retry shortly",
+            ));
+        }
+        let (lsn, reply, wake) = {
+            let mut state = self.state.lock();
+            let (event, reply) = command(&mut state, system_now_ms())?;
+            let wake = matches!(
+                event,
+                Some(
+                    Event::Enqueued { .. }
+                        | Event::Retried { .. }
+                        | Event::Expired { .. }
+                        | Event::QueuePaused { paused: false, .. }
+                        | Event::Failed { .. }
+                )
+            );
+            let lsn = match event {
+                Some(event) => Some(self.wal.append(&event.encode())?),
+                None => self.wal.next_lsn().checked_sub(1),
+            };
+            (lsn, reply, wake)
+        };
+        if wake {
+            self.jobs_available.notify_waiters();
+        }
+        if let Some(lsn) = lsn {
+            self.wal.wait_durable(lsn).await?;
+        }
+        Ok(reply)
+    }
+
+    /// Runs a read under the lock; answers once everything it could have seen is durable.
+    pub async fn read<T>(
+        &self,
+        query: impl FnOnce(&State, Millis) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let (reply, lsn) = {
+            let state = self.state.lock();
+            (
+                query(&state, system_now_ms())?,
+                self.wal.next_lsn().checked_sub(1),
+            )
+        };
+        if let Some(lsn) = lsn {
+            self.wal.wait_durable(lsn).await?;
+        }
+        Ok(reply)
+    }
+
+    /// Periodic work: expire leases, forget old finished jobs, wake long-polls for jobs
+    /// that came due, and snapshot when the log has grown enough.
+    pub async fn tick(self: &Arc<Self>) -> Result<(), ApiError> {
+        let now = system_now_ms();
+        let due = self
+            .state
+            .lock()
+            .next_deadline()
+            .is_some_and(|at| at <= now);
+        self.execute(|s, now| Ok(s.expire_leases(now))).await?;
+        self.execute(|s, now| Ok(s.retain(now))).await?;
+        if due {
+            self.jobs_available.notify_waiters();
+        }
+        let written = self.wal.next_lsn();
+        if written.saturating_sub(self.records_at_last_snapshot.load(Ordering::Relaxed))
+            >= self.snapshot_every_records
+        {
+            self.snapshot().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot of the state as of now and lets the log drop what it covers.
+    pub async fn snapshot(self: &Arc<Self>) -> Result<(), ApiError> {
+        let (lsn, bytes) = {
+            let state = self.state.lock();
+            (self.wal.next_lsn(), state.encode_snapshot())
+        };
+        if let Some(last) = lsn.checked_sub(1) {
+            self.wal.wait_durable(last).await?;
+        }
+        let this = self.clone();
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || this.wal.write_snapshot(lsn, &bytes))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
+        self.records_at_last_snapshot.store(lsn, Ordering::Relaxed);
+        tracing::info!(
+            lsn,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(())
+    }
+
+    pub fn close(&self) -> Result<(), sluice_wal::WalError> {
+        self.wal.close()
+    }
+
+    pub fn tick_interval() -> Duration {
+        Duration::from_millis(50)
+    }
+}

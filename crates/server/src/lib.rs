@@ -1,0 +1,194 @@
+//! The Sluice server: wires the state machine (`sluice-core`) and the write-ahead log
+//! (`sluice-wal`) to an axum HTTP API, and owns start-up, periodic work and shutdown.
+//!
+//! API Boundary: only the HTTP API (`sluice-proto` types) is public contract; everything
+//! in this crate is internal to the binary.
+
+pub mod api;
+pub mod broker;
+pub mod error;
+pub mod openapi;
+
+use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use sluice_proto::limits;
+use sluice_wal::{FsyncPolicy, WalOptions};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::AppState;
+use crate::broker::Broker;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub segment_bytes_max: u64,
+    pub retention_ms: u64,
+    pub retention_len_max: usize,
+    /// A snapshot is written after this many log records (and at shutdown).
+    pub snapshot_every_records: u64,
+    /// In-flight requests get this long to finish at shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let core = sluice_core::Config::default();
+        ServerConfig {
+            data_dir: data_dir.into(),
+            fsync: FsyncPolicy::Always,
+            segment_bytes_max: 64 * 1024 * 1024,
+            retention_ms: core.retention_ms,
+            retention_len_max: core.retention_len_max,
+            snapshot_every_records: 100_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("cannot open the data directory: {0}")]
+    Open(#[from] sluice_wal::WalError),
+    #[error("HTTP server failed: {0}")]
+    Serve(#[from] std::io::Error),
+    #[error("start-up task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/v1/openapi.json", get(openapi::serve))
+        .route("/v1/jobs", post(api::enqueue))
+        .route("/v1/jobs/batch", post(api::enqueue_batch))
+        .route("/v1/jobs/{id}", get(api::get_job))
+        .route("/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/v1/jobs/{id}/retry", post(api::retry_job))
+        .route("/v1/jobs/{id}/heartbeat", post(api::heartbeat))
+        .route("/v1/jobs/{id}/ack", post(api::ack))
+        .route("/v1/jobs/{id}/fail", post(api::fail))
+        .route("/v1/lease", post(api::lease))
+        .route("/v1/ack", post(api::ack_batch))
+        .route("/v1/fail", post(api::fail_batch))
+        .route("/v1/queues", get(api::list_queues))
+        .route("/v1/queues/{queue}", get(api::get_queue))
+        .route("/v1/queues/{queue}/jobs", get(api::list_jobs))
+        .route("/v1/queues/{queue}/pause", post(api::pause_queue))
+        .route("/v1/queues/{queue}/resume", post(api::resume_queue))
+        .route("/v1/queues/{queue}/purge", post(api::purge_queue))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits::REQUEST_BYTES_MAX))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops taking requests, lets
+/// in-flight ones finish (bounded by `shutdown_grace_ms`), snapshots and closes the log.
+/// Health checks answer during replay; `/readyz` turns 200 once the log is replayed.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let cell: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = AppState {
+        broker: cell.clone(),
+        shutting_down: stop_rx.clone(),
+    };
+    let mut serve_stop = stop_rx.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(async move {
+                let _ = serve_stop.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+
+    let options = WalOptions {
+        segment_bytes_max: config.segment_bytes_max,
+        fsync: config.fsync,
+        ..WalOptions::new(&config.data_dir)
+    };
+    let core_config = sluice_core::Config {
+        retention_ms: config.retention_ms,
+        retention_len_max: config.retention_len_max,
+    };
+    let snapshot_every = config.snapshot_every_records.max(1);
+    let started = std::time::Instant::now();
+    let opened =
+        tokio::task::spawn_blocking(move || Broker::open(options, core_config, snapshot_every))
+            .await?;
+    let (broker, report) = match opened {
+        Ok(opened) => opened,
+        Err(error) => {
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            return Err(error.into());
+        }
+    };
+    let broker = Arc::new(broker);
+    tracing::info!(
+        snapshot_lsn = ?report.snapshot_lsn,
+        records_replayed = report.records_replayed,
+        next_lsn = report.next_lsn,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "log replayed; ready"
+    );
+    let _ = cell.set(broker.clone());
+
+    let ticker = {
+        let broker = broker.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Broker::tick_interval());
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let stopping = tokio::select! {
+                    _ = interval.tick() => false,
+                    _ = stop.changed() => true,
+                };
+                if stopping || *stop.borrow() {
+                    break;
+                }
+                if let Err(error) = broker.tick().await {
+                    tracing::warn!(?error, "periodic work failed");
+                }
+            }
+        })
+    };
+
+    shutdown.await;
+    tracing::info!("shutting down: no new requests; finishing in-flight ones");
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let served = tokio::time::timeout(grace, server).await;
+    let _ = ticker.await;
+    if served.is_err() {
+        tracing::warn!(
+            grace_ms = config.shutdown_grace_ms,
+            "in-flight requests did not finish in time"
+        );
+    }
+    if !broker.wal().is_poisoned() {
+        if let Err(error) = broker.snapshot().await {
+            tracing::warn!(
+                ?error,
+                "final snapshot failed; the log still holds everything"
+            );
+        }
+    }
+    broker.close()?;
+    tracing::info!("stopped");
+    Ok(())
+}
