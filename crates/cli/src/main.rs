@@ -210,7 +210,11 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "listening");
-            sluice_server::run(listener, config, shutdown_signal()).await?;
+            let data_dir = config.data_dir.display().to_string();
+            sluice_server::run(listener, config, shutdown_signal())
+                .await
+                // The log's errors name `<dir>` where only the server knows the path.
+                .map_err(|e| anyhow::anyhow!(e.to_string().replace("<dir>", &data_dir)))?;
             Ok(())
         }
         Command::Enqueue {

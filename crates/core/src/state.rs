@@ -751,10 +751,11 @@ impl State {
                     retry_at,
                 });
                 Ok(Settled {
-                    state: if retry_at.is_some() {
-                        JobState::Failed
-                    } else {
-                        JobState::Dead
+                    // A retry due now makes the job ready at once (see `transition`).
+                    state: match retry_at {
+                        Some(at) if at > now => JobState::Failed,
+                        Some(_) => JobState::Ready,
+                        None => JobState::Dead,
                     },
                     retry_at,
                 })
@@ -796,15 +797,22 @@ impl State {
             .map(|&(_, id)| id)
             .collect();
         let mut picked: FxHashSet<JobId> = ids.iter().copied().collect();
-        for queue in &self.ix.queues {
-            let len = queue.finished_len();
+        // Jobs removed by time already count towards a queue's excess.
+        let mut picked_per_queue: FxHashMap<u32, usize> = FxHashMap::default();
+        for job in ids.iter().filter_map(|id| self.jobs.get(id)) {
+            *picked_per_queue.entry(job.queue).or_default() += 1;
+        }
+        for (queue_id, queue) in self.ix.queues.iter().enumerate() {
+            let already = picked_per_queue.get(&(queue_id as u32)).copied().unwrap_or(0);
+            let len = queue.finished_len() - already;
             if len <= self.config.retention_len_max || ids.len() >= TICK_BATCH_LEN_MAX {
                 continue;
             }
             let excess = (len - self.config.retention_len_max).min(TICK_BATCH_LEN_MAX - ids.len());
+            // The oldest `excess` not yet picked are among the oldest `excess + already`.
             let mut oldest: Vec<JobId> = [JobState::Succeeded, JobState::Dead, JobState::Cancelled]
                 .iter()
-                .flat_map(|&s| queue.by_state[state_index(s)].iter().take(excess).copied())
+                .flat_map(|&s| queue.by_state[state_index(s)].iter().take(excess + already).copied())
                 .collect();
             oldest.sort_unstable();
             let fresh: Vec<JobId> = oldest

@@ -274,6 +274,7 @@ fn job_or_404(state: &State, id: JobId) -> Result<proto::Job, ApiError> {
 
 // ---- jobs ---------------------------------------------------------------------------
 
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = proto::JobSpec, responses((status = 201, description = "enqueued", body = proto::EnqueueResult), (status = 200, description = "a unique key matched: the existing job", body = proto::EnqueueResult), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 413, description = "payload or body too large", body = proto::ErrorResponse), (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
 pub async fn enqueue(
     app: axum::extract::State<AppState>,
     ApiJson(spec): ApiJson<proto::JobSpec>,
@@ -301,6 +302,7 @@ pub async fn enqueue(
         .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = proto::EnqueueBatchRequest, responses((status = 201, description = "all enqueued (or matched by unique key)", body = proto::EnqueueBatchResponse), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 413, description = "batch, payload or body too large", body = proto::ErrorResponse)))]
 pub async fn enqueue_batch(
     app: axum::extract::State<AppState>,
     ApiJson(request): ApiJson<proto::EnqueueBatchRequest>,
@@ -343,6 +345,7 @@ pub async fn enqueue_batch(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)), responses((status = 200, body = proto::Job), (status = 404, body = proto::ErrorResponse)))]
 pub async fn get_job(
     app: axum::extract::State<AppState>,
     Path(id): Path<String>,
@@ -351,6 +354,7 @@ pub async fn get_job(
     Ok(Json(app.broker()?.read(|s, _| job_or_404(s, id)).await?))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)), responses((status = 200, body = proto::Job), (status = 404, body = proto::ErrorResponse), (status = 422, description = "already finished", body = proto::ErrorResponse)))]
 pub async fn cancel_job(
     app: axum::extract::State<AppState>,
     Path(id): Path<String>,
@@ -361,6 +365,7 @@ pub async fn cancel_job(
     Ok(Json(broker.read(|s, _| job_or_404(s, id)).await?))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path)), responses((status = 200, body = proto::Job), (status = 404, body = proto::ErrorResponse), (status = 422, description = "not dead, cancelled or failed", body = proto::ErrorResponse)))]
 pub async fn retry_job(
     app: axum::extract::State<AppState>,
     Path(id): Path<String>,
@@ -371,6 +376,7 @@ pub async fn retry_job(
     Ok(Json(broker.read(|s, _| job_or_404(s, id)).await?))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/heartbeat", tag = "workers", params(("id" = String, Path)), request_body = proto::HeartbeatRequest, responses((status = 200, body = proto::HeartbeatResponse), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse), (status = 409, description = "stale lease", body = proto::ErrorResponse), (status = 413, description = "progress too large", body = proto::ErrorResponse)))]
 pub async fn heartbeat(
     app: axum::extract::State<AppState>,
     Path(id): Path<String>,
@@ -430,6 +436,7 @@ fn single(
     }
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/ack", tag = "workers", params(("id" = String, Path)), request_body = proto::AckRequest, responses((status = 200, body = proto::ItemResult), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse), (status = 409, description = "stale lease", body = proto::ErrorResponse)))]
 pub async fn ack(
     app: axum::extract::State<AppState>,
     Path(id_text): Path<String>,
@@ -461,6 +468,7 @@ fn fail_input(
     })
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/fail", tag = "workers", params(("id" = String, Path)), request_body = proto::FailRequest, responses((status = 200, body = proto::ItemResult), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse), (status = 409, description = "stale lease", body = proto::ErrorResponse)))]
 pub async fn fail(
     app: axum::extract::State<AppState>,
     Path(id_text): Path<String>,
@@ -517,6 +525,7 @@ fn batch_results(
     proto::BatchResultResponse { results }
 }
 
+#[utoipa::path(post, path = "/v1/ack", tag = "workers", request_body = proto::AckBatchRequest, responses((status = 200, description = "one result per item", body = proto::BatchResultResponse), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 413, description = "batch too large", body = proto::ErrorResponse)))]
 pub async fn ack_batch(
     app: axum::extract::State<AppState>,
     ApiJson(request): ApiJson<proto::AckBatchRequest>,
@@ -541,6 +550,7 @@ pub async fn ack_batch(
     Ok(Json(batch_results(texts, parsed, settled.into_iter())))
 }
 
+#[utoipa::path(post, path = "/v1/fail", tag = "workers", request_body = proto::FailBatchRequest, responses((status = 200, description = "one result per item", body = proto::BatchResultResponse), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 413, description = "batch too large", body = proto::ErrorResponse)))]
 pub async fn fail_batch(
     app: axum::extract::State<AppState>,
     ApiJson(request): ApiJson<proto::FailBatchRequest>,
@@ -570,6 +580,7 @@ pub async fn fail_batch(
     Ok(Json(batch_results(texts, parsed, settled.into_iter())))
 }
 
+#[utoipa::path(post, path = "/v1/lease", tag = "workers", request_body = proto::LeaseRequest, responses((status = 200, description = "leased jobs, possibly none", body = proto::LeaseResponse), (status = 400, description = "bad input", body = proto::ErrorResponse)))]
 pub async fn lease(
     app: axum::extract::State<AppState>,
     ApiJson(request): ApiJson<proto::LeaseRequest>,
@@ -662,6 +673,7 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/queues", tag = "queues", params(("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query)), responses((status = 200, body = proto::QueueList), (status = 400, description = "bad input", body = proto::ErrorResponse)))]
 pub async fn list_queues(
     app: axum::extract::State<AppState>,
     ApiQuery(query): ApiQuery<PageQuery>,
@@ -698,6 +710,7 @@ fn queue_or_404<'a>(s: &'a State, name: &str) -> Result<&'a sluice_core::Queue, 
     })
 }
 
+#[utoipa::path(get, path = "/v1/queues/{queue}", tag = "queues", params(("queue" = String, Path)), responses((status = 200, body = proto::QueueInfo), (status = 404, body = proto::ErrorResponse)))]
 pub async fn get_queue(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,
@@ -709,6 +722,7 @@ pub async fn get_queue(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/queues/{queue}/jobs", tag = "queues", params(("queue" = String, Path), ("state" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query)), responses((status = 200, body = proto::JobList), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse)))]
 pub async fn list_jobs(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,
@@ -765,6 +779,7 @@ async fn set_paused(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/queues/{queue}/pause", tag = "queues", params(("queue" = String, Path)), responses((status = 200, body = proto::QueueInfo), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
 pub async fn pause_queue(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,
@@ -772,6 +787,7 @@ pub async fn pause_queue(
     set_paused(app.0, name, true).await
 }
 
+#[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "queues", params(("queue" = String, Path)), responses((status = 200, body = proto::QueueInfo), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
 pub async fn resume_queue(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,
@@ -779,6 +795,7 @@ pub async fn resume_queue(
     set_paused(app.0, name, false).await
 }
 
+#[utoipa::path(post, path = "/v1/queues/{queue}/purge", tag = "queues", params(("queue" = String, Path)), responses((status = 200, body = proto::PurgeResponse), (status = 404, body = proto::ErrorResponse)))]
 pub async fn purge_queue(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,
@@ -791,10 +808,12 @@ pub async fn purge_queue(
 
 // ---- health -------------------------------------------------------------------------
 
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "the process is up")))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "the log is replayed and writable"), (status = 503, body = proto::ErrorResponse)))]
 pub async fn readyz(
     app: axum::extract::State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {

@@ -4,11 +4,34 @@ use axum::Json;
 use sluice_proto as proto;
 use utoipa::OpenApi;
 
+use crate::api;
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Sluice",
         description = "Durable job queues over HTTP/JSON. Errors use ErrorResponse."
+    ),
+    paths(
+        api::enqueue,
+        api::enqueue_batch,
+        api::get_job,
+        api::cancel_job,
+        api::retry_job,
+        api::heartbeat,
+        api::ack,
+        api::fail,
+        api::ack_batch,
+        api::fail_batch,
+        api::lease,
+        api::list_queues,
+        api::get_queue,
+        api::list_jobs,
+        api::pause_queue,
+        api::resume_queue,
+        api::purge_queue,
+        api::healthz,
+        api::readyz
     ),
     components(schemas(
         proto::ErrorResponse,

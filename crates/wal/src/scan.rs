@@ -363,7 +363,7 @@ pub(crate) fn analyze(dir: &Path) -> Result<Analysis, WalError> {
     let chosen_lsn = chosen_snapshot.map(|index| snapshots[index].lsn);
     for snapshot in &snapshots {
         if let Some((offset, reason)) = &snapshot.problem {
-            let newer_than_chosen = chosen_lsn.map_or(true, |lsn| snapshot.lsn > lsn);
+            let newer_than_chosen = !matches!(chosen_lsn, Some(lsn) if snapshot.lsn <= lsn);
             let detail = if !newer_than_chosen {
                 format!("{reason}; older than the snapshot in use, ignored")
             } else if found {
