@@ -547,11 +547,12 @@ impl State {
         }
         let mut replies = Vec::with_capacity(specs.len());
         let mut jobs = Vec::with_capacity(specs.len());
-        let mut batch_keys: FxHashMap<(&str, &str), JobId> = FxHashMap::default();
+        // Owned keys: the specs are moved into the event below.
+        let mut batch_keys: FxHashMap<(String, String), JobId> = FxHashMap::default();
         let mut last_id = self.last_id;
-        for spec in &specs {
+        for spec in specs {
             if let Some(key) = spec.unique_key.as_deref() {
-                if let Some(&id) = batch_keys.get(&(spec.queue.as_str(), key)) {
+                if let Some(&id) = batch_keys.get(&(spec.queue.clone(), key.to_owned())) {
                     replies.push(Enqueued {
                         id,
                         duplicate: true,
@@ -569,7 +570,7 @@ impl State {
             let id = self.next_id(now, last_id);
             last_id = id;
             if let Some(key) = spec.unique_key.as_deref() {
-                batch_keys.insert((spec.queue.as_str(), key), id);
+                batch_keys.insert((spec.queue.clone(), key.to_owned()), id);
             }
             replies.push(Enqueued {
                 id,
@@ -577,9 +578,9 @@ impl State {
             });
             jobs.push(NewJob {
                 id,
-                queue: spec.queue.clone(),
-                kind: spec.kind.clone(),
-                payload: spec.payload.clone(),
+                queue: spec.queue,
+                kind: spec.kind,
+                payload: spec.payload,
                 priority: spec.priority,
                 run_at: spec.run_at.unwrap_or(now).max(now),
                 max_attempts: spec.max_attempts as u16,
@@ -587,9 +588,8 @@ impl State {
                 timeout_ms: spec.timeout_ms as u32,
                 unique: spec
                     .unique_key
-                    .clone()
                     .map(|k| (k, now.saturating_add(spec.unique_ttl_ms as Millis))),
-                tags: spec.tags.clone(),
+                tags: spec.tags,
             });
         }
         self.commit(

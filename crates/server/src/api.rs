@@ -64,6 +64,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                         )
                     }
                 })?;
+        // The fast parser first; only a body that fails is parsed again to find the
+        // path of the bad field.
+        match serde_json::from_slice(&bytes) {
+            Ok(value) => return Ok(ApiJson(value)),
+            Err(error) if error.is_eof() || error.is_syntax() => {
+                return Err(ApiError::bad_input("", error.to_string()))
+            }
+            Err(_) => {}
+        }
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
             let path = e.path().to_string();
@@ -71,9 +80,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 if path == "." { String::new() } else { path },
                 e.inner().to_string(),
             )
-        })?;
-        deserializer.end().map_err(|e| {
-            ApiError::bad_input("", format!("trailing characters after the JSON body: {e}"))
         })?;
         Ok(ApiJson(value))
     }

@@ -60,6 +60,13 @@ pub enum ServerError {
     Open(#[from] sluice_wal::WalError),
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("another process is using the data directory {0} (it holds the lock on its LOCK file)")]
+    Locked(PathBuf),
+    #[error("cannot lock the data directory {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -100,6 +107,8 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // Held until `run` returns; the OS drops it if the process dies.
+    let _lock = lock_data_dir(&config.data_dir)?;
     let cell: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = AppState {
@@ -191,4 +200,24 @@ pub async fn run(
     broker.close()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Two servers on one data directory would interleave their logs: refuse the second.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+    let lock_error = |source| ServerError::Lock {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(lock_error)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(lock_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::Locked(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(lock_error(source)),
+    }
 }
