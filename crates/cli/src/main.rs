@@ -1,6 +1,7 @@
 //! The `sluice` binary: runs the server, talks to one over HTTP, benchmarks it, and
 //! repairs a data directory. It speaks only the public API (and the WAL's repair API).
 
+mod bench;
 mod client;
 
 use std::net::SocketAddr;
@@ -104,6 +105,11 @@ enum Command {
     Queues {
         #[command(subcommand)]
         action: Option<QueueAction>,
+    },
+    /// Measure throughput, latency, memory and restart time (see docs/benchmarks.md).
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
     },
     /// Check a data directory for damage; with --apply, cut the log at the first damage.
     Repair {
@@ -338,6 +344,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Bench { args } => bench::run(&cli.url, args).await,
         Command::Repair { data_dir, apply } => {
             let report = sluice_wal::repair(&data_dir, apply)
                 .with_context(|| format!("cannot inspect {}", data_dir.display()))?;

@@ -1,0 +1,1150 @@
+//! `sluice bench`: load scenarios against a running server (`--url`), and a `restart`
+//! scenario that runs a server of its own. Each scenario prints one line: throughput,
+//! p50/p99 of its requests, counts, errors, and the target it is measured against.
+//! See docs/benchmarks.md for how the numbers were taken on the reference machine.
+//!
+//! The load generator keeps its own CPU cost low, because on a small machine it shares
+//! the cores with the server: request bodies are serialized once and sent as bytes,
+//! replies are parsed only as far as the scenario needs.
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Every scenario below, `restart` last.
+    All,
+    /// Batches of --batch jobs from --concurrency requesters, --jobs in all.
+    EnqueueBatch,
+    /// Producers enqueue batches while consumers lease and batch-ack them.
+    LifecycleBatch,
+    /// --clients loops of enqueue one, lease one, ack one, for --duration-s.
+    LifecycleSingle,
+    /// Open-loop single enqueues at --rate per second, for --duration-s.
+    Latency,
+    /// Own server: load --jobs, measure RSS per job, time kill -9 and SIGTERM restarts.
+    Restart,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::All => "all",
+            Scenario::EnqueueBatch => "enqueue-batch",
+            Scenario::LifecycleBatch => "lifecycle-batch",
+            Scenario::LifecycleSingle => "lifecycle-single",
+            Scenario::Latency => "latency",
+            Scenario::Restart => "restart",
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Scenario to run.
+    #[arg(long, value_enum, default_value = "all")]
+    pub scenario: Scenario,
+    /// Jobs for enqueue-batch, lifecycle-batch and restart.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub jobs: u64,
+    /// Jobs per enqueue batch.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: u64,
+    /// Size of each payload as JSON text (a string of that many bytes, quotes included).
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Concurrent requesters of enqueue-batch and restart; producers of lifecycle-batch.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Consumers (lease + batch ack) of lifecycle-batch.
+    #[arg(long, default_value_t = 2)]
+    pub consumers: usize,
+    /// Concurrent clients of lifecycle-single.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Length of lifecycle-single and latency.
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Enqueues per second of latency.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u64,
+    /// Requests latency keeps in flight at most (later sends wait, and that wait counts).
+    #[arg(long, default_value_t = 256)]
+    pub in_flight_max: usize,
+    /// A scenario that runs longer than this stops and reports what it did.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_s: u64,
+}
+
+/// One scenario's printed result.
+struct Report {
+    line: String,
+    errors: u64,
+}
+
+pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
+    if args.batch == 0 || args.jobs == 0 || args.concurrency == 0 || args.clients == 0 {
+        bail!("--batch, --jobs, --concurrency and --clients must be at least 1");
+    }
+    if args.payload_bytes < 2 {
+        bail!("--payload-bytes must be at least 2 (the payload is a JSON string)");
+    }
+    let command_line: Vec<String> = std::env::args().collect();
+    println!("command: {}", command_line.join(" "));
+    println!("machine: {}", machine());
+    let scenarios: Vec<Scenario> = match args.scenario {
+        Scenario::All => vec![
+            Scenario::EnqueueBatch,
+            Scenario::LifecycleBatch,
+            Scenario::LifecycleSingle,
+            Scenario::Latency,
+            Scenario::Restart,
+        ],
+        one => vec![one],
+    };
+    let pool = args
+        .concurrency
+        .max(args.consumers)
+        .max(args.clients)
+        .max(args.in_flight_max)
+        + 8;
+    let remote = scenarios.iter().any(|s| *s != Scenario::Restart);
+    let http = Http::new(url, pool)?;
+    if remote {
+        println!(
+            "server: {url}; durability is whatever that server was started with \
+             (the API does not report it: state it with the results)"
+        );
+        let (status, _) = http
+            .get_status("/readyz")
+            .await
+            .map_err(|e| anyhow!("cannot reach the server at {url}: {e}"))?;
+        if status != 200 {
+            bail!("the server at {url} is not ready (/readyz answered {status})");
+        }
+    }
+    let run_id = run_id();
+    let mut errors = 0;
+    for scenario in scenarios {
+        let report = match scenario {
+            Scenario::EnqueueBatch => enqueue_batch(&http, &args, &run_id).await,
+            Scenario::LifecycleBatch => lifecycle_batch(&http, &args, &run_id).await,
+            Scenario::LifecycleSingle => lifecycle_single(&http, &args, &run_id).await,
+            Scenario::Latency => latency(&http, &args, &run_id).await,
+            Scenario::Restart => restart(&args, &run_id).await,
+            Scenario::All => continue,
+        };
+        match report {
+            Ok(report) => {
+                println!("{:<16} {}", scenario.name(), report.line);
+                errors += report.errors;
+            }
+            Err(error) => {
+                println!("{:<16} FAILED: {error:#}", scenario.name());
+                errors += 1;
+            }
+        }
+    }
+    if errors > 0 {
+        bail!("{errors} error(s) during the benchmark; see the lines above");
+    }
+    Ok(())
+}
+
+// ---- the scenarios ---------------------------------------------------------------------
+
+async fn enqueue_batch(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> {
+    let queue = format!("bench-eb-{run_id}");
+    let batches = Batches::new(&queue, args);
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (http, batches) = (http.clone(), batches.clone());
+        tasks.push(tokio::spawn(async move {
+            batches.produce(&http, deadline).await
+        }));
+    }
+    let mut tally = Tally::default();
+    let mut jobs = 0;
+    for task in tasks {
+        let (t, n) = task.await?;
+        tally.merge(t);
+        jobs += n;
+    }
+    let elapsed = started.elapsed();
+    let rate = jobs as f64 / elapsed.as_secs_f64();
+    let mut line = format!(
+        "{jobs} jobs in {:.2} s = {} jobs/s | batch {} x {} B, concurrency {} | requests {}",
+        elapsed.as_secs_f64(),
+        thousands(rate),
+        args.batch,
+        args.payload_bytes,
+        args.concurrency,
+        tally.summary()
+    );
+    finish(&mut line, &[&tally], ">=", rate, 300_000.0, "jobs/s");
+    Ok(Report {
+        line,
+        errors: tally.errors,
+    })
+}
+
+async fn lifecycle_batch(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> {
+    let queue = format!("bench-lb-{run_id}");
+    let batches = Batches::new(&queue, args);
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let started = Instant::now();
+    let completed = Arc::new(AtomicU64::new(0));
+    let finished_ns = Arc::new(AtomicU64::new(0));
+    let lease_body: &'static [u8] = leak(format!(
+        r#"{{"queues":["{queue}"],"max_jobs":{},"wait_ms":200}}"#,
+        args.batch.min(1_000)
+    ));
+    let mut producers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (http, batches) = (http.clone(), batches.clone());
+        producers.push(tokio::spawn(async move {
+            batches.produce(&http, deadline).await
+        }));
+    }
+    let mut consumers = Vec::new();
+    for _ in 0..args.consumers.max(1) {
+        let (http, completed, finished_ns) = (http.clone(), completed.clone(), finished_ns.clone());
+        let target = args.jobs;
+        consumers.push(tokio::spawn(async move {
+            let (mut lease_tally, mut ack_tally) = (Tally::default(), Tally::default());
+            while completed.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+                let t = Instant::now();
+                let leased = http
+                    .post("/v1/lease", lease_body, |b| {
+                        serde_json::from_slice::<LeaseReply>(b).map_err(|e| e.to_string())
+                    })
+                    .await;
+                let jobs = match leased {
+                    Ok(reply) => {
+                        lease_tally.ok(t.elapsed());
+                        reply.jobs
+                    }
+                    Err(e) => {
+                        lease_tally.err(e);
+                        continue;
+                    }
+                };
+                if jobs.is_empty() {
+                    continue;
+                }
+                let body = ack_body(&jobs);
+                let t = Instant::now();
+                let acked = http
+                    .post_owned("/v1/ack", body, |b| {
+                        serde_json::from_slice::<AckReply>(b).map_err(|e| e.to_string())
+                    })
+                    .await;
+                match acked {
+                    Ok(reply) => {
+                        ack_tally.ok(t.elapsed());
+                        let failed = reply.results.iter().filter(|r| r.error.is_some()).count();
+                        if failed > 0 {
+                            ack_tally.errors += failed as u64;
+                            ack_tally.note(format!("{failed} acks of a batch were refused"));
+                        }
+                        let ok = (reply.results.len() - failed) as u64;
+                        let done = completed.fetch_add(ok, Ordering::Relaxed) + ok;
+                        if done >= target {
+                            finished_ns
+                                .fetch_max(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => ack_tally.err(e),
+                }
+            }
+            (lease_tally, ack_tally)
+        }));
+    }
+    let mut enqueue = Tally::default();
+    let mut enqueued = 0;
+    for task in producers {
+        let (t, n) = task.await?;
+        enqueue.merge(t);
+        enqueued += n;
+    }
+    let (mut lease, mut ack) = (Tally::default(), Tally::default());
+    for task in consumers {
+        let (l, a) = task.await?;
+        lease.merge(l);
+        ack.merge(a);
+    }
+    let done = completed.load(Ordering::Relaxed);
+    let elapsed = match finished_ns.load(Ordering::Relaxed) {
+        0 => started.elapsed(),
+        ns => Duration::from_nanos(ns),
+    };
+    let rate = done as f64 / elapsed.as_secs_f64();
+    let mut line = format!(
+        "{done} of {enqueued} enqueued jobs completed in {:.2} s = {} jobs/s | \
+         producers {} consumers {} batch {} | enqueue {} | lease {} | ack {}",
+        elapsed.as_secs_f64(),
+        thousands(rate),
+        args.concurrency,
+        args.consumers.max(1),
+        args.batch,
+        enqueue.summary(),
+        lease.summary(),
+        ack.summary()
+    );
+    if done < args.jobs {
+        let _ = write!(line, " | INCOMPLETE: stopped by --timeout-s");
+    }
+    finish(
+        &mut line,
+        &[&enqueue, &lease, &ack],
+        ">=",
+        rate,
+        150_000.0,
+        "jobs/s",
+    );
+    Ok(Report {
+        line,
+        errors: enqueue.errors + lease.errors + ack.errors + u64::from(done < args.jobs),
+    })
+}
+
+async fn lifecycle_single(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> {
+    let duration = Duration::from_secs(args.duration_s);
+    let payload = payload(args.payload_bytes);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..args.clients {
+        let queue = format!("bench-ls-{run_id}-{client}");
+        let enqueue_body = leak(job_json(&queue, &payload));
+        let lease_body = leak(format!(
+            r#"{{"queues":["{queue}"],"max_jobs":1,"wait_ms":1000}}"#
+        ));
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tallies = [Tally::default(), Tally::default(), Tally::default()];
+            let mut done = 0u64;
+            while started.elapsed() < duration {
+                let t = Instant::now();
+                match http.post("/v1/jobs", enqueue_body, |_| Ok(())).await {
+                    Ok(()) => tallies[0].ok(t.elapsed()),
+                    Err(e) => {
+                        tallies[0].err(e);
+                        continue;
+                    }
+                }
+                let t = Instant::now();
+                let leased = http
+                    .post("/v1/lease", lease_body, |b| {
+                        serde_json::from_slice::<LeaseReply>(b).map_err(|e| e.to_string())
+                    })
+                    .await;
+                let job = match leased.map(|r| r.jobs.into_iter().next()) {
+                    Ok(Some(job)) => {
+                        tallies[1].ok(t.elapsed());
+                        job
+                    }
+                    Ok(None) => {
+                        tallies[1].err("lease returned no job".to_owned());
+                        continue;
+                    }
+                    Err(e) => {
+                        tallies[1].err(e);
+                        continue;
+                    }
+                };
+                let body = serde_json::to_vec(&AckOne {
+                    lease_id: &job.lease_id,
+                })
+                .unwrap_or_default();
+                let t = Instant::now();
+                let path = format!("/v1/jobs/{}/ack", job.id);
+                match http.post_owned(&path, body, |_| Ok(())).await {
+                    Ok(()) => {
+                        tallies[2].ok(t.elapsed());
+                        done += 1;
+                    }
+                    Err(e) => tallies[2].err(e),
+                }
+            }
+            (tallies, done)
+        }));
+    }
+    let mut tallies = [Tally::default(), Tally::default(), Tally::default()];
+    let mut done = 0;
+    for task in tasks {
+        let (t, n) = task.await?;
+        for (into, from) in tallies.iter_mut().zip(t) {
+            into.merge(from);
+        }
+        done += n;
+    }
+    let elapsed = started.elapsed();
+    let rate = done as f64 / elapsed.as_secs_f64();
+    let [mut enqueue, mut lease, mut ack] = tallies;
+    let mut line = format!(
+        "{done} jobs in {:.2} s = {} jobs/s | clients {} | enqueue {} | lease {} | ack {}",
+        elapsed.as_secs_f64(),
+        thousands(rate),
+        args.clients,
+        enqueue.summary(),
+        lease.summary(),
+        ack.summary()
+    );
+    finish(
+        &mut line,
+        &[&enqueue, &lease, &ack],
+        ">=",
+        rate,
+        20_000.0,
+        "jobs/s",
+    );
+    Ok(Report {
+        line,
+        errors: enqueue.errors + lease.errors + ack.errors,
+    })
+}
+
+async fn latency(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> {
+    if args.rate == 0 {
+        bail!("--rate must be at least 1");
+    }
+    let queue = format!("bench-lat-{run_id}");
+    let body = leak(job_json(&queue, &payload(args.payload_bytes)));
+    // Open the connections the run will need, so the first sends do not pay for them.
+    let mut warm = Vec::new();
+    for _ in 0..4 {
+        let http = http.clone();
+        warm.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let _ = http.post("/v1/jobs", body, |_| Ok(())).await;
+            }
+        }));
+    }
+    for task in warm {
+        task.await?;
+    }
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(args.in_flight_max.max(1)));
+    let period = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let sends = args.rate * args.duration_s;
+    let started = tokio::time::Instant::now();
+    let mut lag_max = Duration::ZERO;
+    let mut tasks = Vec::new();
+    for i in 0..sends {
+        let scheduled = started + period.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled).await;
+        lag_max = lag_max.max(scheduled.elapsed());
+        let Ok(permit) = gate.clone().acquire_owned().await else {
+            break;
+        };
+        let (http, tally) = (http.clone(), tally.clone());
+        tasks.push(tokio::spawn(async move {
+            let outcome = http.post("/v1/jobs", body, |_| Ok(())).await;
+            // Measured from when the send was due, so a stalled server or a full
+            // in-flight bound shows in the figures instead of hiding (coordinated omission).
+            let took = scheduled.elapsed();
+            drop(permit);
+            let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                Ok(()) => tally.ok(took),
+                Err(e) => tally.err(e),
+            }
+        }));
+        if tasks.len() >= 4_096 {
+            tasks.retain(|t| !t.is_finished());
+        }
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = started.elapsed();
+    let mut tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
+    let sent = tally.count() + tally.errors;
+    let summary = tally.summary();
+    let p99 = tally.percentile(0.99).as_secs_f64() * 1e3;
+    let mut line = format!(
+        "{sent} enqueues at {} /s target ({:.0} /s achieved) over {:.2} s | latency {summary} \
+         | in-flight max {} | generator lag max {:.2} ms",
+        args.rate,
+        sent as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        args.in_flight_max,
+        lag_max.as_secs_f64() * 1e3
+    );
+    finish(&mut line, &[&tally], "<=", p99, 2.0, "ms p99");
+    Ok(Report {
+        line,
+        errors: tally.errors,
+    })
+}
+
+async fn restart(args: &BenchArgs, run_id: &str) -> Result<Report> {
+    let exe = std::env::current_exe().context("cannot find the sluice binary")?;
+    let dir = TempDir::new(std::env::temp_dir().join(format!("sluice-bench-{run_id}")))?;
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let log = dir.0.join("server.log");
+    let data = dir.0.join("data");
+    let timeout = Duration::from_secs(args.timeout_s);
+    let queue = format!("bench-rs-{run_id}");
+
+    // Fresh server: load the jobs, measuring the server's memory around it.
+    let mut server = ServerProc::spawn(&exe, &data, port, &log)?;
+    let http = Http::new(&url, args.concurrency + 8)?;
+    let first_ready = server.wait_ready(&http, timeout, &log).await?;
+    let rss_before = rss_bytes(server.pid())?;
+    let batches = Batches::new(&queue, args);
+    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (http, batches) = (http.clone(), batches.clone());
+        tasks.push(tokio::spawn(async move {
+            batches.produce(&http, deadline).await
+        }));
+    }
+    let mut load = Tally::default();
+    let mut loaded = 0;
+    for task in tasks {
+        let (t, n) = task.await?;
+        load.merge(t);
+        loaded += n;
+    }
+    let load_elapsed = started.elapsed();
+    if loaded != args.jobs {
+        bail!(
+            "loaded only {loaded} of {} jobs ({} errors; first: {})",
+            args.jobs,
+            load.errors,
+            load.first_error.as_deref().unwrap_or("-")
+        );
+    }
+    // Let the periodic work run once more (it may allocate) before reading the RSS.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_loaded = rss_bytes(server.pid())?;
+    let per_job = (rss_loaded as f64 - rss_before as f64) / loaded as f64;
+    let beyond = per_job - args.payload_bytes as f64;
+    drop(http);
+
+    // (a) Crash: kill -9, restart, time spawn -> ready (replay of the log).
+    server.kill()?;
+    let mut server = ServerProc::spawn(&exe, &data, port, &log)?;
+    let http = Http::new(&url, 4)?;
+    let crash_ready = server.wait_ready(&http, timeout, &log).await?;
+    let crash_count = ready_count(&http, &queue).await?;
+    let rss_replayed = rss_bytes(server.pid())?;
+    drop(http);
+
+    // (b) Graceful: SIGTERM (the server snapshots), restart, time spawn -> ready.
+    let stop_took = server.terminate(timeout)?;
+    let mut server = ServerProc::spawn(&exe, &data, port, &log)?;
+    let http = Http::new(&url, 4)?;
+    let graceful_ready = server.wait_ready(&http, timeout, &log).await?;
+    let graceful_count = ready_count(&http, &queue).await?;
+    drop(http);
+    server.kill()?;
+
+    let mut errors = load.errors;
+    let mut line = format!(
+        "{loaded} jobs x {} B loaded in {:.2} s ({} jobs/s, requests {}) | fsync always \
+         | first start ready in {} | RSS {:.1} MiB -> {:.1} MiB = {per_job:.0} B/job, \
+         {beyond:.0} B/job beyond payload (after replay: {:.1} MiB) \
+         | kill -9 -> ready in {} (ready count {crash_count}) \
+         | SIGTERM stop {} -> ready in {} (ready count {graceful_count})",
+        args.payload_bytes,
+        load_elapsed.as_secs_f64(),
+        thousands(loaded as f64 / load_elapsed.as_secs_f64()),
+        load.summary(),
+        fmt_duration(first_ready),
+        mib(rss_before),
+        mib(rss_loaded),
+        mib(rss_replayed),
+        fmt_duration(crash_ready),
+        fmt_duration(stop_took),
+        fmt_duration(graceful_ready),
+    );
+    for (what, count) in [("kill -9", crash_count), ("SIGTERM", graceful_count)] {
+        if count != loaded {
+            errors += 1;
+            let _ = write!(
+                line,
+                " | WRONG COUNT after {what}: {count} ready, expected {loaded}"
+            );
+        }
+    }
+    let worst_ready = crash_ready.max(graceful_ready).as_secs_f64();
+    let ready_met = worst_ready <= 3.0;
+    let bytes_met = beyond <= 250.0;
+    let _ = write!(
+        line,
+        " | targets: ready <= 3 s: {} (ratio {:.2}), <= 250 B/job beyond payload: {} (ratio {:.2})",
+        met(ready_met),
+        3.0 / worst_ready.max(1e-9),
+        met(bytes_met),
+        250.0 / beyond.max(1e-9)
+    );
+    if errors > 0 {
+        let _ = write!(line, " | ERRORS: {errors}");
+    }
+    Ok(Report { line, errors })
+}
+
+// ---- load helpers -----------------------------------------------------------------------
+
+/// Pre-serialized enqueue batches and a shared counter handing them out.
+#[derive(Clone)]
+struct Batches {
+    full: &'static [u8],
+    last: &'static [u8],
+    count: u64,
+    batch: u64,
+    last_len: u64,
+    next: Arc<AtomicU64>,
+}
+
+impl Batches {
+    fn new(queue: &str, args: &BenchArgs) -> Batches {
+        let payload = payload(args.payload_bytes);
+        let body = |n: u64| {
+            let job = job_json(queue, &payload);
+            let mut text = String::with_capacity((job.len() + 1) * n as usize + 16);
+            text.push_str(r#"{"jobs":["#);
+            for i in 0..n {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(&job);
+            }
+            text.push_str("]}");
+            leak(text)
+        };
+        let count = args.jobs.div_ceil(args.batch);
+        let last_len = args.jobs - (count - 1) * args.batch;
+        let full = body(args.batch);
+        let last = if last_len == args.batch {
+            full
+        } else {
+            body(last_len)
+        };
+        Batches {
+            full,
+            last,
+            count,
+            batch: args.batch,
+            last_len,
+            next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Sends batches until none are left; returns the tally and the jobs enqueued.
+    async fn produce(&self, http: &Http, deadline: Instant) -> (Tally, u64) {
+        let mut tally = Tally::default();
+        let mut jobs = 0;
+        while Instant::now() < deadline {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.count {
+                break;
+            }
+            let (body, n) = if i + 1 == self.count {
+                (self.last, self.last_len)
+            } else {
+                (self.full, self.batch)
+            };
+            let t = Instant::now();
+            let outcome = http
+                .post("/v1/jobs/batch", body, |b| {
+                    let ids = count_ids(b);
+                    if ids == n {
+                        Ok(())
+                    } else {
+                        Err(format!("batch of {n} answered with {ids} ids"))
+                    }
+                })
+                .await;
+            match outcome {
+                Ok(()) => {
+                    tally.ok(t.elapsed());
+                    jobs += n;
+                }
+                Err(e) => tally.err(e),
+            }
+        }
+        (tally, jobs)
+    }
+}
+
+#[derive(Deserialize)]
+struct LeaseReply {
+    jobs: Vec<LeasedRef>,
+}
+
+#[derive(Deserialize)]
+struct LeasedRef {
+    id: String,
+    lease_id: String,
+}
+
+#[derive(Deserialize)]
+struct AckReply {
+    results: Vec<AckResult>,
+}
+
+#[derive(Deserialize)]
+struct AckResult {
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Serialize)]
+struct AckOne<'a> {
+    lease_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct AckBatch<'a> {
+    acks: Vec<AckItem<'a>>,
+}
+
+#[derive(Serialize)]
+struct AckItem<'a> {
+    id: &'a str,
+    lease_id: &'a str,
+}
+
+fn ack_body(jobs: &[LeasedRef]) -> Vec<u8> {
+    let acks = jobs
+        .iter()
+        .map(|j| AckItem {
+            id: &j.id,
+            lease_id: &j.lease_id,
+        })
+        .collect();
+    serde_json::to_vec(&AckBatch { acks }).unwrap_or_default()
+}
+
+/// A JSON string payload of exactly `bytes` bytes of JSON text.
+fn payload(bytes: usize) -> String {
+    format!("\"{}\"", "x".repeat(bytes.saturating_sub(2)))
+}
+
+/// Queue names of this file are plain `[a-z0-9-]`, so no escaping is needed.
+fn job_json(queue: &str, payload: &str) -> String {
+    format!(r#"{{"queue":"{queue}","kind":"bench","payload":{payload}}}"#)
+}
+
+/// Request bodies live for the whole process; leaking them lets every request send the
+/// same bytes without a copy.
+fn leak(text: String) -> &'static [u8] {
+    Box::leak(text.into_bytes().into_boxed_slice())
+}
+
+fn count_ids(body: &[u8]) -> u64 {
+    body.windows(5).filter(|w| *w == b"\"id\":").count() as u64
+}
+
+fn run_id() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{}-{}", std::process::id(), ms % 1_000_000_000)
+}
+
+// ---- HTTP ----------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Http {
+    client: reqwest::Client,
+    base: Arc<str>,
+}
+
+impl Http {
+    fn new(base: &str, pool: usize) -> Result<Http> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(pool)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Http {
+            client,
+            base: base.trim_end_matches('/').into(),
+        })
+    }
+
+    async fn post<T>(
+        &self,
+        path: &str,
+        body: &'static [u8],
+        parse: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<T, String> {
+        self.send(path, reqwest::Body::from(body), parse).await
+    }
+
+    async fn post_owned<T>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        parse: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<T, String> {
+        self.send(path, reqwest::Body::from(body), parse).await
+    }
+
+    async fn send<T>(
+        &self,
+        path: &str,
+        body: reqwest::Body,
+        parse: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("transport: {e}"))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| format!("transport: {e}"))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+            return Err(format!("HTTP {}: {text}", status.as_u16()));
+        }
+        parse(&bytes)
+    }
+
+    async fn get_status(&self, path: &str) -> Result<(u16, Vec<u8>), String> {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        Ok((status, bytes.to_vec()))
+    }
+}
+
+async fn ready_count(http: &Http, queue: &str) -> Result<u64> {
+    let (status, body) = http
+        .get_status(&format!("/v1/queues/{queue}"))
+        .await
+        .map_err(|e| anyhow!("cannot read queue {queue}: {e}"))?;
+    if status != 200 {
+        bail!(
+            "GET /v1/queues/{queue} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let info: serde_json::Value = serde_json::from_slice(&body)?;
+    info["counts"]["ready"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no counts.ready in {info}"))
+}
+
+// ---- latencies and errors ------------------------------------------------------------------
+
+/// Latencies (µs) of the successful requests of one kind, and its errors.
+#[derive(Default)]
+struct Tally {
+    micros: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+    sorted: bool,
+}
+
+impl Tally {
+    fn ok(&mut self, took: Duration) {
+        self.micros
+            .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
+        self.sorted = false;
+    }
+
+    fn err(&mut self, error: String) {
+        self.errors += 1;
+        self.note(error);
+    }
+
+    fn note(&mut self, error: String) {
+        if self.first_error.is_none() {
+            self.first_error = Some(error);
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.micros.extend(other.micros);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.sorted = false;
+    }
+
+    fn count(&self) -> u64 {
+        self.micros.len() as u64
+    }
+
+    fn percentile(&mut self, p: f64) -> Duration {
+        if self.micros.is_empty() {
+            return Duration::ZERO;
+        }
+        if !self.sorted {
+            self.micros.sort_unstable();
+            self.sorted = true;
+        }
+        let rank = ((self.micros.len() as f64 * p).ceil() as usize).clamp(1, self.micros.len());
+        Duration::from_micros(u64::from(self.micros[rank - 1]))
+    }
+
+    fn summary(&mut self) -> String {
+        let (p50, p99, max) = (
+            self.percentile(0.50),
+            self.percentile(0.99),
+            self.percentile(1.0),
+        );
+        format!(
+            "n={} p50={} p99={} max={} err={}",
+            self.count(),
+            fmt_duration(p50),
+            fmt_duration(p99),
+            fmt_duration(max),
+            self.errors
+        )
+    }
+}
+
+/// Appends the target verdict and, if any tally has errors, says so with the first one.
+fn finish(line: &mut String, tallies: &[&Tally], op: &str, value: f64, target: f64, unit: &str) {
+    let ok = if op == ">=" {
+        value >= target
+    } else {
+        value <= target
+    };
+    let ratio = if op == ">=" {
+        value / target
+    } else {
+        target / value.max(1e-9)
+    };
+    let _ = write!(
+        line,
+        " | target {op} {} {unit}: {} (ratio {ratio:.2})",
+        if target >= 1000.0 {
+            thousands(target)
+        } else {
+            format!("{target}")
+        },
+        met(ok)
+    );
+    let errors: u64 = tallies.iter().map(|t| t.errors).sum();
+    if errors > 0 {
+        let first = tallies
+            .iter()
+            .find_map(|t| t.first_error.as_deref())
+            .unwrap_or("-");
+        let _ = write!(line, " | ERRORS: {errors} (first: {first})");
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms >= 1000.0 {
+        format!("{:.2}s", ms / 1e3)
+    } else {
+        format!("{ms:.2}ms")
+    }
+}
+
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+// ---- the machine and the child server --------------------------------------------------------
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cores} cores (nproc), {model}")
+}
+
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A directory removed (with everything in it) when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(path: PathBuf) -> Result<TempDir> {
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child `sluice server`, killed (SIGKILL) and reaped when dropped.
+struct ServerProc {
+    child: Option<Child>,
+    spawned: Instant,
+}
+
+impl ServerProc {
+    fn spawn(exe: &Path, data: &Path, port: u16, log: &Path) -> Result<ServerProc> {
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let err = out.try_clone()?;
+        let spawned = Instant::now();
+        let child = Process::new(exe)
+            .arg("server")
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--fsync", "always"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        Ok(ServerProc {
+            child: Some(child),
+            spawned,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Polls /readyz until 200; returns the time since spawn.
+    async fn wait_ready(&mut self, http: &Http, timeout: Duration, log: &Path) -> Result<Duration> {
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!(
+                        "the server exited ({status}) before it was ready; log:\n{}",
+                        tail(log)
+                    );
+                }
+            }
+            if let Ok((200, _)) = http.get_status("/readyz").await {
+                return Ok(self.spawned.elapsed());
+            }
+            if self.spawned.elapsed() > timeout {
+                bail!(
+                    "the server was not ready after {timeout:?}; log:\n{}",
+                    tail(log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().context("cannot kill the server")?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit; returns how long the graceful stop took.
+    fn terminate(&mut self, timeout: Duration) -> Result<Duration> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("no server to stop");
+        };
+        let started = Instant::now();
+        let status = Process::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .context("cannot run kill")?;
+        if !status.success() {
+            bail!("kill -TERM failed: {status}");
+        }
+        while started.elapsed() < timeout {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                if !status.success() {
+                    bail!("the server exited with {status} after SIGTERM");
+                }
+                return Ok(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        bail!("the server did not stop within {timeout:?} of SIGTERM")
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
