@@ -803,7 +803,10 @@ impl State {
             *picked_per_queue.entry(job.queue).or_default() += 1;
         }
         for (queue_id, queue) in self.ix.queues.iter().enumerate() {
-            let already = picked_per_queue.get(&(queue_id as u32)).copied().unwrap_or(0);
+            let already = picked_per_queue
+                .get(&(queue_id as u32))
+                .copied()
+                .unwrap_or(0);
             let len = queue.finished_len() - already;
             if len <= self.config.retention_len_max || ids.len() >= TICK_BATCH_LEN_MAX {
                 continue;
@@ -812,7 +815,12 @@ impl State {
             // The oldest `excess` not yet picked are among the oldest `excess + already`.
             let mut oldest: Vec<JobId> = [JobState::Succeeded, JobState::Dead, JobState::Cancelled]
                 .iter()
-                .flat_map(|&s| queue.by_state[state_index(s)].iter().take(excess + already).copied())
+                .flat_map(|&s| {
+                    queue.by_state[state_index(s)]
+                        .iter()
+                        .take(excess + already)
+                        .copied()
+                })
                 .collect();
             oldest.sort_unstable();
             let fresh: Vec<JobId> = oldest

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use sluice_core::{
-    backoff_delay_ms, Backoff, Config, CoreError, Enqueued, EnqueueSpec, ErrorKind, Event, FailInput, Job,
-    JobId, JobState, LeaseId, Millis, Outcome, Settled, State,
+    backoff_delay_ms, Backoff, Config, CoreError, EnqueueSpec, Enqueued, ErrorKind, Event,
+    FailInput, Job, JobId, JobState, LeaseId, Millis, Outcome, Settled, State,
 };
 
 /// An arbitrary "now" well past the epoch, so ids carry a realistic time.
@@ -34,7 +34,11 @@ impl Harness {
     fn record<T>(&mut self, (event, reply): (Option<Event>, T)) -> T {
         if let Some(event) = event {
             let decoded = Event::decode(&event.encode());
-            assert_eq!(decoded.as_ref(), Ok(&event), "event did not round-trip through encode/decode");
+            assert_eq!(
+                decoded.as_ref(),
+                Ok(&event),
+                "event did not round-trip through encode/decode"
+            );
             self.events.push(event);
         }
         reply
@@ -55,7 +59,10 @@ impl Harness {
     /// Leases from `queues`; the lease id is 0 when nothing was leased.
     fn lease(&mut self, now: Millis, queues: &[&str], max_jobs: usize) -> (Vec<JobId>, LeaseId) {
         let queues: Vec<String> = queues.iter().map(|q| (*q).to_owned()).collect();
-        let decided = self.state.lease(now, &queues, max_jobs, Some("worker-1".into())).expect("lease");
+        let decided = self
+            .state
+            .lease(now, &queues, max_jobs, Some("worker-1".into()))
+            .expect("lease");
         let lease_id = match &decided.0 {
             Some(Event::Leased { lease_id, .. }) => *lease_id,
             None => 0,
@@ -77,8 +84,16 @@ impl Harness {
         (ids[0], lease_id)
     }
 
-    fn heartbeat(&mut self, now: Millis, id: JobId, lease_id: LeaseId, progress: Option<&str>) -> Result<Millis, CoreError> {
-        let decided = self.state.heartbeat(now, id, lease_id, progress.map(Into::into))?;
+    fn heartbeat(
+        &mut self,
+        now: Millis,
+        id: JobId,
+        lease_id: LeaseId,
+        progress: Option<&str>,
+    ) -> Result<Millis, CoreError> {
+        let decided = self
+            .state
+            .heartbeat(now, id, lease_id, progress.map(Into::into))?;
         Ok(self.record(decided))
     }
 
@@ -92,9 +107,18 @@ impl Harness {
         self.record(decided)
     }
 
-    fn fail_one(&mut self, now: Millis, id: JobId, lease_id: LeaseId, retry_at: Option<Millis>) -> Settled {
+    fn fail_one(
+        &mut self,
+        now: Millis,
+        id: JobId,
+        lease_id: LeaseId,
+        retry_at: Option<Millis>,
+    ) -> Settled {
         let mut results = self.fail(now, vec![fail_input(id, lease_id, retry_at)]);
-        results.pop().expect("one result").expect("fail of a leased job")
+        results
+            .pop()
+            .expect("one result")
+            .expect("fail of a leased job")
     }
 
     fn expire(&mut self, now: Millis) -> usize {
@@ -115,7 +139,10 @@ impl Harness {
     }
 
     fn pause(&mut self, queue: &str, paused: bool) {
-        let decided = self.state.set_paused(queue, paused).expect("valid queue name");
+        let decided = self
+            .state
+            .set_paused(queue, paused)
+            .expect("valid queue name");
         self.record(decided);
     }
 
@@ -213,7 +240,11 @@ fn observe(state: &State) -> Observed {
         }
     }
     jobs.sort_by_key(|(_, job)| job.id);
-    assert_eq!(jobs.len(), state.job_len(), "every job is listed exactly once");
+    assert_eq!(
+        jobs.len(),
+        state.job_len(),
+        "every job is listed exactly once"
+    );
     Observed { queues, jobs }
 }
 
@@ -237,7 +268,10 @@ fn probe(state: &mut State, now: Millis, queues: &[&str], keys: &[&str]) -> Stri
     };
     let (_, expired) = state.expire_leases(now + 7_200_000);
     let (_, removed) = state.retain(now + 100 * 86_400_000);
-    format!("{enqueued:?} {leased:?} {lease_id} {expired} {removed} {:?}", state.next_deadline())
+    format!(
+        "{enqueued:?} {leased:?} {lease_id} {expired} {removed} {:?}",
+        state.next_deadline()
+    )
 }
 
 fn replay(config: Config, events: &[Event]) -> State {
@@ -306,8 +340,13 @@ fn busy_scenario(h: &mut Harness) -> Millis {
     h.pause("paused", true);
 
     let (leased, lease) = h.lease(now, &["emails"], 2);
-    assert_eq!(leased, vec![ids[0], ids[1]], "priority 5 first, then the oldest");
-    h.heartbeat(now + 500, ids[0], lease, Some(r#"{"done":3}"#)).expect("heartbeat");
+    assert_eq!(
+        leased,
+        vec![ids[0], ids[1]],
+        "priority 5 first, then the oldest"
+    );
+    h.heartbeat(now + 500, ids[0], lease, Some(r#"{"done":3}"#))
+        .expect("heartbeat");
     assert_eq!(h.ack(now + 600, &[(ids[1], lease)]), vec![Ok(SUCCEEDED)]);
 
     let (leased, lease) = h.lease(now, &["reports", "paused"], 10);
@@ -315,17 +354,29 @@ fn busy_scenario(h: &mut Harness) -> Millis {
     for id in [ids[4], ids[9]] {
         assert_eq!(h.fail_one(now + 700, id, lease, None).state, JobState::Dead);
     }
-    assert_eq!(h.expire(now + 1_000), 1, "the 1 s lease of the last reports job ran out");
+    assert_eq!(
+        h.expire(now + 1_000),
+        1,
+        "the 1 s lease of the last reports job ran out"
+    );
     h.retry(now + 1_100, ids[4]).expect("retry of a dead job");
 
     let (leased, lease) = h.lease(now + 1_200, &["reports"], 2);
-    assert_eq!(leased, vec![ids[4], ids[5]], "retried and expired jobs are ready again");
+    assert_eq!(
+        leased,
+        vec![ids[4], ids[5]],
+        "retried and expired jobs are ready again"
+    );
     h.fail_one(now + 1_300, ids[5], lease, Some(now + 50_000));
     h.cancel(now + 1_400, ids[2]).expect("cancel a ready job");
     h.purge("purged").expect("purge");
 
     now += 60_500;
-    assert_eq!(h.retain(now), 1, "only the job finished at T0 is past retention");
+    assert_eq!(
+        h.retain(now),
+        1,
+        "only the job finished at T0 is past retention"
+    );
     assert!(h.state.job(early).is_none());
     now
 }
@@ -349,7 +400,11 @@ fn enqueue_assigns_increasing_ids_and_state_by_run_at() {
     assert_eq!(h.state_of(ids[0]), JobState::Ready);
     assert_eq!(h.state_of(ids[1]), JobState::Scheduled);
     assert_eq!(h.job(ids[1]).run_at, T0 + 5_000);
-    assert_eq!(h.state_of(ids[2]), JobState::Ready, "a run_at in the past runs now");
+    assert_eq!(
+        h.state_of(ids[2]),
+        JobState::Ready,
+        "a run_at in the past runs now"
+    );
     assert_eq!(h.job(ids[2]).run_at, T0);
     for id in &ids {
         assert_eq!(h.job(*id).enqueued_at(), T0);
@@ -383,7 +438,10 @@ fn enqueue_stores_every_option_on_the_job() {
     assert_eq!(h.state.queue_name(job.queue), "q");
     assert_eq!(&*job.kind, "email.send");
     assert_eq!(&*job.payload, r#"{"to":"a@example.com"}"#);
-    assert_eq!((job.priority, job.max_attempts, job.timeout_ms), (-3, 7, 2_000));
+    assert_eq!(
+        (job.priority, job.max_attempts, job.timeout_ms),
+        (-3, 7, 2_000)
+    );
     assert_eq!(job.backoff, Backoff::Fixed { delay_ms: 250 });
     let extra = job.extra().expect("extra");
     assert_eq!(extra.unique_key.as_deref(), Some("k"));
@@ -409,9 +467,16 @@ fn lease_orders_by_priority_then_run_at_then_id_across_queues() {
     let (first, _) = h.lease(now, &["a", "b", "c"], 1);
     assert_eq!(first, vec![high_c]);
     let (rest, _) = h.lease(now, &["a", "b", "c"], 10);
-    assert_eq!(rest, vec![high_b, late_enqueued_due_first, scheduled, plain_c, low_a]);
+    assert_eq!(
+        rest,
+        vec![high_b, late_enqueued_due_first, scheduled, plain_c, low_a]
+    );
     assert_eq!(h.lease(now, &["a", "b", "c"], 10).0, Vec::<JobId>::new());
-    assert_eq!(h.state_of(elsewhere), JobState::Ready, "queue d was not asked for");
+    assert_eq!(
+        h.state_of(elsewhere),
+        JobState::Ready,
+        "queue d was not asked for"
+    );
 }
 
 #[test]
@@ -463,7 +528,10 @@ fn pausing_an_unknown_queue_creates_it_paused() {
     let id = h.enqueue_one(T0, spec("later"));
     assert_eq!(h.lease(T0, &["later"], 1).0, Vec::<JobId>::new());
     assert_eq!(h.state_of(id), JobState::Ready);
-    let error = h.state.set_paused("bad name", true).expect_err("invalid name");
+    let error = h
+        .state
+        .set_paused("bad name", true)
+        .expect_err("invalid name");
     assert_eq!(error.kind, ErrorKind::BadInput);
 }
 
@@ -502,9 +570,15 @@ fn heartbeat_extends_expiry() {
     let (_, lease) = h.lease_one(T0, "q");
     assert_eq!(h.job(id).lease_expires_at, T0 + 10_000);
 
-    assert_eq!(h.heartbeat(T0 + 4_000, id, lease, Some(r#"{"pct":40}"#)), Ok(T0 + 14_000));
+    assert_eq!(
+        h.heartbeat(T0 + 4_000, id, lease, Some(r#"{"pct":40}"#)),
+        Ok(T0 + 14_000)
+    );
     assert_eq!(h.job(id).lease_expires_at, T0 + 14_000);
-    assert_eq!(h.job(id).extra().expect("extra").progress.as_deref(), Some(r#"{"pct":40}"#));
+    assert_eq!(
+        h.job(id).extra().expect("extra").progress.as_deref(),
+        Some(r#"{"pct":40}"#)
+    );
     assert_eq!(h.state.next_deadline(), Some(T0 + 14_000));
 
     assert_eq!(h.expire(T0 + 12_000), 0, "the old expiry no longer applies");
@@ -545,8 +619,13 @@ fn heartbeat_with_oversized_progress_is_too_large() {
     let id = h.enqueue_one(T0, spec("q"));
     let (_, lease) = h.lease_one(T0, "q");
     let progress = format!("\"{}\"", "x".repeat(5_000));
-    let error = h.heartbeat(T0, id, lease, Some(&progress)).expect_err("too large");
-    assert_eq!((error.kind, error.code), (ErrorKind::TooLarge, "progress_too_large"));
+    let error = h
+        .heartbeat(T0, id, lease, Some(&progress))
+        .expect_err("too large");
+    assert_eq!(
+        (error.kind, error.code),
+        (ErrorKind::TooLarge, "progress_too_large")
+    );
     assert_eq!(h.job(id).lease_expires_at, T0 + 30_000);
 }
 
@@ -560,7 +639,16 @@ fn ack_batch_settles_each_item_on_its_own() {
     let third = h.enqueue_one(T0, spec("q"));
     let (_, lease) = h.lease(T0, &["q"], 3);
 
-    let results = h.ack(T0 + 10, &[(first, lease), (second, lease + 7), (third, lease), (first, lease), (third + 99, lease)]);
+    let results = h.ack(
+        T0 + 10,
+        &[
+            (first, lease),
+            (second, lease + 7),
+            (third, lease),
+            (first, lease),
+            (third + 99, lease),
+        ],
+    );
     assert_eq!(results[0], Ok(SUCCEEDED));
     assert_stale_lease(results[1].clone());
     assert_eq!(results[2], Ok(SUCCEEDED));
@@ -569,7 +657,11 @@ fn ack_batch_settles_each_item_on_its_own() {
 
     assert_eq!(h.state_of(first), JobState::Succeeded);
     assert_eq!(h.job(first).finished_at, T0 + 10);
-    assert_eq!(h.state_of(second), JobState::Leased, "a stale item changes nothing");
+    assert_eq!(
+        h.state_of(second),
+        JobState::Leased,
+        "a stale item changes nothing"
+    );
     assert_eq!(h.state_of(third), JobState::Succeeded);
     assert_eq!(h.count("q", JobState::Succeeded), 2);
     let history = &h.job(first).extra().expect("history").history;
@@ -627,7 +719,11 @@ fn fail_batch_settles_each_item_on_its_own() {
     assert_stale_lease(results[3].clone());
     assert_not_found(results[4].clone());
     assert_eq!(h.state_of(first), JobState::Failed);
-    assert_eq!(h.job(first).run_at, T0 + 60_000, "the duplicate item did not override the first");
+    assert_eq!(
+        h.job(first).run_at,
+        T0 + 60_000,
+        "the duplicate item did not override the first"
+    );
     assert_eq!(h.state_of(second), JobState::Dead);
     assert_eq!(h.state_of(third), JobState::Leased);
 }
@@ -639,7 +735,10 @@ fn fail_with_attempts_left_retries_after_exponential_backoff() {
         T0,
         spec_with("q", |s| {
             s.max_attempts = 5;
-            s.backoff = Backoff::Exponential { base_ms: 1_000, max_ms: 5_000 };
+            s.backoff = Backoff::Exponential {
+                base_ms: 1_000,
+                max_ms: 5_000,
+            };
         }),
     );
     let mut now = T0;
@@ -651,16 +750,29 @@ fn fail_with_attempts_left_retries_after_exponential_backoff() {
         let retry_at = settled.retry_at.expect("attempts left");
         let cap = (1_000i64 << (attempt - 1)).min(5_000);
         let delay = retry_at - now;
-        assert!(cap <= 2 * delay && delay <= cap, "attempt {attempt}: delay {delay} outside [{cap}/2, {cap}]");
+        assert!(
+            cap <= 2 * delay && delay <= cap,
+            "attempt {attempt}: delay {delay} outside [{cap}/2, {cap}]"
+        );
 
         let job = h.job(id);
         assert_eq!((job.state, job.run_at), (JobState::Failed, retry_at));
-        let last = job.extra().expect("history").history.last().cloned().expect("attempt");
+        let last = job
+            .extra()
+            .expect("history")
+            .history
+            .last()
+            .cloned()
+            .expect("attempt");
         assert_eq!(last.outcome, Some(Outcome::Failed));
         assert_eq!(last.error.as_deref(), Some("boom"));
         assert_eq!(h.count("q", JobState::Failed), 1);
 
-        assert_eq!(h.lease(retry_at - 1, &["q"], 1).0, Vec::<JobId>::new(), "not before retry_at");
+        assert_eq!(
+            h.lease(retry_at - 1, &["q"], 1).0,
+            Vec::<JobId>::new(),
+            "not before retry_at"
+        );
         now = retry_at;
     }
     let (_, lease) = h.lease_one(now, "q");
@@ -678,22 +790,42 @@ fn fail_with_attempts_left_retries_after_exponential_backoff() {
 
 #[test]
 fn backoff_delay_is_exponential_within_jitter_and_capped() {
-    let backoff = Backoff::Exponential { base_ms: 1_000, max_ms: 20_000 };
+    let backoff = Backoff::Exponential {
+        base_ms: 1_000,
+        max_ms: 20_000,
+    };
     for attempt in 1..=12u16 {
         let cap = (1_000u64 << (attempt - 1)).min(20_000);
         let mut distinct = BTreeSet::new();
         for id in 0..500u64 {
             let job_id = ((T0 as u64) << 16) | id;
             let delay = backoff_delay_ms(backoff, job_id, attempt);
-            assert!(cap <= 2 * delay && delay <= cap, "attempt {attempt}: {delay} outside [{cap}/2, {cap}]");
-            assert_eq!(delay, backoff_delay_ms(backoff, job_id, attempt), "deterministic");
+            assert!(
+                cap <= 2 * delay && delay <= cap,
+                "attempt {attempt}: {delay} outside [{cap}/2, {cap}]"
+            );
+            assert_eq!(
+                delay,
+                backoff_delay_ms(backoff, job_id, attempt),
+                "deterministic"
+            );
             distinct.insert(delay);
         }
-        assert!(distinct.len() > 100, "jitter spreads retries: {} distinct delays", distinct.len());
+        assert!(
+            distinct.len() > 100,
+            "jitter spreads retries: {} distinct delays",
+            distinct.len()
+        );
     }
-    assert_eq!(backoff_delay_ms(Backoff::Fixed { delay_ms: 1_234 }, 77, 9), 1_234);
+    assert_eq!(
+        backoff_delay_ms(Backoff::Fixed { delay_ms: 1_234 }, 77, 9),
+        1_234
+    );
     // Very high attempt numbers must not overflow.
-    let big = Backoff::Exponential { base_ms: u32::MAX, max_ms: u32::MAX };
+    let big = Backoff::Exponential {
+        base_ms: u32::MAX,
+        max_ms: u32::MAX,
+    };
     assert!(backoff_delay_ms(big, 1, u16::MAX) <= u64::from(u32::MAX));
 }
 
@@ -722,14 +854,31 @@ fn fail_with_explicit_retry_at_is_honoured() {
 fn fail_reply_state_matches_job_state_when_retry_is_due_now() {
     let mut h = Harness::new();
     let past = h.enqueue_one(T0, spec("q"));
-    let zero_backoff = h.enqueue_one(T0, spec_with("q", |s| s.backoff = Backoff::Fixed { delay_ms: 0 }));
+    let zero_backoff = h.enqueue_one(
+        T0,
+        spec_with("q", |s| s.backoff = Backoff::Fixed { delay_ms: 0 }),
+    );
     let (_, lease) = h.lease(T0, &["q"], 2);
-    let results = h.fail(T0 + 100, vec![fail_input(past, lease, Some(T0 - 1_000)), fail_input(zero_backoff, lease, None)]);
+    let results = h.fail(
+        T0 + 100,
+        vec![
+            fail_input(past, lease, Some(T0 - 1_000)),
+            fail_input(zero_backoff, lease, None),
+        ],
+    );
     for (id, result) in [past, zero_backoff].into_iter().zip(results) {
         let settled = result.expect("fail");
-        assert_eq!(settled.retry_at, Some(T0 + 100), "a retry_at in the past means now");
+        assert_eq!(
+            settled.retry_at,
+            Some(T0 + 100),
+            "a retry_at in the past means now"
+        );
         assert_eq!(h.state_of(id), JobState::Ready);
-        assert_eq!(settled.state, h.state_of(id), "the reply shows the job's state after the call");
+        assert_eq!(
+            settled.state,
+            h.state_of(id),
+            "the reply shows the job's state after the call"
+        );
     }
     assert_eq!(h.lease(T0 + 100, &["q"], 2).0, vec![past, zero_backoff]);
 }
@@ -740,9 +889,20 @@ fn fail_cuts_long_errors_at_a_char_boundary() {
     let id = h.enqueue_one(T0, spec("q"));
     let (_, lease) = h.lease_one(T0, "q");
     let error = "é".repeat(3_000); // 6000 bytes, two per char
-    let results = h.fail(T0, vec![FailInput { id, lease_id: lease, error, retry_at: None }]);
+    let results = h.fail(
+        T0,
+        vec![FailInput {
+            id,
+            lease_id: lease,
+            error,
+            retry_at: None,
+        }],
+    );
     assert!(results[0].is_ok());
-    let stored = h.job(id).extra().expect("history").history[0].error.clone().expect("error");
+    let stored = h.job(id).extra().expect("history").history[0]
+        .error
+        .clone()
+        .expect("error");
     assert_eq!(stored.len(), 4_096);
     assert!(stored.chars().all(|c| c == 'é'));
 }
@@ -764,7 +924,10 @@ fn expire_leases_counts_an_attempt_and_requeues_or_kills() {
     assert_eq!(h.state_of(id), JobState::Leased);
     assert_eq!(h.expire(T0 + 1_000), 1);
     let job = h.job(id);
-    assert_eq!((job.state, job.attempts, job.run_at, job.lease_id), (JobState::Ready, 1, T0 + 1_000, 0));
+    assert_eq!(
+        (job.state, job.attempts, job.run_at, job.lease_id),
+        (JobState::Ready, 1, T0 + 1_000, 0)
+    );
     let history = &job.extra().expect("history").history;
     assert_eq!(history[0].outcome, Some(Outcome::Expired));
     assert_eq!(history[0].finished_at, Some(T0 + 1_000));
@@ -775,7 +938,10 @@ fn expire_leases_counts_an_attempt_and_requeues_or_kills() {
     assert_eq!(h.job(id).attempts, 2);
     assert_eq!(h.expire(T0 + 3_000), 1);
     let job = h.job(id);
-    assert_eq!((job.state, job.attempts, job.finished_at), (JobState::Dead, 2, T0 + 3_000));
+    assert_eq!(
+        (job.state, job.attempts, job.finished_at),
+        (JobState::Dead, 2, T0 + 3_000)
+    );
     assert_eq!(h.count("q", JobState::Dead), 1);
     assert_eq!(h.expire(T0 + 10_000), 0);
 }
@@ -785,7 +951,11 @@ fn lease_cannot_take_a_job_whose_lease_ran_out_until_it_is_expired() {
     let mut h = Harness::new();
     let id = h.enqueue_one(T0, spec_with("q", |s| s.timeout_ms = 1_000));
     let (_, lease) = h.lease_one(T0, "q");
-    assert_eq!(h.lease(T0 + 5_000, &["q"], 1).0, Vec::<JobId>::new(), "still held by the old lease");
+    assert_eq!(
+        h.lease(T0 + 5_000, &["q"], 1).0,
+        Vec::<JobId>::new(),
+        "still held by the old lease"
+    );
     assert_eq!(h.expire(T0 + 5_000), 1);
     let (again, new_lease) = h.lease_one(T0 + 5_000, "q");
     assert_eq!(again, id);
@@ -808,17 +978,30 @@ fn cancel_pending_and_leased_jobs() {
     h.cancel(T0 + 3, leased).expect("cancel leased");
     for (id, at) in [(ready, T0 + 1), (scheduled, T0 + 2), (leased, T0 + 3)] {
         let job = h.job(id);
-        assert_eq!((job.state, job.finished_at, job.lease_id), (JobState::Cancelled, at, 0));
+        assert_eq!(
+            (job.state, job.finished_at, job.lease_id),
+            (JobState::Cancelled, at, 0)
+        );
     }
     assert_eq!(h.count("q", JobState::Cancelled), 2);
-    assert_eq!(h.count("q", JobState::Ready) + h.count("q", JobState::Scheduled), 0);
-    assert_eq!(h.state.next_deadline(), None, "nothing left to expire or promote");
+    assert_eq!(
+        h.count("q", JobState::Ready) + h.count("q", JobState::Scheduled),
+        0
+    );
+    assert_eq!(
+        h.state.next_deadline(),
+        None,
+        "nothing left to expire or promote"
+    );
     let history = &h.job(leased).extra().expect("history").history;
     assert_eq!(history[0].outcome, Some(Outcome::Cancelled));
 
     assert_stale_lease(h.heartbeat(T0 + 4, leased, lease, None));
     assert_stale_lease(h.ack(T0 + 4, &[(leased, lease)]).remove(0));
-    assert_stale_lease(h.fail(T0 + 4, vec![fail_input(leased, lease, None)]).remove(0));
+    assert_stale_lease(
+        h.fail(T0 + 4, vec![fail_input(leased, lease, None)])
+            .remove(0),
+    );
     assert_eq!(h.lease(T0 + 70_000, &["q", "r"], 10).0, Vec::<JobId>::new());
 }
 
@@ -855,11 +1038,18 @@ fn retry_of_dead_resets_attempts() {
 
     h.retry(T0 + 200_000, id).expect("retry dead");
     let job = h.job(id);
-    assert_eq!((job.state, job.attempts, job.run_at, job.finished_at), (JobState::Ready, 0, T0 + 200_000, 0));
+    assert_eq!(
+        (job.state, job.attempts, job.run_at, job.finished_at),
+        (JobState::Ready, 0, T0 + 200_000, 0)
+    );
     assert_eq!(h.count("q", JobState::Dead), 0);
     // Two fresh attempts again.
     let (_, lease) = h.lease_one(T0 + 200_000, "q");
-    assert_eq!(h.fail_one(T0 + 200_000, id, lease, Some(T0 + 200_001)).state, JobState::Failed);
+    assert_eq!(
+        h.fail_one(T0 + 200_000, id, lease, Some(T0 + 200_001))
+            .state,
+        JobState::Failed
+    );
 }
 
 #[test]
@@ -894,7 +1084,11 @@ fn retry_of_a_ready_job_is_invalid_state() {
         assert_invalid_state(h.retry(T0 + 1, id));
         assert_eq!(h.job(id), &before);
     }
-    assert_eq!(h.ack(T0 + 2, &[(leased, lease)]), vec![Ok(SUCCEEDED)], "the lease is untouched");
+    assert_eq!(
+        h.ack(T0 + 2, &[(leased, lease)]),
+        vec![Ok(SUCCEEDED)],
+        "the lease is untouched"
+    );
     assert_not_found(h.retry(T0, leased + 1_000));
 }
 
@@ -904,8 +1098,17 @@ fn retry_of_a_ready_job_is_invalid_state() {
 fn unique_key_duplicate_returns_the_existing_job() {
     let mut h = Harness::new();
     let original = h.enqueue_one(T0, unique_spec("q", "order-1"));
-    let (event, replies) = h.state.enqueue(T0 + 5, vec![unique_spec("q", "order-1")], false).expect("enqueue");
-    assert_eq!(replies, vec![Enqueued { id: original, duplicate: true }]);
+    let (event, replies) = h
+        .state
+        .enqueue(T0 + 5, vec![unique_spec("q", "order-1")], false)
+        .expect("enqueue");
+    assert_eq!(
+        replies,
+        vec![Enqueued {
+            id: original,
+            duplicate: true
+        }]
+    );
     assert!(event.is_none(), "a pure duplicate logs nothing");
     assert_eq!(h.state.job_len(), 1);
 
@@ -914,15 +1117,35 @@ fn unique_key_duplicate_returns_the_existing_job() {
     assert_ne!(other_queue, original);
     // A leased holder still holds the key.
     h.lease_one(T0 + 6, "q");
-    assert_eq!(h.enqueue(T0 + 7, vec![unique_spec("q", "order-1")]), vec![Enqueued { id: original, duplicate: true }]);
+    assert_eq!(
+        h.enqueue(T0 + 7, vec![unique_spec("q", "order-1")]),
+        vec![Enqueued {
+            id: original,
+            duplicate: true
+        }]
+    );
 }
 
 #[test]
 fn unique_key_duplicate_within_one_batch() {
     let mut h = Harness::new();
-    let replies = h.enqueue(T0, vec![unique_spec("q", "k"), spec("q"), unique_spec("q", "k"), unique_spec("q", "j")]);
+    let replies = h.enqueue(
+        T0,
+        vec![
+            unique_spec("q", "k"),
+            spec("q"),
+            unique_spec("q", "k"),
+            unique_spec("q", "j"),
+        ],
+    );
     assert!(!replies[0].duplicate && !replies[1].duplicate && !replies[3].duplicate);
-    assert_eq!(replies[2], Enqueued { id: replies[0].id, duplicate: true });
+    assert_eq!(
+        replies[2],
+        Enqueued {
+            id: replies[0].id,
+            duplicate: true
+        }
+    );
     assert_eq!(h.state.job_len(), 3);
     assert_eq!(h.count("q", JobState::Ready), 3);
 }
@@ -943,7 +1166,10 @@ fn unique_key_is_free_again_after_the_job_finishes() {
     h.fail(T0 + 5, vec![fail_input(third, lease, Some(T0 + 10))]);
     assert_eq!(
         h.enqueue(T0 + 6, vec![unique_spec("q", "k")]),
-        vec![Enqueued { id: third, duplicate: true }],
+        vec![Enqueued {
+            id: third,
+            duplicate: true
+        }],
         "a job waiting to retry is unfinished and keeps its key"
     );
 }
@@ -958,14 +1184,30 @@ fn unique_key_is_free_again_after_the_ttl_passes() {
             s.unique_ttl_ms = 1_000;
         }),
     );
-    assert_eq!(h.enqueue(T0 + 999, vec![unique_spec("q", "k")]), vec![Enqueued { id: first, duplicate: true }]);
+    assert_eq!(
+        h.enqueue(T0 + 999, vec![unique_spec("q", "k")]),
+        vec![Enqueued {
+            id: first,
+            duplicate: true
+        }]
+    );
     let second = h.enqueue_one(T0 + 1_000, unique_spec("q", "k"));
     assert_ne!(second, first);
-    assert_eq!(h.state_of(first), JobState::Ready, "the old holder is untouched");
+    assert_eq!(
+        h.state_of(first),
+        JobState::Ready,
+        "the old holder is untouched"
+    );
     // The new holder keeps the key even when the old one finishes.
     let (_, lease) = h.lease_one(T0 + 1_001, "q");
     h.ack(T0 + 1_001, &[(first, lease)]);
-    assert_eq!(h.enqueue(T0 + 1_002, vec![unique_spec("q", "k")]), vec![Enqueued { id: second, duplicate: true }]);
+    assert_eq!(
+        h.enqueue(T0 + 1_002, vec![unique_spec("q", "k")]),
+        vec![Enqueued {
+            id: second,
+            duplicate: true
+        }]
+    );
 }
 
 // ---- validation ---------------------------------------------------------------------
@@ -988,10 +1230,19 @@ fn validation_errors_carry_batch_paths_and_report_all_bad_fields() {
         }),
     ];
     let error = state.enqueue(T0, specs, true).expect_err("invalid batch");
-    assert_eq!((error.kind, error.code), (ErrorKind::BadInput, "invalid_request"));
+    assert_eq!(
+        (error.kind, error.code),
+        (ErrorKind::BadInput, "invalid_request")
+    );
     assert_eq!(
         detail_paths(&error),
-        vec!["jobs[1].kind", "jobs[3].queue", "jobs[3].max_attempts", "jobs[3].timeout_ms", "jobs[3].tags[1]"]
+        vec![
+            "jobs[1].kind",
+            "jobs[3].queue",
+            "jobs[3].max_attempts",
+            "jobs[3].timeout_ms",
+            "jobs[3].tags[1]"
+        ]
     );
     assert!(error.details.iter().all(|d| !d.message.is_empty()));
     assert_eq!(state.job_len(), 0, "an invalid batch enqueues nothing");
@@ -1003,13 +1254,19 @@ fn validation_without_batch_has_bare_paths() {
     let mut state = State::new(Config::default());
     let bad = spec_with("q", |s| {
         s.run_at = Some(T0 + 367 * 86_400_000);
-        s.backoff = Backoff::Exponential { base_ms: 0, max_ms: 10 };
+        s.backoff = Backoff::Exponential {
+            base_ms: 0,
+            max_ms: 10,
+        };
         s.unique_key = Some(String::new());
         s.unique_ttl_ms = 0;
         s.tags = vec!["t".into(); 17];
     });
     let error = state.enqueue(T0, vec![bad], false).expect_err("invalid");
-    assert_eq!(detail_paths(&error), vec!["run_at", "backoff", "unique_key", "unique_ttl_ms", "tags"]);
+    assert_eq!(
+        detail_paths(&error),
+        vec!["run_at", "backoff", "unique_key", "unique_ttl_ms", "tags"]
+    );
 
     let max_ok = spec_with("q", |s| {
         s.run_at = Some(T0 + 366 * 86_400_000);
@@ -1017,7 +1274,10 @@ fn validation_without_batch_has_bare_paths() {
         s.timeout_ms = 3_600_000;
         s.backoff = Backoff::Fixed { delay_ms: 0 };
     });
-    assert!(state.enqueue(T0, vec![max_ok], false).is_ok(), "limits are inclusive");
+    assert!(
+        state.enqueue(T0, vec![max_ok], false).is_ok(),
+        "limits are inclusive"
+    );
 }
 
 // ---- retention and purge ------------------------------------------------------------
@@ -1057,7 +1317,11 @@ fn retention_by_time_removes_only_finished_jobs_past_retention() {
     assert_eq!(h.retain(T0 + 19_000), 1);
     assert!(h.state.job(cancelled).is_none());
 
-    assert_eq!(h.retain(T0 + 10_000_000), 0, "unfinished jobs are never retained away");
+    assert_eq!(
+        h.retain(T0 + 10_000_000),
+        0,
+        "unfinished jobs are never retained away"
+    );
     assert_eq!(h.state_of(ready), JobState::Ready);
     assert_eq!(h.state_of(leased), JobState::Leased);
     assert_eq!(h.state_of(scheduled), JobState::Scheduled);
@@ -1086,7 +1350,10 @@ fn retention_by_count_removes_the_oldest_finished_jobs_per_queue() {
     for id in a[3..].iter().chain(&b) {
         assert_eq!(h.state_of(*id), JobState::Succeeded);
     }
-    assert!(h.state.job(dead).is_none(), "c keeps two of its dead, cancelled and succeeded jobs");
+    assert!(
+        h.state.job(dead).is_none(),
+        "c keeps two of its dead, cancelled and succeeded jobs"
+    );
     assert_eq!(h.state_of(cancelled), JobState::Cancelled);
     assert_eq!(h.state_of(newest_c), JobState::Succeeded);
     assert_eq!(h.state_of(ready), JobState::Ready);
@@ -1137,9 +1404,16 @@ fn purge_removes_ready_scheduled_and_failed_but_not_leased() {
     for s in [JobState::Ready, JobState::Scheduled, JobState::Failed] {
         assert_eq!(h.count("q", s), 0);
     }
-    assert_eq!(h.state.next_deadline(), Some(T0 + 30_000), "only the lease is left to watch");
+    assert_eq!(
+        h.state.next_deadline(),
+        Some(T0 + 30_000),
+        "only the lease is left to watch"
+    );
     assert_eq!(h.ack(T0 + 1, &[(leased, lease)]), vec![Ok(SUCCEEDED)]);
-    assert!(!h.enqueue(T0 + 2, vec![unique_spec("q", "k")])[0].duplicate, "purged job's key is free");
+    assert!(
+        !h.enqueue(T0 + 2, vec![unique_spec("q", "k")])[0].duplicate,
+        "purged job's key is free"
+    );
 
     let (event, purged) = h.state.purge("other").expect("purge");
     assert_eq!(purged, 1);
@@ -1158,20 +1432,27 @@ fn snapshot_round_trip_keeps_observable_state() {
     let bytes = h.state.encode_snapshot();
     let mut decoded = State::decode_snapshot(BUSY_CONFIG, &bytes).expect("decode snapshot");
     let observed = observe(&h.state);
-    assert!(observed.jobs.len() == 8 && observed.queues.len() == 4, "the scenario is not trivial");
+    assert!(
+        observed.jobs.len() == 8 && observed.queues.len() == 4,
+        "the scenario is not trivial"
+    );
     assert_eq!(observe(&decoded), observed);
     assert_eq!(decoded.next_deadline(), h.state.next_deadline());
 
     let queues = ["emails", "reports", "paused", "purged", "new"];
     let keys = ["user-1", "p-1", "fresh"];
-    assert_eq!(probe(&mut decoded, now, &queues, &keys), probe(&mut h.state, now, &queues, &keys));
+    assert_eq!(
+        probe(&mut decoded, now, &queues, &keys),
+        probe(&mut h.state, now, &queues, &keys)
+    );
     assert_eq!(observe(&decoded), observe(&h.state));
 }
 
 #[test]
 fn snapshot_of_an_empty_state_decodes_and_garbage_does_not() {
     let empty = State::new(Config::default());
-    let decoded = State::decode_snapshot(Config::default(), &empty.encode_snapshot()).expect("decode");
+    let decoded =
+        State::decode_snapshot(Config::default(), &empty.encode_snapshot()).expect("decode");
     assert_eq!(decoded.job_len(), 0);
     assert_eq!(decoded.queue_len(), 0);
     assert!(State::decode_snapshot(Config::default(), &[0xff, 0xff, 0xff]).is_err());
@@ -1189,7 +1470,10 @@ fn replay_of_events_rebuilds_the_same_state() {
 
     let queues = ["emails", "reports", "paused", "purged", "new"];
     let keys = ["user-1", "p-1", "fresh"];
-    assert_eq!(probe(&mut replayed, now, &queues, &keys), probe(&mut h.state, now, &queues, &keys));
+    assert_eq!(
+        probe(&mut replayed, now, &queues, &keys),
+        probe(&mut h.state, now, &queues, &keys)
+    );
 }
 
 #[test]
@@ -1239,7 +1523,13 @@ fn every_event_round_trips_through_encode_and_decode() {
         let bytes = event.encode();
         assert!(!bytes.is_empty());
         assert_eq!(Event::decode(&bytes).as_ref(), Ok(event));
-        assert!(Event::decode(&bytes[..bytes.len() - 1]).is_err(), "a truncated event is rejected");
+        assert!(
+            Event::decode(&bytes[..bytes.len() - 1]).is_err(),
+            "a truncated event is rejected"
+        );
     }
-    assert!(Event::decode(&[11]).is_err(), "an unknown variant is rejected");
+    assert!(
+        Event::decode(&[11]).is_err(),
+        "an unknown variant is rejected"
+    );
 }

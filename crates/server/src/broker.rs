@@ -129,11 +129,13 @@ impl Broker {
     /// that came due, and snapshot when the log has grown enough.
     pub async fn tick(self: &Arc<Self>) -> Result<(), ApiError> {
         let now = system_now_ms();
-        let due = self
-            .state
-            .lock()
-            .next_deadline()
-            .is_some_and(|at| at <= now);
+        let due = {
+            let mut state = self.state.lock();
+            let due = state.next_deadline().is_some_and(|at| at <= now);
+            // Due scheduled jobs show as ready in listings even before anyone leases.
+            state.promote_due(now);
+            due
+        };
         self.execute(|s, now| Ok(s.expire_leases(now))).await?;
         self.execute(|s, now| Ok(s.retain(now))).await?;
         if due {

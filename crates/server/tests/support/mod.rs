@@ -3,7 +3,7 @@
 //! directory belongs to the test, so a second server can reopen it.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -19,7 +19,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 pub struct TestServer {
     pub base_url: String,
     pub client: reqwest::Client,
-    pub data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
 }
@@ -37,7 +36,6 @@ impl TestServer {
             .expect("bind a loopback port");
         let address = listener.local_addr().expect("local address");
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let data_dir = config.data_dir.clone();
         let task = tokio::spawn(sluice_server::run(listener, config, async move {
             // A dropped sender also stops the server, so a failing test does not leak it.
             let _ = shutdown_rx.await;
@@ -45,7 +43,6 @@ impl TestServer {
         let server = TestServer {
             base_url: format!("http://{address}"),
             client: reqwest::Client::new(),
-            data_dir,
             shutdown: Some(shutdown_tx),
             task: Some(task),
         };
@@ -214,7 +211,9 @@ async fn read(response: reqwest::Response) -> (u16, Value) {
         .to_owned();
     let text = response.text().await.expect("response body");
     let body = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!("status {status}: body is not JSON ({e}), content-type {content_type:?}: {text:.200}")
+        panic!(
+            "status {status}: body is not JSON ({e}), content-type {content_type:?}: {text:.200}"
+        )
     });
     assert!(
         content_type.starts_with("application/json"),
@@ -251,7 +250,9 @@ pub fn now_ms() -> i64 {
 
 /// Parses an RFC 3339 time from the API into Unix milliseconds.
 pub fn time_ms(value: &Value) -> i64 {
-    let text = value.as_str().unwrap_or_else(|| panic!("{value} is not a string"));
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("{value} is not a string"));
     sluice_proto::rfc3339::parse_ms(text).unwrap_or_else(|| panic!("{text} is not RFC 3339"))
 }
 
@@ -301,4 +302,20 @@ pub fn snapshot_files(dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Copies every file under `from` into `to`, as they are on disk now: with fsync always
+/// and no request in flight, that is what a machine that lost power at this moment would
+/// find on restart.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy dir");
+    for entry in std::fs::read_dir(from).expect("read the data dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
+    }
 }

@@ -1,0 +1,1300 @@
+//! Crash test: the real `sluice` binary under concurrent load, killed with SIGKILL at a
+//! random moment, restarted on the same data directory, and checked against what its
+//! clients were told with 2xx replies. A second test stops it with SIGTERM under load.
+//!
+//! Replay a failure with the seed it prints: `SLUICE_CRASH_SEED=<seed>`.
+//! Long mode: `SLUICE_CRASH_CYCLES=50 cargo test -p sluice --test crash`.
+//!
+//! What a 2xx promised, and so what must hold after every restart:
+//! - an enqueued job exists (`GET /v1/jobs/{id}` is 200) in its queue with its payload;
+//! - an acked job is `succeeded`, its acked attempt closed as `succeeded`;
+//! - a failed job is not lost (failed, ready, leased, dead or succeeded) and its failed
+//!   attempt is in its history as `failed`;
+//! - a leased attempt is recorded (the job's attempts reached it, the history holds it);
+//! - a lease that has not expired still belongs to its holder (ack gives 2xx, not 409);
+//! - lease ids and job ids handed out are never handed out again;
+//! - each queue's counts equal the jobs found by listing every state, each job once.
+//!
+//! Always: no 5xx, no transport error while the server is meant to be up, no "panicked"
+//! in the server's stderr. A request cut by the kill has an unknown outcome: either is fine.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use sluice_proto::{
+    BatchResultResponse, EnqueueBatchResponse, EnqueueResult, ItemResult, Job, JobList, JobState,
+    LeaseResponse, QueueInfo, StateCounts,
+};
+
+const QUEUES: [&str; 3] = ["crash-a", "crash-b", "crash-c"];
+const PRODUCERS: usize = 2;
+const WORKERS: usize = 3;
+const BATCH_LEN: usize = 50;
+/// Producers hold off while this many enqueued jobs have never been leased, so that the
+/// workers keep up and most jobs see the whole life cycle within a run.
+const BACKLOG_MAX: usize = 1_500;
+/// A 409 stale lease is only acceptable once the lease is this close to its expiry.
+const EXPIRY_SLACK_MS: i64 = 250;
+/// Histories keep the newest 25 attempts; jobs here have at most 4.
+const MAX_ATTEMPTS_MAX: u64 = 4;
+
+// ---- seeded randomness ------------------------------------------------------------
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        // splitmix64 so that nearby seeds give unrelated streams; never zero.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    /// xorshift64.
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Inclusive on both ends.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn fork(&mut self) -> Rng {
+        Rng::new(self.next())
+    }
+}
+
+fn seed() -> u64 {
+    match std::env::var("SLUICE_CRASH_SEED") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .expect("SLUICE_CRASH_SEED must be an unsigned integer"),
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    }
+}
+
+fn cycles() -> u32 {
+    std::env::var("SLUICE_CRASH_CYCLES").map_or(5, |text| {
+        text.trim()
+            .parse()
+            .expect("SLUICE_CRASH_CYCLES must be an unsigned integer")
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+// ---- the server process -----------------------------------------------------------
+
+struct Server {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn listening_addr(line: &str) -> Option<String> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let rest = &line[line.find("addr=")? + "addr=".len()..];
+    Some(rest.split_whitespace().next()?.to_owned())
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("server")
+            .args(["--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(["--fsync", "always", "--snapshot-every-records", "500"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start the sluice binary");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                // Keeps draining to EOF so the server never blocks on a full pipe.
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let line = strip_ansi(&line);
+                    if let Some(addr) = listening_addr(&line) {
+                        let _ = tx.send(addr);
+                    }
+                    let mut log = log.lock().expect("log lock");
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            })
+        };
+        let mut server = Server {
+            child,
+            base: String::new(),
+            log,
+            reader: Some(reader),
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => server.base = format!("http://{addr}"),
+            Err(_) => {
+                let log = server.kill();
+                panic!("the server did not log its address within 30 s; stderr:\n{log}");
+            }
+        }
+        server
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// SIGKILL (on unix), reap, and return everything it wrote to stderr.
+    fn kill(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.finish_log()
+    }
+
+    fn finish_log(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.log()
+    }
+
+    /// Polls `/readyz` until 200; fails at the deadline or if the process exits.
+    async fn wait_ready(&mut self, http: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(reply) = http.get(format!("{}/readyz", self.base)).send().await {
+                if reply.status().as_u16() == 200 {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = self.finish_log();
+                panic!("the server exited ({status}) before it was ready; stderr:\n{log}");
+            }
+            if Instant::now() > deadline {
+                let log = self.kill();
+                panic!("the server was not ready within 30 s; stderr:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- what the clients were told ------------------------------------------------------
+
+#[derive(Clone)]
+struct Sent {
+    queue: String,
+    payload: Value,
+}
+
+#[derive(Clone)]
+struct Held {
+    id: String,
+    lease_id: String,
+    attempt: u32,
+    expires_at: i64,
+}
+
+#[derive(Default, Clone, Copy, Debug)]
+struct Stats {
+    enqueued: usize,
+    leased: usize,
+    acked: usize,
+    failed: usize,
+    stale: usize,
+    unknown: usize,
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// Jobs whose enqueue got a 2xx, by id.
+    enqueued: HashMap<String, Sent>,
+    /// Jobs in enqueue requests with an unknown outcome: they may or may not exist.
+    unknown_enqueue_jobs: usize,
+    /// `(job, attempt)` of every job a 2xx lease reply handed out.
+    leased: Vec<(String, u32)>,
+    /// Lease id -> the lease call that got it.
+    lease_calls: HashMap<String, u64>,
+    next_lease_call: u64,
+    /// Job -> the attempt whose ack got a 2xx.
+    acked: HashMap<String, u32>,
+    /// `(job, attempt)` of every fail that got a 2xx.
+    failed: Vec<(String, u32)>,
+    /// Leases taken and neither acked nor failed yet; any worker may settle them later,
+    /// also after a restart.
+    held: Vec<Held>,
+    /// Jobs leased for their first attempt: the backlog is `stats.enqueued` minus this.
+    first_leases: usize,
+    stats: Stats,
+    problems: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    http: reqwest::Client,
+    base: String,
+    /// Set just before the server is killed or told to stop: from then on, transport
+    /// errors are expected and mean "unknown outcome".
+    dying: Arc<AtomicBool>,
+    /// Load tasks stop at their next turn.
+    stop: Arc<AtomicBool>,
+    /// Woken when workers took jobs: producers waiting for the backlog to shrink.
+    leased: Arc<tokio::sync::Notify>,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+enum Reply {
+    /// 2xx with its status and body.
+    Ok(u16, Vec<u8>),
+    /// 4xx (5xx are recorded as problems and also land here).
+    Rejected(u16, Vec<u8>),
+    /// No reply: the request may or may not have taken effect.
+    Unknown,
+}
+
+impl Ctx {
+    fn new(base: &str, ledger: Arc<Mutex<Ledger>>) -> Ctx {
+        Ctx {
+            http: http_client(),
+            base: base.to_owned(),
+            dying: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
+            leased: Arc::new(tokio::sync::Notify::new()),
+            ledger,
+        }
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().expect("ledger lock")
+    }
+
+    fn problem(&self, text: String) {
+        self.ledger().problems.push(text);
+    }
+
+    fn dying(&self) -> bool {
+        self.dying.load(Ordering::SeqCst)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    async fn send(&self, what: &str, request: reqwest::RequestBuilder) -> Reply {
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return self.transport_error(what, &error),
+        };
+        let status = response.status().as_u16();
+        let body = match response.bytes().await {
+            Ok(body) => body.to_vec(),
+            Err(error) => return self.transport_error(what, &error),
+        };
+        if status >= 500 {
+            self.problem(format!(
+                "{what}: {status} {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        if (200..300).contains(&status) {
+            Reply::Ok(status, body)
+        } else {
+            Reply::Rejected(status, body)
+        }
+    }
+
+    fn transport_error(&self, what: &str, error: &reqwest::Error) -> Reply {
+        if !self.dying() {
+            self.problem(format!(
+                "{what}: transport error while the server was up: {error}"
+            ));
+        }
+        self.ledger().stats.unknown += 1;
+        Reply::Unknown
+    }
+
+    async fn post(&self, what: &str, path: &str, body: &Value) -> Reply {
+        let request = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.send(what, request).await
+    }
+
+    async fn get(&self, what: &str, path: &str) -> Reply {
+        let request = self.http.get(format!("{}{path}", self.base));
+        self.send(what, request).await
+    }
+
+    fn parse<T: DeserializeOwned>(&self, what: &str, body: &[u8]) -> Option<T> {
+        match serde_json::from_slice(body) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.problem(format!(
+                    "{what}: undecodable 2xx body ({error}): {}",
+                    String::from_utf8_lossy(body)
+                ));
+                None
+            }
+        }
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client")
+}
+
+fn error_code(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+// ---- load -------------------------------------------------------------------------
+
+fn job_spec(rng: &mut Rng, producer: usize, seq: u64) -> (Sent, Value) {
+    let queue = QUEUES[rng.below(QUEUES.len() as u64) as usize].to_owned();
+    let payload =
+        json!({ "producer": producer, "seq": seq, "pad": "x".repeat(rng.below(64) as usize) });
+    let mut spec = json!({
+        "queue": queue,
+        "kind": "crash.test",
+        "payload": payload,
+        "priority": rng.range(0, 4) as i64 - 2,
+        "max_attempts": rng.range(1, MAX_ATTEMPTS_MAX),
+        "backoff": { "type": "fixed", "delay_ms": rng.range(0, 300) },
+        // Some leases expire during the run (and across restarts), most do not.
+        "timeout_ms": if rng.chance(10) { 1_000 } else { 30_000 },
+    });
+    if rng.chance(10) {
+        spec["delay_ms"] = json!(rng.range(1, 500));
+    }
+    (Sent { queue, payload }, spec)
+}
+
+async fn producer(ctx: Ctx, mut rng: Rng, who: usize) {
+    let mut seq = 0u64;
+    while !ctx.stopping() {
+        // Wait (on a condition, re-checked on every wake-up) while the backlog is full.
+        let wake = ctx.leased.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let backlog = {
+            let ledger = ctx.ledger();
+            ledger.stats.enqueued.saturating_sub(ledger.first_leases)
+        };
+        if backlog > BACKLOG_MAX {
+            // Time out now and then to see `stop`, and in case every ready job is gone
+            // (delayed jobs only, or leases lost to a kill).
+            let _ = tokio::time::timeout(Duration::from_millis(100), wake).await;
+            continue;
+        }
+        let len = if rng.chance(50) { 1 } else { BATCH_LEN };
+        let mut sent = Vec::with_capacity(len);
+        let mut specs = Vec::with_capacity(len);
+        for _ in 0..len {
+            let (s, spec) = job_spec(&mut rng, who, seq);
+            seq += 1;
+            sent.push(s);
+            specs.push(spec);
+        }
+        let reply = if len == 1 {
+            ctx.post("enqueue", "/v1/jobs", &specs[0]).await
+        } else {
+            ctx.post("enqueue batch", "/v1/jobs/batch", &json!({ "jobs": specs }))
+                .await
+        };
+        let ids: Vec<EnqueueResult> = match reply {
+            Reply::Ok(201, body) if len == 1 => ctx
+                .parse::<EnqueueResult>("enqueue", &body)
+                .into_iter()
+                .collect(),
+            Reply::Ok(201, body) => ctx
+                .parse::<EnqueueBatchResponse>("enqueue batch", &body)
+                .map_or_else(Vec::new, |r| r.jobs),
+            Reply::Ok(status, body) | Reply::Rejected(status, body) => {
+                ctx.problem(format!(
+                    "enqueue of {len}: unexpected {status} {}",
+                    String::from_utf8_lossy(&body)
+                ));
+                continue;
+            }
+            Reply::Unknown => {
+                ctx.ledger().unknown_enqueue_jobs += len;
+                if ctx.dying() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let mut ledger = ctx.ledger();
+        if ids.len() != len {
+            ledger
+                .problems
+                .push(format!("enqueue of {len} answered {} ids", ids.len()));
+        }
+        for (result, sent) in ids.into_iter().zip(sent) {
+            if result.duplicate {
+                ledger.problems.push(format!(
+                    "job {} reported duplicate without a unique key",
+                    result.id
+                ));
+            }
+            if ledger.enqueued.insert(result.id.clone(), sent).is_some() {
+                ledger.problems.push(format!(
+                    "job id {} handed out by two enqueues that both got 2xx",
+                    result.id
+                ));
+            }
+            ledger.stats.enqueued += 1;
+        }
+    }
+}
+
+/// Records the outcome of settling `held` that the server refused: 409 is fine once the
+/// lease is (about to be) expired, anything else is a problem.
+fn refused(ctx: &Ctx, what: &str, held: &Held, status: u16, code: &str, message: &str) {
+    let now = now_ms();
+    if status == 409 && code == "stale_lease" && now + EXPIRY_SLACK_MS >= held.expires_at {
+        ctx.ledger().stats.stale += 1;
+        return;
+    }
+    ctx.problem(format!(
+        "{what} of job {} attempt {} (lease {} expires in {} ms): {status} {code} {message}",
+        held.id,
+        held.attempt,
+        held.lease_id,
+        held.expires_at - now
+    ));
+}
+
+fn record_ack(ctx: &Ctx, held: &Held, state: Option<JobState>) {
+    let mut ledger = ctx.ledger();
+    if state != Some(JobState::Succeeded) {
+        ledger.problems.push(format!(
+            "ack of job {} answered 2xx with state {state:?}",
+            held.id
+        ));
+    }
+    if let Some(before) = ledger.acked.insert(held.id.clone(), held.attempt) {
+        ledger.problems.push(format!(
+            "job {} acked twice with 2xx (attempts {before} and {})",
+            held.id, held.attempt
+        ));
+    }
+    ledger.stats.acked += 1;
+}
+
+async fn ack_one(ctx: &Ctx, held: &Held) {
+    let path = format!("/v1/jobs/{}/ack", held.id);
+    match ctx
+        .post("ack", &path, &json!({ "lease_id": held.lease_id }))
+        .await
+    {
+        Reply::Ok(_, body) => {
+            if let Some(item) = ctx.parse::<ItemResult>("ack", &body) {
+                record_ack(ctx, held, item.state);
+            }
+        }
+        Reply::Rejected(status, body) => refused(
+            ctx,
+            "ack",
+            held,
+            status,
+            &error_code(&body),
+            &String::from_utf8_lossy(&body),
+        ),
+        Reply::Unknown => {}
+    }
+}
+
+async fn fail_one(ctx: &Ctx, held: &Held) {
+    let path = format!("/v1/jobs/{}/fail", held.id);
+    let body = json!({ "lease_id": held.lease_id, "error": "crash test says no" });
+    match ctx.post("fail", &path, &body).await {
+        Reply::Ok(_, body) => {
+            if let Some(item) = ctx.parse::<ItemResult>("fail", &body) {
+                let mut ledger = ctx.ledger();
+                if !matches!(
+                    item.state,
+                    Some(JobState::Failed | JobState::Ready | JobState::Dead)
+                ) {
+                    ledger.problems.push(format!(
+                        "fail of job {} answered 2xx with state {:?}",
+                        held.id, item.state
+                    ));
+                }
+                ledger.failed.push((held.id.clone(), held.attempt));
+                ledger.stats.failed += 1;
+            }
+        }
+        Reply::Rejected(status, body) => refused(
+            ctx,
+            "fail",
+            held,
+            status,
+            &error_code(&body),
+            &String::from_utf8_lossy(&body),
+        ),
+        Reply::Unknown => {}
+    }
+}
+
+async fn ack_batch(ctx: &Ctx, batch: &[Held]) {
+    if batch.is_empty() {
+        return;
+    }
+    let acks: Vec<Value> = batch
+        .iter()
+        .map(|h| json!({ "id": h.id, "lease_id": h.lease_id }))
+        .collect();
+    match ctx
+        .post("batch ack", "/v1/ack", &json!({ "acks": acks }))
+        .await
+    {
+        Reply::Ok(_, body) => {
+            let Some(reply) = ctx.parse::<BatchResultResponse>("batch ack", &body) else {
+                return;
+            };
+            if reply.results.len() != batch.len() {
+                ctx.problem(format!(
+                    "batch ack of {} answered {} results",
+                    batch.len(),
+                    reply.results.len()
+                ));
+                return;
+            }
+            for (held, item) in batch.iter().zip(reply.results) {
+                if item.id != held.id {
+                    ctx.problem(format!(
+                        "batch ack results out of order: {} for {}",
+                        item.id, held.id
+                    ));
+                    continue;
+                }
+                match item.error {
+                    None => record_ack(ctx, held, item.state),
+                    Some(error) => refused(
+                        ctx,
+                        "batch ack item",
+                        held,
+                        409,
+                        &error.code,
+                        &error.message,
+                    ),
+                }
+            }
+        }
+        Reply::Rejected(status, body) => ctx.problem(format!(
+            "batch ack of {}: {status} {}",
+            batch.len(),
+            String::from_utf8_lossy(&body)
+        )),
+        Reply::Unknown => {}
+    }
+}
+
+async fn worker(ctx: Ctx, mut rng: Rng, who: usize) {
+    let name = format!("crash-worker-{who}");
+    while !ctx.stopping() {
+        // Now and then settle a lease someone took earlier, perhaps before a restart.
+        if rng.chance(15) {
+            let held = {
+                let mut ledger = ctx.ledger();
+                if ledger.held.is_empty() {
+                    None
+                } else {
+                    let i = rng.below(ledger.held.len() as u64) as usize;
+                    Some(ledger.held.swap_remove(i))
+                }
+            };
+            if let Some(held) = held {
+                if rng.chance(75) {
+                    ack_one(&ctx, &held).await;
+                } else {
+                    fail_one(&ctx, &held).await;
+                }
+                continue;
+            }
+        }
+        let max_jobs = rng.range(1, 20);
+        let request =
+            json!({ "queues": QUEUES, "max_jobs": max_jobs, "wait_ms": 100, "worker": name });
+        let jobs = match ctx.post("lease", "/v1/lease", &request).await {
+            Reply::Ok(_, body) => match ctx.parse::<LeaseResponse>("lease", &body) {
+                Some(reply) => reply.jobs,
+                None => continue,
+            },
+            Reply::Rejected(status, body) => {
+                ctx.problem(format!(
+                    "lease: {status} {}",
+                    String::from_utf8_lossy(&body)
+                ));
+                continue;
+            }
+            Reply::Unknown if ctx.dying() => break,
+            Reply::Unknown => continue,
+        };
+        let mut taken = Vec::with_capacity(jobs.len());
+        {
+            let mut ledger = ctx.ledger();
+            if jobs.len() as u64 > max_jobs {
+                ledger
+                    .problems
+                    .push(format!("lease of max {max_jobs} handed out {}", jobs.len()));
+            }
+            let call = ledger.next_lease_call;
+            ledger.next_lease_call += 1;
+            for job in jobs {
+                let previous = ledger.lease_calls.insert(job.lease_id.clone(), call);
+                if previous.is_some_and(|p| p != call) {
+                    ledger.problems.push(format!(
+                        "lease id {} handed out by two lease calls",
+                        job.lease_id
+                    ));
+                }
+                let Some(expires_at) = sluice_proto::rfc3339::parse_ms(&job.lease_expires_at)
+                else {
+                    ledger.problems.push(format!(
+                        "job {}: lease_expires_at {:?} is not RFC 3339",
+                        job.id, job.lease_expires_at
+                    ));
+                    continue;
+                };
+                ledger.leased.push((job.id.clone(), job.attempt));
+                ledger.stats.leased += 1;
+                if job.attempt == 1 {
+                    ledger.first_leases += 1;
+                }
+                taken.push(Held {
+                    id: job.id,
+                    lease_id: job.lease_id,
+                    attempt: job.attempt,
+                    expires_at,
+                });
+            }
+        }
+        ctx.leased.notify_waiters();
+        let mut batch = Vec::new();
+        for held in taken {
+            match rng.below(100) {
+                0..=34 => batch.push(held),
+                35..=64 => ack_one(&ctx, &held).await,
+                65..=84 => fail_one(&ctx, &held).await,
+                _ => ctx.ledger().held.push(held),
+            }
+        }
+        ack_batch(&ctx, &batch).await;
+    }
+}
+
+struct Load {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn start_load(ctx: &Ctx, rng: &mut Rng) -> Load {
+    let mut tasks = Vec::new();
+    for who in 0..PRODUCERS {
+        tasks.push(tokio::spawn(producer(ctx.clone(), rng.fork(), who)));
+    }
+    for who in 0..WORKERS {
+        tasks.push(tokio::spawn(worker(ctx.clone(), rng.fork(), who)));
+    }
+    Load { tasks }
+}
+
+impl Load {
+    /// Stops the tasks; each must notice within the deadline (requests time out at 10 s).
+    async fn stop(self, ctx: &Ctx) {
+        ctx.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("a load task did not stop within 20 s")
+                .expect("a load task panicked");
+        }
+    }
+}
+
+// ---- checking -------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct Checked {
+    jobs_listed: usize,
+    enqueued: usize,
+    acked: usize,
+    failed: usize,
+    leased: usize,
+    fetched: usize,
+}
+
+fn counts_of(counts: &StateCounts) -> [u64; 7] {
+    [
+        counts.scheduled,
+        counts.ready,
+        counts.leased,
+        counts.succeeded,
+        counts.failed,
+        counts.dead,
+        counts.cancelled,
+    ]
+}
+
+async fn queue_counts(ctx: &Ctx) -> Result<Vec<Option<[u64; 7]>>, String> {
+    let mut all = Vec::new();
+    for queue in QUEUES {
+        let what = format!("GET queue {queue}");
+        match ctx.get(&what, &format!("/v1/queues/{queue}")).await {
+            Reply::Ok(_, body) => {
+                let info: QueueInfo = ctx.parse(&what, &body).ok_or(what.clone())?;
+                all.push(Some(counts_of(&info.counts)));
+            }
+            Reply::Rejected(404, _) => all.push(None),
+            Reply::Rejected(status, body) => {
+                return Err(format!(
+                    "{what}: {status} {}",
+                    String::from_utf8_lossy(&body)
+                ))
+            }
+            Reply::Unknown => return Err(format!("{what}: no reply")),
+        }
+    }
+    Ok(all)
+}
+
+/// Every job of every queue, read by listing each state with cursor paging:
+/// `(queue index, listed state, job)`.
+async fn list_all(ctx: &Ctx, exists: &[bool]) -> Result<Vec<(usize, JobState, Job)>, String> {
+    let mut out = Vec::new();
+    for (q, queue) in QUEUES.iter().enumerate() {
+        if !exists[q] {
+            continue;
+        }
+        for state in JobState::ALL {
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut path = format!(
+                    "/v1/queues/{queue}/jobs?state={}&limit=1000",
+                    state.as_str()
+                );
+                if let Some(c) = &cursor {
+                    path.push_str(&format!("&cursor={c}"));
+                }
+                let what = format!("list {queue} {}", state.as_str());
+                let page: JobList = match ctx.get(&what, &path).await {
+                    Reply::Ok(_, body) => ctx.parse(&what, &body).ok_or(what.clone())?,
+                    Reply::Rejected(status, body) => {
+                        return Err(format!(
+                            "{what}: {status} {}",
+                            String::from_utf8_lossy(&body)
+                        ))
+                    }
+                    Reply::Unknown => return Err(format!("{what}: no reply")),
+                };
+                out.extend(page.jobs.into_iter().map(|job| (q, state, job)));
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn has_attempt(job: &Job, attempt: u32, outcome: Option<&str>) -> bool {
+    job.history
+        .iter()
+        .any(|a| a.attempt == attempt && (outcome.is_none() || a.outcome.as_deref() == outcome))
+}
+
+/// Checks the server (idle: no load running) against the ledger. Returns the problems.
+async fn verify(ctx: &Ctx) -> (Checked, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut checked = Checked::default();
+
+    // A view in which nothing moved: counts before and after the listing must agree.
+    // Leases may expire meanwhile (the tick), so take the view again until one is still.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (counts, listed) = loop {
+        let before = queue_counts(ctx).await;
+        let exists: Vec<bool> = match &before {
+            Ok(c) => c.iter().map(Option::is_some).collect(),
+            Err(e) => return (checked, vec![e.clone()]),
+        };
+        let listed = match list_all(ctx, &exists).await {
+            Ok(listed) => listed,
+            Err(e) => return (checked, vec![e]),
+        };
+        let after = queue_counts(ctx).await;
+        match (before, after) {
+            (Ok(before), Ok(after)) if before == after => break (before, listed),
+            (Ok(_), Ok(_)) if Instant::now() < deadline => continue,
+            (Ok(_), Ok(_)) => {
+                return (
+                    checked,
+                    vec!["queue counts never held still for a listing in 30 s".into()],
+                )
+            }
+            (Err(e), _) | (_, Err(e)) => return (checked, vec![e]),
+        }
+    };
+    checked.jobs_listed = listed.len();
+
+    // Counts equal the listing, each job is listed once, in the state it says it is in.
+    let mut found: HashMap<String, (usize, Job)> = HashMap::with_capacity(listed.len());
+    let mut per_state = vec![[0u64; 7]; QUEUES.len()];
+    for (q, state, job) in listed {
+        let s = JobState::ALL
+            .iter()
+            .position(|&x| x == state)
+            .expect("a state");
+        per_state[q][s] += 1;
+        if job.state != state {
+            problems.push(format!(
+                "job {} listed under {} says {}",
+                job.id,
+                state.as_str(),
+                job.state.as_str()
+            ));
+        }
+        if job.queue != QUEUES[q] {
+            problems.push(format!(
+                "job {} listed in {} says queue {}",
+                job.id, QUEUES[q], job.queue
+            ));
+        }
+        if state == JobState::Cancelled {
+            problems.push(format!("job {} is cancelled; nobody cancelled it", job.id));
+        }
+        if let Some((other, _)) = found.insert(job.id.clone(), (q, job)) {
+            problems.push(format!("a job is listed twice (also in {})", QUEUES[other]));
+        }
+    }
+    for (q, counts) in counts.iter().enumerate() {
+        let counts = counts.unwrap_or_default();
+        if counts != per_state[q] {
+            problems.push(format!(
+                "queue {}: counts {:?} but listing found {:?} (order: {:?})",
+                QUEUES[q],
+                counts,
+                per_state[q],
+                JobState::ALL.map(JobState::as_str)
+            ));
+        }
+    }
+
+    let (enqueued, unknown_jobs, acked, failed, leased) = {
+        let ledger = ctx.ledger();
+        (
+            ledger.enqueued.clone(),
+            ledger.unknown_enqueue_jobs,
+            ledger.acked.clone(),
+            ledger.failed.clone(),
+            ledger.leased.clone(),
+        )
+    };
+
+    // Every 2xx-enqueued job is there, where it was put, with what it was given.
+    for (id, sent) in &enqueued {
+        checked.enqueued += 1;
+        let Some((q, job)) = found.get(id) else {
+            problems.push(format!("job {id} (enqueue got 2xx) is lost"));
+            continue;
+        };
+        if QUEUES[*q] != sent.queue {
+            problems.push(format!(
+                "job {id} was enqueued to {} but is in {}",
+                sent.queue, QUEUES[*q]
+            ));
+        }
+        let payload: Result<Value, _> = serde_json::from_str(job.payload.get());
+        if payload.as_ref().ok() != Some(&sent.payload) {
+            problems.push(format!(
+                "job {id}: payload {} is not what was sent ({})",
+                job.payload.get(),
+                sent.payload
+            ));
+        }
+    }
+    // Jobs nobody was told about can only come from enqueues with an unknown outcome.
+    let strangers = found
+        .keys()
+        .filter(|id| !enqueued.contains_key(*id))
+        .count();
+    if strangers > unknown_jobs {
+        problems.push(format!(
+            "{strangers} jobs exist that no 2xx enqueue returned, but only {unknown_jobs} \
+             were in enqueues with an unknown outcome"
+        ));
+    }
+
+    for (id, attempt) in &acked {
+        checked.acked += 1;
+        let Some((_, job)) = found.get(id) else {
+            problems.push(format!("job {id} (ack got 2xx) is lost"));
+            continue;
+        };
+        if matches!(job.state, JobState::Ready | JobState::Scheduled) {
+            problems.push(format!(
+                "job {id} was acked with 2xx but is {} again",
+                job.state.as_str()
+            ));
+        } else if job.state != JobState::Succeeded {
+            problems.push(format!(
+                "job {id} was acked with 2xx (attempt {attempt}) but is {}",
+                job.state.as_str()
+            ));
+        }
+        if !has_attempt(job, *attempt, Some("succeeded")) {
+            problems.push(format!(
+                "job {id}: acked attempt {attempt} is not in its history as succeeded: {:?}",
+                job.history
+            ));
+        }
+    }
+
+    for (id, attempt) in &failed {
+        checked.failed += 1;
+        let Some((_, job)) = found.get(id) else {
+            problems.push(format!("job {id} (fail got 2xx) is lost"));
+            continue;
+        };
+        if !matches!(
+            job.state,
+            JobState::Failed
+                | JobState::Ready
+                | JobState::Leased
+                | JobState::Dead
+                | JobState::Succeeded
+        ) {
+            problems.push(format!(
+                "job {id} failed with 2xx is {}",
+                job.state.as_str()
+            ));
+        }
+        if job.attempts < *attempt || !has_attempt(job, *attempt, Some("failed")) {
+            problems.push(format!(
+                "job {id}: failed attempt {attempt} is not recorded (attempts {}, history {:?})",
+                job.attempts, job.history
+            ));
+        }
+    }
+
+    for (id, attempt) in &leased {
+        checked.leased += 1;
+        let Some((_, job)) = found.get(id) else {
+            problems.push(format!("job {id} (lease got 2xx) is lost"));
+            continue;
+        };
+        if job.attempts < *attempt || !has_attempt(job, *attempt, None) {
+            problems.push(format!(
+                "job {id}: leased attempt {attempt} is not recorded (attempts {}, history {:?})",
+                job.attempts, job.history
+            ));
+        }
+    }
+
+    // And each one answers on its own URL.
+    let ids: Vec<String> = enqueued.keys().cloned().collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in ids.chunks(ids.len().div_ceil(8).max(1)) {
+        let ctx = ctx.clone();
+        let chunk = chunk.to_vec();
+        tasks.spawn(async move {
+            let mut missing = Vec::new();
+            for id in &chunk {
+                match ctx.get("GET job", &format!("/v1/jobs/{id}")).await {
+                    Reply::Ok(200, _) => {}
+                    Reply::Ok(status, _) | Reply::Rejected(status, _) => {
+                        missing.push(format!("GET /v1/jobs/{id}: {status}"))
+                    }
+                    Reply::Unknown => missing.push(format!("GET /v1/jobs/{id}: no reply")),
+                }
+            }
+            (chunk.len(), missing)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (len, missing) = done.expect("a GET task panicked");
+        checked.fetched += len;
+        problems.extend(missing);
+    }
+
+    (checked, problems)
+}
+
+/// The kind of a problem: its text without the words that hold digits (ids, numbers).
+fn problem_kind(problem: &str) -> String {
+    problem
+        .split_whitespace()
+        .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
+        .take(8)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn fail_with(seed: u64, context: &str, problems: &[String], log: &str) -> ! {
+    // A few of each kind, so one flood does not hide the others.
+    let mut per_kind: HashMap<String, usize> = HashMap::new();
+    let shown: Vec<&String> = problems
+        .iter()
+        .filter(|p| {
+            let seen = per_kind.entry(problem_kind(p)).or_default();
+            *seen += 1;
+            *seen <= 5
+        })
+        .take(60)
+        .collect();
+    let tail: String = {
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    panic!(
+        "{context}: {} problem(s) (replay with SLUICE_CRASH_SEED={seed}):\n{}\n\
+         --- server stderr (tail) ---\n{tail}",
+        problems.len(),
+        shown
+            .iter()
+            .map(|p| format!("  - {p}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+fn take_problems(ledger: &Arc<Mutex<Ledger>>) -> Vec<String> {
+    std::mem::take(&mut ledger.lock().expect("ledger lock").problems)
+}
+
+fn check_log(seed: u64, logs: &str) {
+    if logs.contains("panicked") {
+        fail_with(
+            seed,
+            "server stderr",
+            &["the server panicked".to_owned()],
+            logs,
+        );
+    }
+}
+
+/// Starts the server on `dir`, waits for ready, checks it against the ledger.
+async fn restart_and_verify(
+    seed: u64,
+    dir: &Path,
+    ledger: &Arc<Mutex<Ledger>>,
+    context: &str,
+) -> (Server, Ctx) {
+    let mut server = Server::start(dir);
+    let ctx = Ctx::new(&server.base, ledger.clone());
+    server.wait_ready(&ctx.http).await;
+    let started = Instant::now();
+    let (checked, mut problems) = verify(&ctx).await;
+    problems.extend(take_problems(ledger));
+    println!(
+        "{context}: checked in {} ms: {checked:?}",
+        started.elapsed().as_millis()
+    );
+    if !problems.is_empty() {
+        let log = server.kill();
+        fail_with(seed, context, &problems, &log);
+    }
+    (server, ctx)
+}
+
+// ---- the tests ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_nothing_acknowledged() {
+    let seed = seed();
+    let cycles = cycles();
+    println!("SLUICE_CRASH_SEED={seed} SLUICE_CRASH_CYCLES={cycles}");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut logs = String::new();
+
+    for cycle in 0..cycles {
+        let context = format!("cycle {cycle}: after restart");
+        let (mut server, ctx) = restart_and_verify(seed, dir.path(), &ledger, &context).await;
+        let before = ctx.ledger().stats;
+        let load = start_load(&ctx, &mut rng);
+        let run_for = Duration::from_millis(rng.range(300, 3_000));
+        // The one intended sleep: the load runs for a random time, then the kill lands
+        // wherever it lands.
+        tokio::time::sleep(run_for).await;
+        ctx.dying.store(true, Ordering::SeqCst);
+        let log = server.kill();
+        load.stop(&ctx).await;
+        logs.push_str(&log);
+        check_log(seed, &logs);
+        let problems = take_problems(&ledger);
+        let after = ctx.ledger().stats;
+        println!(
+            "cycle {cycle}: ran {} ms, then SIGKILL; this cycle: enqueued {} leased {} acked {} \
+             failed {} stale {} unknown {}",
+            run_for.as_millis(),
+            after.enqueued - before.enqueued,
+            after.leased - before.leased,
+            after.acked - before.acked,
+            after.failed - before.failed,
+            after.stale - before.stale,
+            after.unknown - before.unknown,
+        );
+        if !problems.is_empty() {
+            fail_with(seed, &format!("cycle {cycle}: under load"), &problems, &log);
+        }
+    }
+
+    let (mut server, _ctx) =
+        restart_and_verify(seed, dir.path(), &ledger, "after the last restart").await;
+    logs.push_str(&server.kill());
+    check_log(seed, &logs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_cleanly_and_loses_nothing_acknowledged() {
+    let seed = seed();
+    println!("SLUICE_CRASH_SEED={seed}");
+    let mut rng = Rng::new(seed ^ 0x5151_7e4e);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+
+    let (mut server, ctx) = restart_and_verify(seed, dir.path(), &ledger, "first start").await;
+    let load = start_load(&ctx, &mut rng);
+    let run_for = Duration::from_millis(rng.range(300, 2_000));
+    tokio::time::sleep(run_for).await;
+    ctx.dying.store(true, Ordering::SeqCst);
+    let sent_at = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM failed: {status}");
+    let deadline = sent_at + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let log = server.kill();
+            fail_with(
+                seed,
+                "SIGTERM",
+                &["the server did not exit within 15 s of SIGTERM".into()],
+                &log,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = sent_at.elapsed();
+    load.stop(&ctx).await;
+    let log = server.finish_log();
+    let stats = ctx.ledger().stats;
+    println!(
+        "ran {} ms, SIGTERM, exited {exit} after {} ms; enqueued {} leased {} acked {} failed {} \
+         stale {} unknown {}",
+        run_for.as_millis(),
+        took.as_millis(),
+        stats.enqueued,
+        stats.leased,
+        stats.acked,
+        stats.failed,
+        stats.stale,
+        stats.unknown
+    );
+    if !exit.success() {
+        fail_with(
+            seed,
+            "SIGTERM",
+            &[format!("the server exited with {exit}")],
+            &log,
+        );
+    }
+    let problems = take_problems(&ledger);
+    if !problems.is_empty() {
+        fail_with(seed, "SIGTERM: under load", &problems, &log);
+    }
+    check_log(seed, &log);
+
+    let (mut server, _ctx) = restart_and_verify(seed, dir.path(), &ledger, "after SIGTERM").await;
+    let log = server.kill();
+    // A clean stop ends with a snapshot of everything: nothing is left to replay.
+    if !log.contains("records_replayed=0") {
+        fail_with(
+            seed,
+            "after SIGTERM",
+            &["the restart replayed log records: the final snapshot is missing".into()],
+            &log,
+        );
+    }
+    check_log(seed, &log);
+}
