@@ -7,6 +7,7 @@
 mod error;
 mod event;
 mod state;
+mod table;
 
 pub use error::{CoreError, Detail, ErrorKind};
 pub use event::{Backoff, Event, FailedItem, LeasedItem, NewJob};

@@ -13,6 +13,7 @@ use sluice_proto::JobState;
 
 use crate::error::{CoreError, Detail, ErrorKind};
 use crate::event::{Backoff, Event, FailedItem, LeasedItem, NewJob};
+use crate::table::JobTable;
 use crate::{JobId, LeaseId, Millis};
 
 /// Low bits of a job id that count jobs made in the same millisecond.
@@ -367,7 +368,7 @@ pub type Decided<T> = (Option<Event>, T);
 #[derive(Debug, Default)]
 pub struct State {
     config: Config,
-    jobs: FxHashMap<JobId, Job>,
+    jobs: JobTable,
     ix: Indexes,
     unique: FxHashMap<(u32, Box<str>), (JobId, Millis)>,
     kinds: FxHashSet<Arc<str>>,
@@ -1250,7 +1251,7 @@ impl State {
     }
 }
 
-struct JobsSeq<'a>(&'a FxHashMap<JobId, Job>);
+struct JobsSeq<'a>(&'a JobTable);
 
 impl Serialize for JobsSeq<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
