@@ -881,6 +881,9 @@ impl State {
         }
         match self.queue(queue) {
             Some(q) if q.paused == paused => return Ok((None, ())),
+            // Pausing a queue before its first job is useful; resuming one that does
+            // not exist is a typo.
+            None if !paused => return Err(CoreError::not_found("queue", queue)),
             None if self.ix.queues.len() >= limits::QUEUES_MAX => {
                 return Err(CoreError::new(
                     ErrorKind::Limit,

@@ -656,12 +656,14 @@ fn step(model: &mut Model, sut: &mut Sut, op: &Op) {
             }
         }
         Op::Pause { queue, paused } => {
-            let decided = sut
-                .state
-                .set_paused(QUEUES[*queue], *paused)
-                .expect("valid queue");
-            sut.record(decided);
-            model.queues.insert(*queue, *paused);
+            let result = sut.state.set_paused(QUEUES[*queue], *paused);
+            if !*paused && !model.queues.contains_key(queue) {
+                let error = result.expect_err("resuming an unknown queue is an error");
+                assert_eq!((error.kind, error.code), (ErrorKind::NotFound, "not_found"));
+            } else {
+                sut.record(result.expect("valid queue"));
+                model.queues.insert(*queue, *paused);
+            }
         }
         Op::Retain => {
             let cutoff = now - CONFIG.retention_ms as Millis;

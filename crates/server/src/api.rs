@@ -469,7 +469,16 @@ fn fail_input(
         lease_id: parse_lease_id(lease_id, &format!("{path}lease_id"))?,
         error,
         retry_at: retry_at
-            .map(|t| parse_time(t, &format!("{path}retry_at")))
+            .map(|t| {
+                let path = format!("{path}retry_at");
+                let at = parse_time(t, &path)?;
+                let latest =
+                    crate::broker::system_now_ms().saturating_add(limits::DELAY_MS_MAX as i64);
+                if at > latest {
+                    return Err(ApiError::bad_input(path, "must be at most one year ahead"));
+                }
+                Ok(at)
+            })
             .transpose()?,
     })
 }

@@ -60,7 +60,9 @@ pub enum ServerError {
     Open(#[from] sluice_wal::WalError),
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
-    #[error("another process is using the data directory {0} (it holds the lock on its LOCK file)")]
+    #[error(
+        "another process is using the data directory {0} (it holds the lock on its LOCK file)"
+    )]
     Locked(PathBuf),
     #[error("cannot lock the data directory {path}: {source}")]
     Lock {

@@ -584,6 +584,70 @@ async fn shutdown_answers_a_parked_long_poll_at_once_with_no_jobs() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_and_leases_lose_no_job_and_lease_none_twice() {
+    let (_dir, server) = fresh().await;
+    let enqueues = (0..50).map(|i| {
+        let client = server.client.clone();
+        let url = server.url("/v1/jobs");
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .json(&json!({ "queue": "race", "kind": "k", "payload": i }))
+                .send()
+                .await
+                .expect("enqueue sent");
+            assert_eq!(response.status(), 201);
+            let body: Value = response.json().await.expect("JSON");
+            body["id"].as_str().expect("id").to_owned()
+        })
+    });
+    let mut enqueued = Vec::new();
+    for task in enqueues.collect::<Vec<_>>() {
+        enqueued.push(task.await.expect("enqueue task"));
+    }
+    enqueued.sort();
+    enqueued.dedup();
+    assert_eq!(enqueued.len(), 50, "every enqueue got its own id");
+    assert_eq!(server.counts("race").await["ready"], 50);
+
+    // Eight workers lease 3 at a time until the queue is empty.
+    let workers = (0..8).map(|_| {
+        let client = server.client.clone();
+        let url = server.url("/v1/lease");
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let response = client
+                    .post(&url)
+                    .json(&json!({ "queues": ["race"], "max_jobs": 3 }))
+                    .send()
+                    .await
+                    .expect("lease sent");
+                let body: Value = response.json().await.expect("JSON");
+                let jobs = body["jobs"].as_array().expect("jobs").clone();
+                if jobs.is_empty() {
+                    return got;
+                }
+                got.extend(
+                    jobs.iter()
+                        .map(|j| j["id"].as_str().expect("id").to_owned()),
+                );
+            }
+        })
+    });
+    let mut leased = Vec::new();
+    for task in workers.collect::<Vec<_>>() {
+        leased.extend(task.await.expect("worker task"));
+    }
+    leased.sort();
+    assert_eq!(leased, enqueued, "each job leased exactly once");
+    let counts = server.counts("race").await;
+    assert_eq!(counts["leased"], 50);
+    assert_eq!(counts["ready"], 0);
+    server.stop().await;
+}
+
 // ---- heartbeat, ack, fail -----------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -960,22 +1024,30 @@ async fn fail_error_over_the_limit_is_cut_at_a_char_boundary_not_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug in sluice-proto rfc3339::format_ms: whole seconds come back without \
-            milliseconds (`10:00:00Z`), so API times neither match docs/api.md nor sort as strings"]
 async fn times_are_returned_in_utc_with_milliseconds_whatever_offset_was_sent() {
     let (_dir, server) = fresh().await;
     let id = server.enqueue(spec("times")).await;
     let (_, lease_id) = server.lease_one("times").await;
+    // A day ahead (within the one-year limit), on a half second, written at +02:00.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    let at = (now_ms / 1000 + 86_400) * 1000 + 500;
+    let expected = sluice_proto::rfc3339::format_ms(at);
+    assert!(expected.ends_with(".500Z"), "{expected}");
+    let at_plus_two_hours =
+        sluice_proto::rfc3339::format_ms(at + 2 * 3_600_000).replace(".500Z", ".5+02:00");
     let (status, body) = server
         .post(
             &format!("/v1/jobs/{id}/fail"),
-            &json!({ "lease_id": lease_id, "retry_at": "2099-12-01T12:00:00.5+02:00" }),
+            &json!({ "lease_id": lease_id, "retry_at": at_plus_two_hours }),
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["retry_at"], "2099-12-01T10:00:00.500Z");
+    assert_eq!(body["retry_at"], expected);
     let view = server.job(&id).await;
-    assert_eq!(view["run_at"], "2099-12-01T10:00:00.500Z");
+    assert_eq!(view["run_at"], expected);
     server.stop().await;
 }
 
@@ -1648,5 +1720,34 @@ async fn start_on_a_copy_of_a_running_servers_data_dir_replays_the_log_to_the_sa
         &queues_before,
     )
     .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_that_expires_while_the_server_is_down_is_taken_back_after_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = TestServer::start(dir.path()).await;
+    let mut job = spec("down");
+    job["timeout_ms"] = json!(1_000);
+    let id = server.enqueue(job).await;
+    let (_, lease_id) = server.lease_one("down").await;
+    server.stop().await;
+
+    let server = TestServer::start(dir.path()).await;
+    let view = server
+        .wait_for_job(&id, "lease expiry after restart", |j| {
+            j["state"] != "leased"
+        })
+        .await;
+    assert_eq!(view["state"], "ready", "{view}");
+    assert_eq!(view["attempts"], 1);
+    assert_eq!(view["history"][0]["outcome"], "expired");
+    let reply = server
+        .post(
+            &format!("/v1/jobs/{id}/ack"),
+            &json!({ "lease_id": lease_id }),
+        )
+        .await;
+    assert_error(&reply, 409, "stale_lease", None);
     server.stop().await;
 }
