@@ -355,6 +355,30 @@ async fn max_attempts_one_over_the_limit_is_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_and_retry_at_more_than_a_year_ahead_are_400_and_change_nothing() {
+    let (_dir, server) = fresh().await;
+    let mut job = spec("far");
+    job["delay_ms"] = json!(limits::DELAY_MS_MAX + 1);
+    let reply = server.post("/v1/jobs", &job).await;
+    assert_error(&reply, 400, "invalid_request", Some("delay_ms"));
+    let id = server.enqueue(spec("far")).await;
+    let (_, lease_id) = server.lease_one("far").await;
+    // Two seconds past the limit, so the request's own travel time cannot bring it under.
+    let too_far = sluice_proto::rfc3339::format_ms(now_ms() + limits::DELAY_MS_MAX as i64 + 2_000);
+    let reply = server
+        .post(
+            &format!("/v1/jobs/{id}/fail"),
+            &json!({ "lease_id": lease_id, "retry_at": too_far }),
+        )
+        .await;
+    assert_error(&reply, 400, "invalid_request", Some("retry_at"));
+    let view = server.job(&id).await;
+    assert_eq!(view["state"], "leased");
+    assert_eq!(view["lease"]["lease_id"], lease_id);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_and_fail_batches_one_over_the_limit_are_413_batch_too_large() {
     let (_dir, server) = fresh().await;
     let id = sluice_proto::ids::encode(1);
