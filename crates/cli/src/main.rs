@@ -62,7 +62,8 @@ enum Command {
         /// Keep at most this many finished jobs per queue.
         #[arg(long, default_value_t = 100_000)]
         retention_len_max: usize,
-        /// Snapshot the state after this many WAL records.
+        /// Snapshot the state after this many WAL records (and once the log has grown by
+        /// at least the size of the last snapshot, so big states snapshot less often).
         #[arg(long, default_value_t = 100_000)]
         snapshot_every_records: u64,
         /// Time in-flight requests get to finish at shutdown.

@@ -689,23 +689,28 @@ async fn ack_batch(ctx: &Ctx, batch: &[Held]) {
 async fn worker(ctx: Ctx, mut rng: Rng, who: usize) {
     let name = format!("crash-worker-{who}");
     while !ctx.stopping() {
-        // Now and then settle a lease someone took earlier, perhaps before a restart.
+        // Now and then settle leases someone took earlier, perhaps before a restart.
         if rng.chance(15) {
-            let held = {
+            let picked: Vec<Held> = {
                 let mut ledger = ctx.ledger();
-                if ledger.held.is_empty() {
-                    None
-                } else {
-                    let i = rng.below(ledger.held.len() as u64) as usize;
-                    Some(ledger.held.swap_remove(i))
-                }
+                (0..rng.range(1, 5))
+                    .filter_map(|_| {
+                        if ledger.held.is_empty() {
+                            return None;
+                        }
+                        let i = rng.below(ledger.held.len() as u64) as usize;
+                        Some(ledger.held.swap_remove(i))
+                    })
+                    .collect()
             };
-            if let Some(held) = held {
+            for held in &picked {
                 if rng.chance(75) {
-                    ack_one(&ctx, &held).await;
+                    ack_one(&ctx, held).await;
                 } else {
-                    fail_one(&ctx, &held).await;
+                    fail_one(&ctx, held).await;
                 }
+            }
+            if !picked.is_empty() {
                 continue;
             }
         }
@@ -773,8 +778,8 @@ async fn worker(ctx: Ctx, mut rng: Rng, who: usize) {
         for held in taken {
             match rng.below(100) {
                 0..=34 => batch.push(held),
-                35..=64 => ack_one(&ctx, &held).await,
-                65..=84 => fail_one(&ctx, &held).await,
+                35..=69 => ack_one(&ctx, &held).await,
+                70..=89 => fail_one(&ctx, &held).await,
                 _ => ctx.ledger().held.push(held),
             }
         }

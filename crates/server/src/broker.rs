@@ -32,6 +32,11 @@ pub struct Broker {
     /// Woken whenever jobs may have become ready.
     pub jobs_available: Notify,
     records_at_last_snapshot: AtomicU64,
+    /// Log bytes appended since the last snapshot, and that snapshot's size: a snapshot
+    /// is written only once the log has grown by at least the snapshot's own size, so
+    /// snapshotting costs at most as much I/O as the log itself, however big the state.
+    log_bytes_since_snapshot: AtomicU64,
+    last_snapshot_bytes: AtomicU64,
     pub snapshot_every_records: u64,
 }
 
@@ -43,8 +48,10 @@ impl Broker {
         snapshot_every_records: u64,
     ) -> Result<(Broker, RecoveryReport), sluice_wal::WalError> {
         let mut state = State::new(config);
+        let mut snapshot_bytes = 0;
         let (wal, report) = Wal::open(options, &mut |item| match item {
             Replayed::Snapshot { bytes, .. } => {
+                snapshot_bytes = bytes.len() as u64;
                 state = State::decode_snapshot(config, bytes)?;
                 Ok(())
             }
@@ -55,6 +62,8 @@ impl Broker {
             wal,
             jobs_available: Notify::new(),
             records_at_last_snapshot: AtomicU64::new(report.snapshot_lsn.unwrap_or(0)),
+            log_bytes_since_snapshot: AtomicU64::new(0),
+            last_snapshot_bytes: AtomicU64::new(snapshot_bytes),
             snapshot_every_records,
         };
         Ok((broker, report))
@@ -93,7 +102,12 @@ impl Broker {
                 )
             );
             let lsn = match event {
-                Some(event) => Some(self.wal.append(&event.encode())?),
+                Some(event) => {
+                    let bytes = event.encode();
+                    self.log_bytes_since_snapshot
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    Some(self.wal.append(&bytes)?)
+                }
                 None => self.wal.next_lsn().checked_sub(1),
             };
             (lsn, reply, wake)
@@ -144,6 +158,8 @@ impl Broker {
         let written = self.wal.next_lsn();
         if written.saturating_sub(self.records_at_last_snapshot.load(Ordering::Relaxed))
             >= self.snapshot_every_records
+            && self.log_bytes_since_snapshot.load(Ordering::Relaxed)
+                >= self.last_snapshot_bytes.load(Ordering::Relaxed)
         {
             self.snapshot().await?;
         }
@@ -152,10 +168,15 @@ impl Broker {
 
     /// Writes a snapshot of the state as of now and lets the log drop what it covers.
     pub async fn snapshot(self: &Arc<Self>) -> Result<(), ApiError> {
-        let (lsn, bytes) = {
+        let (lsn, bytes, log_bytes_covered) = {
             let state = self.state.lock();
-            (self.wal.next_lsn(), state.encode_snapshot())
+            (
+                self.wal.next_lsn(),
+                state.encode_snapshot(),
+                self.log_bytes_since_snapshot.load(Ordering::Relaxed),
+            )
         };
+        let snapshot_bytes = bytes.len() as u64;
         if let Some(last) = lsn.checked_sub(1) {
             self.wal.wait_durable(last).await?;
         }
@@ -167,8 +188,13 @@ impl Broker {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })??;
         self.records_at_last_snapshot.store(lsn, Ordering::Relaxed);
+        self.last_snapshot_bytes
+            .store(snapshot_bytes, Ordering::Relaxed);
+        self.log_bytes_since_snapshot
+            .fetch_sub(log_bytes_covered, Ordering::Relaxed);
         tracing::info!(
             lsn,
+            snapshot_bytes,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "snapshot written"
         );

@@ -93,20 +93,14 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<Lsn, String> {
     Ok(read_u64(&bytes[8..16]))
 }
 
-/// crc32c over the lsn bytes followed by the payload, combined so that the payload's
-/// checksum can be computed outside the append lock.
-pub fn frame_crc(lsn: Lsn, payload_crc: u32, payload_len: usize) -> u32 {
-    crc32c::crc32c_combine(crc32c::crc32c(&lsn.to_le_bytes()), payload_crc, payload_len)
-}
-
-/// Appends one frame to `out`. `payload_crc` is `crc32c(payload)`.
-pub fn encode_frame(out: &mut Vec<u8>, lsn: Lsn, payload: &[u8], payload_crc: u32) {
+/// Appends one frame to `out`; its crc32c covers the lsn bytes, then the payload.
+pub fn encode_frame(out: &mut Vec<u8>, lsn: Lsn, payload: &[u8]) {
     debug_assert!(payload.len() <= RECORD_BYTES_MAX);
-    debug_assert_eq!(payload_crc, crc32c::crc32c(payload));
     let len = payload.len() as u32;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&lsn.to_le_bytes()), payload);
     out.reserve(FRAME_HEADER_BYTES + payload.len());
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&frame_crc(lsn, payload_crc, payload.len()).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&lsn.to_le_bytes());
     out.extend_from_slice(payload);
 }

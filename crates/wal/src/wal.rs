@@ -284,7 +284,6 @@ impl Wal {
         if bytes.len() > RECORD_BYTES_MAX {
             return Err(WalError::RecordTooLarge { len: bytes.len() });
         }
-        let payload_crc = crc32c::crc32c(bytes);
         let shared = &self.handle.shared;
         let mut state = shared.state.lock();
         if state.poisoned {
@@ -295,7 +294,7 @@ impl Wal {
         }
         let lsn = state.next_lsn;
         let was_empty = state.pending.is_empty();
-        encode_frame(&mut state.pending, lsn, bytes, payload_crc);
+        encode_frame(&mut state.pending, lsn, bytes);
         state.next_lsn += 1;
         drop(state);
         if was_empty {
