@@ -436,7 +436,7 @@ fn enqueue_stores_every_option_on_the_job() {
     );
     let job = h.job(id);
     assert_eq!(h.state.queue_name(job.queue), "q");
-    assert_eq!(&*job.kind, "email.send");
+    assert_eq!(h.state.kind_name(job.kind), "email.send");
     assert_eq!(&*job.payload, r#"{"to":"a@example.com"}"#);
     assert_eq!(
         (job.priority, job.max_attempts, job.timeout_ms),

@@ -193,7 +193,7 @@ pub fn job_view(state: &State, job: &CoreJob) -> proto::Job {
     proto::Job {
         id: ids::encode(job.id),
         queue: state.queue_name(job.queue).to_owned(),
-        kind: job.kind.to_string(),
+        kind: state.kind_name(job.kind).to_owned(),
         payload: raw(&job.payload),
         state: job.state,
         priority: job.priority,
@@ -233,7 +233,7 @@ fn leased_view(state: &State, job: &CoreJob) -> proto::LeasedJob {
     proto::LeasedJob {
         id: ids::encode(job.id),
         queue: state.queue_name(job.queue).to_owned(),
-        kind: job.kind.to_string(),
+        kind: state.kind_name(job.kind).to_owned(),
         payload: raw(&job.payload),
         priority: job.priority,
         attempt: u32::from(job.attempts),
