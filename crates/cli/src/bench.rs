@@ -435,6 +435,7 @@ async fn latency(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> 
         task.await?;
     }
     let tally = Arc::new(Mutex::new(Tally::default()));
+    let from_schedule = Arc::new(Mutex::new(Tally::default()));
     let gate = Arc::new(tokio::sync::Semaphore::new(args.in_flight_max.max(1)));
     let period = Duration::from_secs_f64(1.0 / args.rate as f64);
     let sends = args.rate * args.duration_s;
@@ -448,13 +449,23 @@ async fn latency(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> 
         let Ok(permit) = gate.clone().acquire_owned().await else {
             break;
         };
-        let (http, tally) = (http.clone(), tally.clone());
+        let (http, tally, from_schedule) = (http.clone(), tally.clone(), from_schedule.clone());
         tasks.push(tokio::spawn(async move {
+            let sent_at = tokio::time::Instant::now();
             let outcome = http.post("/v1/jobs", body, |_| Ok(())).await;
-            // Measured from when the send was due, so a stalled server or a full
-            // in-flight bound shows in the figures instead of hiding (coordinated omission).
-            let took = scheduled.elapsed();
+            // Two clocks: from the send (what the server and network cost), and from when
+            // the send was due, so a stalled server or a full in-flight bound shows too
+            // (coordinated omission). The second also holds the generator's own timer
+            // lag: tokio's timers tick in whole milliseconds.
+            let took = sent_at.elapsed();
+            let took_from_schedule = scheduled.elapsed();
             drop(permit);
+            if outcome.is_ok() {
+                from_schedule
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .ok(took_from_schedule);
+            }
             let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
             match outcome {
                 Ok(()) => tally.ok(took),
@@ -473,12 +484,15 @@ async fn latency(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> 
     let sent = tally.count() + tally.errors;
     let summary = tally.summary();
     let p99 = tally.percentile(0.99).as_secs_f64() * 1e3;
+    let mut from_schedule =
+        std::mem::take(&mut *from_schedule.lock().unwrap_or_else(|e| e.into_inner()));
     let mut line = format!(
-        "{sent} enqueues at {} /s target ({:.0} /s achieved) over {:.2} s | latency {summary} \
-         | in-flight max {} | generator lag max {:.2} ms",
+        "{sent} enqueues at {} /s target ({:.0} /s achieved) over {:.2} s | latency from send \
+         {summary} | from schedule {} | in-flight max {} | generator lag max {:.2} ms",
         args.rate,
         sent as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
+        from_schedule.summary(),
         args.in_flight_max,
         lag_max.as_secs_f64() * 1e3
     );

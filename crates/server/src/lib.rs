@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use sluice_proto::limits;
 use sluice_wal::{FsyncPolicy, WalOptions};
@@ -119,11 +120,19 @@ pub async fn run(
     };
     let mut serve_stop = stop_rx.clone();
     let server = tokio::spawn(
-        axum::serve(listener, router(app))
-            .with_graceful_shutdown(async move {
-                let _ = serve_stop.wait_for(|s| *s).await;
-            })
-            .into_future(),
+        // Small replies must not wait on Nagle's algorithm for an ACK.
+        axum::serve(
+            listener.tap_io(|stream| {
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+            }),
+            router(app),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = serve_stop.wait_for(|s| *s).await;
+        })
+        .into_future(),
     );
 
     let options = WalOptions {
