@@ -519,22 +519,43 @@ fn check_batch_len(len: usize, field: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Ids that do not parse still get a result of their own (404), so one typo does not
-/// fail the batch.
+/// Parses the items of a batch ack/fail. An item whose job id does not parse is kept only
+/// as its text, so it gets a 404 result of its own and one typo does not fail the batch;
+/// a malformed lease id or time fails the whole request (400), as its path says.
+///
+/// Returns the text of every item's id, whether it parsed, and the parsed inputs.
+fn parse_batch<I, T>(
+    items: Vec<I>,
+    mut parse: impl FnMut(usize, I) -> Result<(String, Option<T>), ApiError>,
+) -> Result<(Vec<String>, Vec<bool>, Vec<T>), ApiError> {
+    let mut texts = Vec::with_capacity(items.len());
+    let mut parsed = Vec::with_capacity(items.len());
+    let mut inputs = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let (text, input) = parse(i, item)?;
+        texts.push(text);
+        parsed.push(input.is_some());
+        inputs.extend(input);
+    }
+    Ok((texts, parsed, inputs))
+}
+
+/// One result per item, in request order: the settled ones in turn, 404 for the others.
 fn batch_results(
     texts: Vec<String>,
-    parsed: Vec<Option<JobId>>,
-    mut settled: std::vec::IntoIter<Result<Settled, sluice_core::CoreError>>,
+    parsed: Vec<bool>,
+    settled: Vec<Result<Settled, sluice_core::CoreError>>,
 ) -> proto::BatchResultResponse {
+    let mut settled = settled.into_iter();
     let results = texts
         .into_iter()
         .zip(parsed)
-        .map(|(text, id)| match id {
-            Some(_) => match settled.next() {
-                Some(result) => item_result(&text, result).1,
-                None => item_result(&text, Err(sluice_core::CoreError::not_found("job", &text))).1,
-            },
-            None => item_result(&text, Err(sluice_core::CoreError::not_found("job", &text))).1,
+        .map(|(text, parsed)| {
+            let result = parsed
+                .then(|| settled.next())
+                .flatten()
+                .unwrap_or_else(|| Err(sluice_core::CoreError::not_found("job", &text)));
+            item_result(&text, result).1
         })
         .collect();
     proto::BatchResultResponse { results }
@@ -546,23 +567,16 @@ pub async fn ack_batch(
     ApiJson(request): ApiJson<proto::AckBatchRequest>,
 ) -> Result<Json<proto::BatchResultResponse>, ApiError> {
     check_batch_len(request.acks.len(), "acks")?;
-    let mut texts = Vec::with_capacity(request.acks.len());
-    let mut parsed = Vec::with_capacity(request.acks.len());
-    let mut items = Vec::with_capacity(request.acks.len());
-    for (i, item) in request.acks.into_iter().enumerate() {
+    let (texts, parsed, items) = parse_batch(request.acks, |i, item| {
         let lease_id = parse_lease_id(&item.lease_id, &format!("acks[{i}].lease_id"))?;
-        let id = ids::decode(&item.id);
-        if let Some(id) = id {
-            items.push((id, lease_id));
-        }
-        parsed.push(id);
-        texts.push(item.id);
-    }
+        let input = ids::decode(&item.id).map(|id| (id, lease_id));
+        Ok((item.id, input))
+    })?;
     let settled = app
         .broker()?
         .execute(|s, now| Ok(s.ack(now, &items)))
         .await?;
-    Ok(Json(batch_results(texts, parsed, settled.into_iter())))
+    Ok(Json(batch_results(texts, parsed, settled)))
 }
 
 #[utoipa::path(post, path = "/v1/fail", tag = "workers", request_body = proto::FailBatchRequest, responses((status = 200, description = "one result per item", body = proto::BatchResultResponse), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 413, description = "batch too large", body = proto::ErrorResponse)))]
@@ -571,28 +585,24 @@ pub async fn fail_batch(
     ApiJson(request): ApiJson<proto::FailBatchRequest>,
 ) -> Result<Json<proto::BatchResultResponse>, ApiError> {
     check_batch_len(request.fails.len(), "fails")?;
-    let mut texts = Vec::with_capacity(request.fails.len());
-    let mut parsed = Vec::with_capacity(request.fails.len());
-    let mut items = Vec::with_capacity(request.fails.len());
-    for (i, item) in request.fails.into_iter().enumerate() {
-        let id = ids::decode(&item.id);
-        if let Some(id) = id {
-            items.push(fail_input(
+    let (texts, parsed, items) = parse_batch(request.fails, |i, item| {
+        let input = match ids::decode(&item.id) {
+            Some(id) => Some(fail_input(
                 id,
                 &item.lease_id,
                 item.error,
                 item.retry_at.as_deref(),
                 &format!("fails[{i}]."),
-            )?);
-        }
-        parsed.push(id);
-        texts.push(item.id);
-    }
+            )?),
+            None => None,
+        };
+        Ok((item.id, input))
+    })?;
     let settled = app
         .broker()?
         .execute(|s, now| Ok(s.fail(now, items)))
         .await?;
-    Ok(Json(batch_results(texts, parsed, settled.into_iter())))
+    Ok(Json(batch_results(texts, parsed, settled)))
 }
 
 #[utoipa::path(post, path = "/v1/lease", tag = "workers", request_body = proto::LeaseRequest, responses((status = 200, description = "leased jobs, possibly none", body = proto::LeaseResponse), (status = 400, description = "bad input", body = proto::ErrorResponse)))]
