@@ -142,6 +142,10 @@ impl Broker {
     /// Periodic work: expire leases, forget old finished jobs, wake long-polls for jobs
     /// that came due, and snapshot when the log has grown enough.
     pub async fn tick(self: &Arc<Self>) -> Result<(), ApiError> {
+        if self.wal.is_poisoned() {
+            // Logged once by the log itself; every request already gets 503.
+            return Ok(());
+        }
         let now = system_now_ms();
         let due = {
             let mut state = self.state.lock();
