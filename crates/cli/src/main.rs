@@ -69,6 +69,9 @@ enum Command {
         /// Time in-flight requests get to finish at shutdown.
         #[arg(long, default_value_t = 10_000)]
         shutdown_grace_ms: u64,
+        /// Open connections; past it a new one is answered 503 too_many_connections.
+        #[arg(long, default_value_t = sluice_proto::limits::CONNECTIONS_MAX)]
+        connections_max: usize,
     },
     /// Enqueue one job.
     Enqueue {
@@ -190,6 +193,7 @@ async fn run(cli: Cli) -> Result<()> {
             retention_len_max,
             snapshot_every_records,
             shutdown_grace_ms,
+            connections_max,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -213,6 +217,8 @@ async fn run(cli: Cli) -> Result<()> {
                 retention_len_max,
                 snapshot_every_records,
                 shutdown_grace_ms,
+                connections_max,
+                header_read_timeout_ms: sluice_proto::limits::HEADER_READ_TIMEOUT_MS,
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

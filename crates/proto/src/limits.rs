@@ -4,6 +4,22 @@
 /// Largest request body. A full enqueue batch of small jobs is a few MiB; 32 MiB leaves
 /// room for larger payloads while bounding what one request can make the server buffer.
 pub const REQUEST_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Open HTTP connections per server (a default: `sluice server --connections-max`).
+/// Each costs a file descriptor and a task; 10,000 is half of this machine's `ulimit -n`
+/// (20,000), so the WAL, snapshots and the 503 answers past the cap keep descriptors.
+/// Past it a new connection is answered 503 `too_many_connections` and closed.
+pub const CONNECTIONS_MAX: usize = 10_000;
+/// Time a client has to send a complete request head, counted from the moment the
+/// connection is open or idle (so it is also the keep-alive idle timeout). Cuts off
+/// slowloris clients; long-polls are not affected (no head is being read meanwhile).
+/// Past it the connection is closed without an answer (hyper sends none).
+pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Bytes of a request head (request line and headers, as sent). 16 KiB, as Node.js:
+/// several bearer tokens and cookies fit. Past it: 431 `headers_too_large`.
+pub const HEADER_BYTES_MAX: usize = 16 * 1024;
+/// Header fields in one request. Real clients send about 10 to 20. Past it: 431
+/// `headers_too_large`.
+pub const HEADERS_LEN_MAX: usize = 64;
 /// Largest job payload (JSON text as sent). Jobs carry references, not files.
 pub const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
 /// Jobs in one enqueue batch (all-or-nothing, one WAL record).

@@ -519,6 +519,9 @@ fn check_batch_len(len: usize, field: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The text of every item's id, whether it parsed, and the parsed inputs.
+type ParsedBatch<T> = (Vec<String>, Vec<bool>, Vec<T>);
+
 /// Parses the items of a batch ack/fail. An item whose job id does not parse is kept only
 /// as its text, so it gets a 404 result of its own and one typo does not fail the batch;
 /// a malformed lease id or time fails the whole request (400), as its path says.
@@ -527,7 +530,7 @@ fn check_batch_len(len: usize, field: &str) -> Result<(), ApiError> {
 fn parse_batch<I, T>(
     items: Vec<I>,
     mut parse: impl FnMut(usize, I) -> Result<(String, Option<T>), ApiError>,
-) -> Result<(Vec<String>, Vec<bool>, Vec<T>), ApiError> {
+) -> Result<ParsedBatch<T>, ApiError> {
     let mut texts = Vec::with_capacity(items.len());
     let mut parsed = Vec::with_capacity(items.len());
     let mut inputs = Vec::with_capacity(items.len());

@@ -6,17 +6,17 @@
 
 pub mod api;
 pub mod broker;
+pub mod conn;
 pub mod error;
 pub mod openapi;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use sluice_proto::limits;
 use sluice_wal::{FsyncPolicy, WalOptions};
@@ -37,6 +37,11 @@ pub struct ServerConfig {
     pub snapshot_every_records: u64,
     /// In-flight requests get this long to finish at shutdown.
     pub shutdown_grace_ms: u64,
+    /// Open connections; past it a new one is answered 503 `too_many_connections`.
+    /// Lowered at start-up (with a warning) if the open-file limit cannot hold it.
+    pub connections_max: usize,
+    /// Time a client has to send a request head once its connection is open or idle.
+    pub header_read_timeout_ms: u64,
 }
 
 impl ServerConfig {
@@ -50,6 +55,8 @@ impl ServerConfig {
             retention_len_max: core.retention_len_max,
             snapshot_every_records: 100_000,
             shutdown_grace_ms: 10_000,
+            connections_max: limits::CONNECTIONS_MAX,
+            header_read_timeout_ms: limits::HEADER_READ_TIMEOUT_MS,
         }
     }
 }
@@ -99,12 +106,15 @@ pub fn router(state: AppState) -> Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::REQUEST_BYTES_MAX))
+        .layer(axum::middleware::from_fn(conn::check_head))
         .with_state(state)
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops taking requests, lets
 /// in-flight ones finish (bounded by `shutdown_grace_ms`), snapshots and closes the log.
 /// Health checks answer during replay; `/readyz` turns 200 once the log is replayed.
+/// Connections are capped and timed as [`conn`] describes; the soft open-file limit of
+/// the process is raised (up to the hard one) to hold `connections_max`.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
@@ -118,22 +128,16 @@ pub async fn run(
         broker: cell.clone(),
         shutting_down: stop_rx.clone(),
     };
-    let mut serve_stop = stop_rx.clone();
-    let server = tokio::spawn(
-        // Small replies must not wait on Nagle's algorithm for an ACK.
-        axum::serve(
-            listener.tap_io(|stream| {
-                if let Err(error) = stream.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY");
-                }
-            }),
-            router(app),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = serve_stop.wait_for(|s| *s).await;
-        })
-        .into_future(),
-    );
+    let conn_limits = conn::ConnLimits {
+        connections_max: conn::effective_connections_max(config.connections_max),
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+    };
+    let server = tokio::spawn(conn::serve(
+        listener,
+        router(app),
+        conn_limits,
+        stop_rx.clone(),
+    ));
 
     let options = WalOptions {
         segment_bytes_max: config.segment_bytes_max,
