@@ -66,6 +66,8 @@ impl ServerConfig {
 pub enum ServerError {
     #[error("cannot open the data directory: {0}")]
     Open(#[from] sluice_wal::WalError),
+    #[error("cannot flush and close the write-ahead log: {0}")]
+    Close(sluice_wal::WalError),
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
     #[error(
@@ -212,7 +214,7 @@ pub async fn run(
             );
         }
     }
-    broker.close()?;
+    broker.close().map_err(ServerError::Close)?;
     tracing::info!("stopped");
     Ok(())
 }

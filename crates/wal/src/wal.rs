@@ -385,14 +385,21 @@ impl Wal {
         let dir = &shared.dir;
         let path = dir.join(snapshot_file_name(lsn));
         let temp = temp_path(&path);
-        {
+        let written = (|| {
             let mut file = File::create(&temp).map_err(io_err(&temp))?;
             file.write_all(&encode_snapshot_header(lsn, bytes))
                 .map_err(io_err(&temp))?;
             file.write_all(bytes).map_err(io_err(&temp))?;
             file.sync_all().map_err(io_err(&temp))?;
+            std::fs::rename(&temp, &path).map_err(io_err(&path))
+        })();
+        if let Err(error) = written {
+            // A failed snapshot is not fatal, but its temp file would hold its disk space
+            // until the next open, and the next attempt (a new lsn, a new name) would add
+            // another: on a full disk that starves the log itself. Remove it now.
+            let _ = std::fs::remove_file(&temp);
+            return Err(error);
         }
-        std::fs::rename(&temp, &path).map_err(io_err(&path))?;
         fsync_dir(dir)?;
 
         // Older files go only once the new snapshot is durable.
