@@ -10,6 +10,41 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+/// OpenAPI pattern of queue names and kinds (`limits::is_valid_name`): 1 to 128 bytes of
+/// `A-Z a-z 0-9 _ . : -`. Attributes need it as a literal, so it is repeated there.
+const NAME_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,128}$";
+
+/// Schema of `LeaseRequest.queues`: 1 to 100 queue names.
+fn queue_names_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(NAME_PATTERN)),
+        )
+        .min_items(Some(1))
+        .max_items(Some(limits::LEASE_QUEUES_LEN_MAX))
+        .description(Some(
+            "Queues to lease from; across them the highest priority, then earliest run_at wins.",
+        ))
+        .build()
+}
+
+/// Schema of `JobSpec.tags`: at most 16 tags of 1 to 64 bytes.
+fn tags_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(limits::TAG_BYTES_MAX)),
+        )
+        .max_items(Some(limits::TAGS_LEN_MAX))
+        .build()
+}
+
 /// `{"error":{...}}`: the body of every 4xx/5xx response.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorResponse {
@@ -37,9 +72,17 @@ pub struct ErrorDetail {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Backoff {
     /// `min(base_ms * 2^(attempt-1), max_ms)`, scaled by a deterministic jitter in [0.5, 1.0].
-    Exponential { base_ms: u32, max_ms: u32 },
+    Exponential {
+        #[schema(minimum = 1, maximum = 604_800_000)]
+        base_ms: u32,
+        #[schema(minimum = 1, maximum = 604_800_000)]
+        max_ms: u32,
+    },
     /// The same delay after every failure.
-    Fixed { delay_ms: u32 },
+    Fixed {
+        #[schema(maximum = 604_800_000)]
+        delay_ms: u32,
+    },
 }
 
 impl Default for Backoff {
@@ -55,36 +98,46 @@ impl Default for Backoff {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub queue: String,
     /// What the job is: the worker picks its handler by kind.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub kind: String,
     /// Any JSON value, at most `limits::PAYLOAD_BYTES_MAX` bytes as sent.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     #[serde(default = "null_payload")]
     pub payload: Box<RawValue>,
     /// Higher runs first. Default 0.
     #[serde(default)]
+    #[schema(minimum = -32768, maximum = 32767)]
     pub priority: i16,
     /// RFC 3339 time before which the job does not run. Exclusive with `delay_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub run_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 31_622_400_000_u64)]
     pub delay_ms: Option<u64>,
     /// Attempts before the job goes to the dead set. Default 25.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
     /// Lease length for each attempt; heartbeats extend it by the same amount. Default 30000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1000, maximum = 3_600_000)]
     pub timeout_ms: Option<u64>,
     /// While a job with this key in this queue is unfinished (and younger than
-    /// `unique_ttl_ms`), enqueueing another returns the existing job.
+    /// `unique_ttl_ms`), enqueueing another returns the existing job. 1 to 256 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256)]
     pub unique_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 2_592_000_000_u64)]
     pub unique_ttl_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = tags_schema)]
     pub tags: Vec<String>,
 }
 
@@ -185,7 +238,7 @@ pub struct Job {
     pub id: String,
     pub queue: String,
     pub kind: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub payload: Box<RawValue>,
     pub state: JobState,
     pub priority: i16,
@@ -200,7 +253,7 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub progress: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unique_key: Option<String>,
@@ -214,16 +267,26 @@ pub struct Job {
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     /// Queues to lease from; across them the highest priority, then earliest run_at wins.
+    #[schema(schema_with = queue_names_schema)]
     pub queues: Vec<String>,
     /// At most `limits::LEASE_BATCH_LEN_MAX`. Default 1.
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_jobs: u32,
     /// Long-poll: wait up to this long for a job when none is ready. Default 0.
     #[serde(default)]
+    #[schema(maximum = 30_000)]
     pub wait_ms: u64,
-    /// Free-form worker name, kept in the attempt history.
+    /// Free-form worker name, kept in the attempt history. At most 256 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 256)]
     pub worker: Option<String>,
+    /// Jobs to ack before leasing, so that a worker finishing one job and taking the next
+    /// needs one round trip, not two (BullMQ's and Faktory's fetch-next-on-completion).
+    /// Each gets its own result in the response's `acks`; a stale one changes nothing and
+    /// does not stop the lease. At most `limits::ACK_BATCH_LEN_MAX`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acks: Vec<AckItem>,
 }
 
 fn one() -> u32 {
@@ -235,7 +298,7 @@ pub struct LeasedJob {
     pub id: String,
     pub queue: String,
     pub kind: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub payload: Box<RawValue>,
     pub priority: i16,
     /// 1 for the first run.
@@ -251,6 +314,9 @@ pub struct LeasedJob {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LeaseResponse {
     pub jobs: Vec<LeasedJob>,
+    /// One result per item of the request's `acks`, in order; absent when it had none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acks: Vec<ItemResult>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -259,7 +325,7 @@ pub struct HeartbeatRequest {
     pub lease_id: String,
     /// Any JSON value, shown on the job; at most `limits::PROGRESS_BYTES_MAX` bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub progress: Option<Box<RawValue>>,
 }
 

@@ -64,25 +64,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                         )
                     }
                 })?;
-        // The fast parser first; only a body that fails is parsed again to find the
-        // path of the bad field.
-        match serde_json::from_slice(&bytes) {
-            Ok(value) => return Ok(ApiJson(value)),
-            Err(error) if error.is_eof() || error.is_syntax() => {
-                return Err(ApiError::bad_input("", error.to_string()))
-            }
-            Err(_) => {}
-        }
-        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            ApiError::bad_input(
-                if path == "." { String::new() } else { path },
-                e.inner().to_string(),
-            )
-        })?;
-        Ok(ApiJson(value))
+        decode_json(&bytes).map(ApiJson)
     }
+}
+
+/// Parses a request body as [`ApiJson`] does. Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // The fast parser first; only a body that fails is parsed again to find the
+    // path of the bad field.
+    match serde_json::from_slice(bytes) {
+        Ok(value) => return Ok(value),
+        Err(error) if error.is_eof() || error.is_syntax() => {
+            return Err(ApiError::bad_input("", error.to_string()))
+        }
+        Err(_) => {}
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::bad_input(
+            if path == "." { String::new() } else { path },
+            e.inner().to_string(),
+        )
+    })
 }
 
 /// Query-string extractor with errors in the API's format.
@@ -136,8 +141,9 @@ fn proto_backoff(backoff: CoreBackoff) -> proto::Backoff {
 }
 
 /// Wire spec to core spec: what needs the wire form (sizes, times) is checked here; the
-/// rules of the job model are checked by the core.
-fn to_spec(spec: proto::JobSpec, path: &str, now: i64) -> Result<EnqueueSpec, ApiError> {
+/// rules of the job model are checked by the core. Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn to_spec(spec: proto::JobSpec, path: &str, now: i64) -> Result<EnqueueSpec, ApiError> {
     let payload_len = spec.payload.get().len();
     if payload_len > limits::PAYLOAD_BYTES_MAX {
         return Err(ApiError::new(
@@ -351,7 +357,7 @@ pub async fn enqueue_batch(
         .into_response())
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)), responses((status = 200, body = proto::Job), (status = 404, body = proto::ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id: 13 characters of Crockford base32; an unknown or malformed one is 404.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")), responses((status = 200, body = proto::Job), (status = 404, body = proto::ErrorResponse)))]
 pub async fn get_job(
     app: axum::extract::State<AppState>,
     Path(id): Path<String>,
@@ -360,7 +366,7 @@ pub async fn get_job(
     Ok(Json(app.broker()?.read(|s, _| job_or_404(s, id)).await?))
 }
 
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)), responses((status = 200, body = proto::Job), (status = 404, body = proto::ErrorResponse), (status = 422, description = "already finished", body = proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id: 13 characters of Crockford base32; an unknown or malformed one is 404.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")), responses((status = 200, body = proto::Job), (status = 404, body = proto::ErrorResponse), (status = 422, description = "already finished", body = proto::ErrorResponse)))]
 pub async fn cancel_job(
     app: axum::extract::State<AppState>,
     Path(id): Path<String>,
@@ -371,7 +377,7 @@ pub async fn cancel_job(
     Ok(Json(broker.read(|s, _| job_or_404(s, id)).await?))
 }
 
-#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path)), responses((status = 200, body = proto::Job), (status = 404, body = proto::ErrorResponse), (status = 422, description = "not dead, cancelled or failed", body = proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id: 13 characters of Crockford base32; an unknown or malformed one is 404.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")), responses((status = 200, body = proto::Job), (status = 404, body = proto::ErrorResponse), (status = 422, description = "not dead, cancelled or failed", body = proto::ErrorResponse)))]
 pub async fn retry_job(
     app: axum::extract::State<AppState>,
     Path(id): Path<String>,
@@ -382,7 +388,7 @@ pub async fn retry_job(
     Ok(Json(broker.read(|s, _| job_or_404(s, id)).await?))
 }
 
-#[utoipa::path(post, path = "/v1/jobs/{id}/heartbeat", tag = "workers", params(("id" = String, Path)), request_body = proto::HeartbeatRequest, responses((status = 200, body = proto::HeartbeatResponse), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse), (status = 409, description = "stale lease", body = proto::ErrorResponse), (status = 413, description = "progress too large", body = proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/heartbeat", tag = "workers", params(("id" = String, Path, description = "Job id: 13 characters of Crockford base32; an unknown or malformed one is 404.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")), request_body = proto::HeartbeatRequest, responses((status = 200, body = proto::HeartbeatResponse), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse), (status = 409, description = "stale lease", body = proto::ErrorResponse), (status = 413, description = "progress too large", body = proto::ErrorResponse)))]
 pub async fn heartbeat(
     app: axum::extract::State<AppState>,
     Path(id): Path<String>,
@@ -442,7 +448,7 @@ fn single(
     }
 }
 
-#[utoipa::path(post, path = "/v1/jobs/{id}/ack", tag = "workers", params(("id" = String, Path)), request_body = proto::AckRequest, responses((status = 200, body = proto::ItemResult), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse), (status = 409, description = "stale lease", body = proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/ack", tag = "workers", params(("id" = String, Path, description = "Job id: 13 characters of Crockford base32; an unknown or malformed one is 404.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")), request_body = proto::AckRequest, responses((status = 200, body = proto::ItemResult), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse), (status = 409, description = "stale lease", body = proto::ErrorResponse)))]
 pub async fn ack(
     app: axum::extract::State<AppState>,
     Path(id_text): Path<String>,
@@ -483,7 +489,7 @@ fn fail_input(
     })
 }
 
-#[utoipa::path(post, path = "/v1/jobs/{id}/fail", tag = "workers", params(("id" = String, Path)), request_body = proto::FailRequest, responses((status = 200, body = proto::ItemResult), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse), (status = 409, description = "stale lease", body = proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/fail", tag = "workers", params(("id" = String, Path, description = "Job id: 13 characters of Crockford base32; an unknown or malformed one is 404.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")), request_body = proto::FailRequest, responses((status = 200, body = proto::ItemResult), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse), (status = 409, description = "stale lease", body = proto::ErrorResponse)))]
 pub async fn fail(
     app: axum::extract::State<AppState>,
     Path(id_text): Path<String>,
@@ -650,6 +656,17 @@ pub async fn lease(
             format!("at most {} bytes", limits::WORKER_BYTES_MAX),
         ));
     }
+    check_batch_len(request.acks.len(), "acks")?;
+    let (ack_texts, ack_parsed, ack_items) = parse_batch(request.acks, |i, item| {
+        let lease_id = parse_lease_id(&item.lease_id, &format!("acks[{i}].lease_id"))?;
+        Ok((
+            item.id.clone(),
+            ids::decode(&item.id).map(|id| (id, lease_id)),
+        ))
+    })?;
+    // The acks are settled once, with the first lease attempt; a long-poll then waits
+    // for jobs only.
+    let mut acks = None;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms);
     let mut shutting_down = app.shutting_down.clone();
     loop {
@@ -657,25 +674,43 @@ pub async fn lease(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let worker = request.worker.clone();
-        let jobs = broker
-            .execute(|s, now| {
+        let settle = acks.is_none() && !ack_texts.is_empty();
+        let (jobs, settled) = broker
+            .execute_all(|s, now| {
+                let mut events = Vec::with_capacity(2);
+                let mut settled = None;
+                if settle {
+                    let (event, results) = s.ack(now, &ack_items);
+                    events.extend(event);
+                    settled = Some(results);
+                }
                 let (event, ids) =
                     s.lease(now, &request.queues, request.max_jobs as usize, worker)?;
+                events.extend(event);
                 let views: Vec<proto::LeasedJob> = ids
                     .iter()
                     .filter_map(|&id| s.job(id))
                     .map(|job| leased_view(s, job))
                     .collect();
-                Ok((event, views))
+                Ok((events, (views, settled)))
             })
             .await?;
+        if let Some(settled) = settled {
+            acks = Some(batch_results(ack_texts.clone(), ack_parsed.clone(), settled).results);
+        }
+        let reply = |jobs| {
+            Ok(Json(proto::LeaseResponse {
+                jobs,
+                acks: acks.clone().unwrap_or_default(),
+            }))
+        };
         if !jobs.is_empty() || request.wait_ms == 0 || *shutting_down.borrow() {
-            return Ok(Json(proto::LeaseResponse { jobs }));
+            return reply(jobs);
         }
         tokio::select! {
             _ = &mut notified => {}
-            _ = tokio::time::sleep_until(deadline) => return Ok(Json(proto::LeaseResponse { jobs: Vec::new() })),
-            _ = shutting_down.changed() => return Ok(Json(proto::LeaseResponse { jobs: Vec::new() })),
+            _ = tokio::time::sleep_until(deadline) => return reply(Vec::new()),
+            _ = shutting_down.changed() => return reply(Vec::new()),
         }
     }
 }
@@ -701,7 +736,7 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-#[utoipa::path(get, path = "/v1/queues", tag = "queues", params(("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query)), responses((status = 200, body = proto::QueueList), (status = 400, description = "bad input", body = proto::ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/queues", tag = "queues", params(("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000)), responses((status = 200, body = proto::QueueList), (status = 400, description = "bad input", body = proto::ErrorResponse)))]
 pub async fn list_queues(
     app: axum::extract::State<AppState>,
     ApiQuery(query): ApiQuery<PageQuery>,
@@ -738,7 +773,7 @@ fn queue_or_404<'a>(s: &'a State, name: &str) -> Result<&'a sluice_core::Queue, 
     })
 }
 
-#[utoipa::path(get, path = "/v1/queues/{queue}", tag = "queues", params(("queue" = String, Path)), responses((status = 200, body = proto::QueueInfo), (status = 404, body = proto::ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/queues/{queue}", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), responses((status = 200, body = proto::QueueInfo), (status = 404, body = proto::ErrorResponse)))]
 pub async fn get_queue(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,
@@ -750,7 +785,7 @@ pub async fn get_queue(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/queues/{queue}/jobs", tag = "queues", params(("queue" = String, Path), ("state" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query)), responses((status = 200, body = proto::JobList), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/queues/{queue}/jobs", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$"), ("state" = Option<proto::JobState>, Query, description = "Default ready."), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page: a job id.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$"), ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000)), responses((status = 200, body = proto::JobList), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse)))]
 pub async fn list_jobs(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,
@@ -807,7 +842,7 @@ async fn set_paused(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/queues/{queue}/pause", tag = "queues", params(("queue" = String, Path)), responses((status = 200, body = proto::QueueInfo), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/queues/{queue}/pause", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), responses((status = 200, body = proto::QueueInfo), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
 pub async fn pause_queue(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,
@@ -815,7 +850,7 @@ pub async fn pause_queue(
     set_paused(app.0, name, true).await
 }
 
-#[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "queues", params(("queue" = String, Path)), responses((status = 200, body = proto::QueueInfo), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), responses((status = 200, body = proto::QueueInfo), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, description = "unknown queue", body = proto::ErrorResponse)))]
 pub async fn resume_queue(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,
@@ -823,7 +858,7 @@ pub async fn resume_queue(
     set_paused(app.0, name, false).await
 }
 
-#[utoipa::path(post, path = "/v1/queues/{queue}/purge", tag = "queues", params(("queue" = String, Path)), responses((status = 200, body = proto::PurgeResponse), (status = 404, body = proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/queues/{queue}/purge", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), responses((status = 200, body = proto::PurgeResponse), (status = 404, body = proto::ErrorResponse)))]
 pub async fn purge_queue(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,

@@ -78,6 +78,19 @@ impl Broker {
         &self,
         command: impl FnOnce(&mut State, Millis) -> Result<Decided<T>, CoreError>,
     ) -> Result<T, ApiError> {
+        self.execute_all(|state, now| {
+            command(state, now).map(|(event, reply)| (event.into_iter().collect(), reply))
+        })
+        .await
+    }
+
+    /// As `execute`, for a request that runs several commands under one lock (an ack
+    /// and a lease in one round trip): their events are logged in order, and the reply
+    /// waits for the last.
+    pub async fn execute_all<T>(
+        &self,
+        command: impl FnOnce(&mut State, Millis) -> Result<(Vec<Event>, T), CoreError>,
+    ) -> Result<T, ApiError> {
         if self.wal.is_poisoned() {
             return Err(sluice_wal::WalError::Poisoned.into());
         }
@@ -90,26 +103,24 @@ impl Broker {
         }
         let (lsn, reply, wake) = {
             let mut state = self.state.lock();
-            let (event, reply) = command(&mut state, system_now_ms())?;
-            let wake = matches!(
-                event,
-                Some(
+            let (events, reply) = command(&mut state, system_now_ms())?;
+            let wake = events.iter().any(|event| {
+                matches!(
+                    event,
                     Event::Enqueued { .. }
                         | Event::Retried { .. }
                         | Event::Expired { .. }
                         | Event::QueuePaused { paused: false, .. }
                         | Event::Failed { .. }
                 )
-            );
-            let lsn = match event {
-                Some(event) => {
-                    let bytes = event.encode();
-                    self.log_bytes_since_snapshot
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    Some(self.wal.append(&bytes)?)
-                }
-                None => self.wal.next_lsn().checked_sub(1),
-            };
+            });
+            let mut lsn = self.wal.next_lsn().checked_sub(1);
+            for event in events {
+                let bytes = event.encode();
+                self.log_bytes_since_snapshot
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                lsn = Some(self.wal.append(&bytes)?);
+            }
             (lsn, reply, wake)
         };
         if wake {

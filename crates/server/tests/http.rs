@@ -1775,3 +1775,93 @@ async fn lease_that_expires_while_the_server_is_down_is_taken_back_after_restart
     assert_error(&reply, 409, "stale_lease", None);
     server.stop().await;
 }
+
+// ---- ack and lease in one round trip ------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_with_acks_settles_each_ack_and_leases_the_next_job_in_one_request() {
+    let (_dir, server) = fresh().await;
+    let first = server.enqueue(spec("next")).await;
+    let second = server.enqueue(spec("next")).await;
+    let (leased, lease_id) = server.lease_one("next").await;
+    assert_eq!(leased, first);
+    let (status, body) = server
+        .post(
+            "/v1/lease",
+            &json!({
+                "queues": ["next"],
+                "acks": [
+                    { "id": first, "lease_id": lease_id },
+                    { "id": first, "lease_id": other_lease_id(&lease_id) },
+                    { "id": "nonsense", "lease_id": lease_id },
+                ],
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let acks = body["acks"].as_array().expect("acks results");
+    assert_eq!(acks.len(), 3, "{body}");
+    assert_eq!(acks[0]["state"], "succeeded");
+    assert_eq!(acks[1]["error"]["code"], "stale_lease");
+    assert_eq!(acks[2]["error"]["code"], "not_found");
+    assert_eq!(body["jobs"][0]["id"], second.as_str());
+    assert_eq!(server.job(&first).await["state"], "succeeded");
+    assert_eq!(server.job(&second).await["state"], "leased");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_with_acks_settles_them_at_once_and_waits_only_for_jobs() {
+    let (_dir, server) = fresh().await;
+    let id = server.enqueue(spec("poll-ack")).await;
+    let (_, lease_id) = server.lease_one("poll-ack").await;
+    let request = json!({
+        "queues": ["poll-ack"],
+        "wait_ms": 5_000,
+        "acks": [{ "id": id, "lease_id": lease_id }],
+    });
+    let poll = {
+        let url = server.url("/v1/lease");
+        tokio::spawn(async move {
+            let reply = reqwest::Client::new()
+                .post(url)
+                .json(&request)
+                .send()
+                .await
+                .expect("lease answered");
+            let status = reply.status().as_u16();
+            (status, reply.json::<Value>().await.expect("JSON reply"))
+        })
+    };
+    // The ack is durable before the poll starts waiting: wait for it to show.
+    let acked = wait_until("the ack inside the long-poll to apply", || async {
+        server.job(&id).await["state"] == "succeeded"
+    })
+    .await;
+    assert!(acked);
+    let next = server.enqueue(spec("poll-ack")).await;
+    let (status, body) = poll.await.expect("poll task");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["acks"][0]["state"], "succeeded", "{body}");
+    assert_eq!(body["jobs"][0]["id"], next.as_str(), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_with_acks_one_over_the_batch_limit_is_413_and_leases_nothing() {
+    let (_dir, server) = fresh().await;
+    server.enqueue(spec("many-acks")).await;
+    let id = sluice_proto::ids::encode(1);
+    let acks: Vec<Value> = (0..=limits::ACK_BATCH_LEN_MAX)
+        .map(|_| json!({ "id": id, "lease_id": id }))
+        .collect();
+    let reply = server
+        .post(
+            "/v1/lease",
+            &json!({ "queues": ["many-acks"], "acks": acks }),
+        )
+        .await;
+    assert_error(&reply, 413, "batch_too_large", Some("acks"));
+    assert_eq!(server.counts("many-acks").await["ready"], 1);
+    server.stop().await;
+}
