@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test: unit, property, WAL fault, end-to-end HTTP and kill -9 crash tests.
-# Needs only the Rust toolchain.
+# Runs every test: unit, property, simulation, WAL fault, end-to-end HTTP, limits,
+# kill -9 crash and disk-full tests, then schemathesis against the OpenAPI document.
+# Needs the Rust toolchain and python3; schemathesis is installed from PyPI into target/.
+# The disk-full test mounts a tmpfs, so it needs root (SLUICE_SKIP_MOUNT_TESTS=1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace -j2 "$@"
+# Property-based API test from the OpenAPI document against the real server: schemathesis
+# (needs python3; installed from PyPI into target/ on first use), then about 15 s. A failure
+# fails the run. See docs/reliability.md, "Schemathesis".
+bash scripts/schemathesis.sh

@@ -322,6 +322,8 @@ pub struct LeaseResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
+    /// A lease id: 13 characters of Crockford base32.
+    #[schema(pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")]
     pub lease_id: String,
     /// Any JSON value, shown on the job; at most `limits::PROGRESS_BYTES_MAX` bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,25 +339,34 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
+    /// A lease id: 13 characters of Crockford base32.
+    #[schema(pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")]
     pub lease_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailRequest {
+    /// A lease id: 13 characters of Crockford base32.
+    #[schema(pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")]
     pub lease_id: String,
     /// Kept in the attempt history; longer messages are cut to `limits::ERROR_BYTES_MAX`.
     #[serde(default)]
     pub error: String,
     /// Retry at this RFC 3339 time instead of after the job's backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub retry_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckItem {
+    /// A job id: 13 characters of Crockford base32.
+    #[schema(pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")]
     pub id: String,
+    /// A lease id: 13 characters of Crockford base32.
+    #[schema(pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")]
     pub lease_id: String,
 }
 
@@ -368,11 +379,16 @@ pub struct AckBatchRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailItem {
+    /// A job id: 13 characters of Crockford base32.
+    #[schema(pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")]
     pub id: String,
+    /// A lease id: 13 characters of Crockford base32.
+    #[schema(pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")]
     pub lease_id: String,
     #[serde(default)]
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub retry_at: Option<String>,
 }
 

@@ -286,7 +286,15 @@ fn job_or_404(state: &State, id: JobId) -> Result<proto::Job, ApiError> {
 
 // ---- jobs ---------------------------------------------------------------------------
 
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = proto::JobSpec, responses((status = 201, description = "enqueued", body = proto::EnqueueResult), (status = 200, description = "a unique key matched: the existing job", body = proto::EnqueueResult), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 413, description = "payload or body too large", body = proto::ErrorResponse), (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = proto::JobSpec, responses(
+    (status = 201, description = "enqueued", body = proto::EnqueueResult, links(
+        ("lease" = (operation_id = "lease", description = "Lease from the job's queue.",
+            request_body = json!({"queues": ["$request.body#/queue"]}))),
+    )),
+    (status = 200, description = "a unique key matched: the existing job", body = proto::EnqueueResult),
+    (status = 400, description = "bad input", body = proto::ErrorResponse),
+    (status = 413, description = "payload or body too large", body = proto::ErrorResponse),
+    (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
 pub async fn enqueue(
     app: axum::extract::State<AppState>,
     ApiJson(spec): ApiJson<proto::JobSpec>,
@@ -614,7 +622,24 @@ pub async fn fail_batch(
     Ok(Json(batch_results(texts, parsed, settled)))
 }
 
-#[utoipa::path(post, path = "/v1/lease", tag = "workers", request_body = proto::LeaseRequest, responses((status = 200, description = "leased jobs, possibly none", body = proto::LeaseResponse), (status = 400, description = "bad input", body = proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/lease", tag = "workers", request_body = proto::LeaseRequest, responses(
+    (status = 200, description = "leased jobs, possibly none", body = proto::LeaseResponse, links(
+        ("heartbeat" = (operation_id = "heartbeat", description = "Heartbeat the first leased job.",
+            parameters(("id" = "$response.body#/jobs/0/id")),
+            request_body = json!({"lease_id": "$response.body#/jobs/0/lease_id"}))),
+        ("ack" = (operation_id = "ack", description = "Ack the first leased job.",
+            parameters(("id" = "$response.body#/jobs/0/id")),
+            request_body = json!({"lease_id": "$response.body#/jobs/0/lease_id"}))),
+        ("fail" = (operation_id = "fail", description = "Fail the first leased job.",
+            parameters(("id" = "$response.body#/jobs/0/id")),
+            request_body = json!({"lease_id": "$response.body#/jobs/0/lease_id"}))),
+        ("ack_batch" = (operation_id = "ack_batch", description = "Ack the first leased job in a batch.",
+            request_body = json!({"acks": [{"id": "$response.body#/jobs/0/id", "lease_id": "$response.body#/jobs/0/lease_id"}]}))),
+        ("fail_batch" = (operation_id = "fail_batch", description = "Fail the first leased job in a batch.",
+            request_body = json!({"fails": [{"id": "$response.body#/jobs/0/id", "lease_id": "$response.body#/jobs/0/lease_id"}]}))),
+    )),
+    (status = 400, description = "bad input", body = proto::ErrorResponse),
+    (status = 413, description = "too many acks", body = proto::ErrorResponse)))]
 pub async fn lease(
     app: axum::extract::State<AppState>,
     ApiJson(request): ApiJson<proto::LeaseRequest>,

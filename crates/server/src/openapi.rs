@@ -68,6 +68,44 @@ use crate::api;
 )]
 pub struct ApiDoc;
 
-pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn serve() -> Json<serde_json::Value> {
+    Json(document())
+}
+
+/// The OpenAPI document as served.
+///
+/// utoipa 5.5 serializes a response's Link Objects with Rust field names
+/// (`operation_id`, `request_body`); OpenAPI names them `operationId`, `operationRef` and
+/// `requestBody`, and tools ignore or reject the others. The names are fixed here.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let operations = doc
+        .get_mut("paths")
+        .and_then(|p| p.as_object_mut())
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut());
+    for operation in operations {
+        let links = operation
+            .get_mut("responses")
+            .and_then(|r| r.as_object_mut())
+            .into_iter()
+            .flat_map(|responses| responses.values_mut())
+            .filter_map(|response| response.get_mut("links")?.as_object_mut())
+            .flat_map(|links| links.values_mut())
+            .filter_map(|link| link.as_object_mut());
+        for link in links {
+            for (from, to) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(from) {
+                    link.insert(to.to_owned(), value);
+                }
+            }
+        }
+    }
+    doc
 }

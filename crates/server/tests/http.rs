@@ -60,6 +60,44 @@ async fn openapi_document_names_its_version_and_the_job_spec_schema() {
     server.stop().await;
 }
 
+/// The document `scripts/schemathesis.sh` tests against: each of these was wrong once.
+#[test]
+fn openapi_payload_is_any_json_value_and_links_use_openapi_field_names() {
+    let doc = sluice_server::openapi::document();
+    let schemas = &doc["components"]["schemas"];
+    // `payload` and `progress` are any JSON value (`{"user": 42}`, `42`, `null`), not an
+    // object: a job enqueued with `"payload": 42` must match the schema `GET` answers with.
+    for (schema, field) in [
+        ("JobSpec", "payload"),
+        ("Job", "payload"),
+        ("Job", "progress"),
+        ("LeasedJob", "payload"),
+        ("HeartbeatRequest", "progress"),
+    ] {
+        let property = &schemas[schema]["properties"][field];
+        assert!(property.is_object(), "{schema}.{field} missing");
+        assert!(
+            property.get("type").is_none(),
+            "{schema}.{field} is restricted to a type: {property}"
+        );
+    }
+    // Resuming an unknown queue is 404; a lease with too many acks is 413.
+    let responses = |path: &str| doc["paths"][path]["post"]["responses"].clone();
+    assert!(responses("/v1/queues/{queue}/resume")["404"].is_object());
+    assert!(responses("/v1/lease")["413"].is_object());
+    // utoipa writes Link Objects with Rust field names; the document must use OpenAPI's.
+    let links = &responses("/v1/lease")["200"]["links"];
+    let ack = &links["ack"];
+    assert_eq!(ack["operationId"], "ack", "links: {links}");
+    assert_eq!(
+        ack["requestBody"]["lease_id"],
+        "$response.body#/jobs/0/lease_id"
+    );
+    assert!(ack.get("operation_id").is_none() && ack.get("request_body").is_none());
+    let lease = &responses("/v1/jobs")["201"]["links"]["lease"];
+    assert_eq!(lease["operationId"], "lease", "links: {lease}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_route_is_404_and_wrong_method_is_405_both_in_the_error_format() {
     let (_dir, server) = fresh().await;
