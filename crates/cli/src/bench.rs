@@ -1,6 +1,7 @@
-//! `sluice bench`: load scenarios against a running server (`--url`), and a `restart`
-//! scenario that runs a server of its own. Each scenario prints one line: throughput,
-//! p50/p99 of its requests, counts, errors, and the target it is measured against.
+//! `sluice bench`: load scenarios against a running server (`--url`), and `restart` and
+//! `soak` scenarios that run a server of their own. Each scenario prints one line:
+//! throughput, p50/p99 of its requests, counts, errors, and the target it is measured
+//! against; `soak` prints a sample line every `--sample-s` and a summary with verdicts.
 //! See docs/benchmarks.md for how the numbers were taken on the reference machine.
 //!
 //! The load generator keeps its own CPU cost low, because on a small machine it shares
@@ -33,6 +34,9 @@ pub enum Scenario {
     Latency,
     /// Own server: load --jobs, measure RSS per job, time kill -9 and SIGTERM restarts.
     Restart,
+    /// Own server: a steady mixed load for --duration-s (1800), sampling RSS, open files,
+    /// data dir, throughput and p50/p99 every --sample-s. Not part of `all`.
+    Soak,
 }
 
 impl Scenario {
@@ -44,6 +48,7 @@ impl Scenario {
             Scenario::LifecycleSingle => "lifecycle-single",
             Scenario::Latency => "latency",
             Scenario::Restart => "restart",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -71,16 +76,26 @@ pub struct BenchArgs {
     /// Concurrent clients of lifecycle-single.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// Length of lifecycle-single and latency.
-    #[arg(long, default_value_t = 10)]
-    pub duration_s: u64,
-    /// Enqueues per second of latency.
-    #[arg(long, default_value_t = 1_000)]
-    pub rate: u64,
+    /// Length of lifecycle-single and latency [default: 10], and of soak [default: 1800].
+    #[arg(long)]
+    pub duration_s: Option<u64>,
+    /// Enqueues per second of latency [default: 1000], and of soak [default: 2000].
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Soak: seconds between two sample lines.
+    #[arg(long, default_value_t = 30)]
+    pub sample_s: u64,
+    /// Soak: the server's --retention-ms (short, so that retention works within the run).
+    #[arg(long, default_value_t = 120_000)]
+    pub retention_ms: u64,
+    /// Soak: the server's --snapshot-every-records (default: the server's default).
+    #[arg(long)]
+    pub snapshot_every_records: Option<u64>,
     /// Requests latency keeps in flight at most (later sends wait, and that wait counts).
     #[arg(long, default_value_t = 256)]
     pub in_flight_max: usize,
-    /// A scenario that runs longer than this stops and reports what it did.
+    /// A scenario that runs longer than this stops and reports what it did (soak: the
+    /// time to start its server).
     #[arg(long, default_value_t = 120)]
     pub timeout_s: u64,
 }
@@ -117,7 +132,9 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
         .max(args.clients)
         .max(args.in_flight_max)
         + 8;
-    let remote = scenarios.iter().any(|s| *s != Scenario::Restart);
+    let remote = scenarios
+        .iter()
+        .any(|s| !matches!(s, Scenario::Restart | Scenario::Soak));
     let http = Http::new(url, pool)?;
     if remote {
         println!(
@@ -141,6 +158,7 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
             Scenario::LifecycleSingle => lifecycle_single(&http, &args, &run_id).await,
             Scenario::Latency => latency(&http, &args, &run_id).await,
             Scenario::Restart => restart(&args, &run_id).await,
+            Scenario::Soak => soak(&args, &run_id).await,
             Scenario::All => continue,
         };
         match report {
@@ -320,7 +338,7 @@ async fn lifecycle_batch(http: &Http, args: &BenchArgs, run_id: &str) -> Result<
 }
 
 async fn lifecycle_single(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> {
-    let duration = Duration::from_secs(args.duration_s);
+    let duration = Duration::from_secs(args.duration_s.unwrap_or(10));
     let payload = payload(args.payload_bytes);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -416,7 +434,8 @@ async fn lifecycle_single(http: &Http, args: &BenchArgs, run_id: &str) -> Result
 }
 
 async fn latency(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> {
-    if args.rate == 0 {
+    let rate = args.rate.unwrap_or(1_000);
+    if rate == 0 {
         bail!("--rate must be at least 1");
     }
     let queue = format!("bench-lat-{run_id}");
@@ -437,8 +456,8 @@ async fn latency(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let from_schedule = Arc::new(Mutex::new(Tally::default()));
     let gate = Arc::new(tokio::sync::Semaphore::new(args.in_flight_max.max(1)));
-    let period = Duration::from_secs_f64(1.0 / args.rate as f64);
-    let sends = args.rate * args.duration_s;
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let sends = rate * args.duration_s.unwrap_or(10);
     let started = tokio::time::Instant::now();
     let mut lag_max = Duration::ZERO;
     let mut tasks = Vec::new();
@@ -489,7 +508,7 @@ async fn latency(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> 
     let mut line = format!(
         "{sent} enqueues at {} /s target ({:.0} /s achieved) over {:.2} s | latency from send \
          {summary} | from schedule {} | in-flight max {} | generator lag max {:.2} ms",
-        args.rate,
+        rate,
         sent as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         from_schedule.summary(),
@@ -514,7 +533,7 @@ async fn restart(args: &BenchArgs, run_id: &str) -> Result<Report> {
     let queue = format!("bench-rs-{run_id}");
 
     // Fresh server: load the jobs, measuring the server's memory around it.
-    let mut server = ServerProc::spawn(&exe, &data, port, &log)?;
+    let mut server = ServerProc::spawn(&exe, &data, port, &log, &[])?;
     let http = Http::new(&url, args.concurrency + 8)?;
     let first_ready = server.wait_ready(&http, timeout, &log).await?;
     let rss_before = rss_bytes(server.pid())?;
@@ -553,7 +572,7 @@ async fn restart(args: &BenchArgs, run_id: &str) -> Result<Report> {
 
     // (a) Crash: kill -9, restart, time spawn -> ready (replay of the log).
     server.kill()?;
-    let mut server = ServerProc::spawn(&exe, &data, port, &log)?;
+    let mut server = ServerProc::spawn(&exe, &data, port, &log, &[])?;
     let http = Http::new(&url, 4)?;
     let crash_ready = server.wait_ready(&http, timeout, &log).await?;
     let crash_count = ready_count(&http, &queue).await?;
@@ -562,7 +581,7 @@ async fn restart(args: &BenchArgs, run_id: &str) -> Result<Report> {
 
     // (b) Graceful: SIGTERM (the server snapshots), restart, time spawn -> ready.
     let stop_took = server.terminate(timeout)?;
-    let mut server = ServerProc::spawn(&exe, &data, port, &log)?;
+    let mut server = ServerProc::spawn(&exe, &data, port, &log, &[])?;
     let http = Http::new(&url, 4)?;
     let graceful_ready = server.wait_ready(&http, timeout, &log).await?;
     let graceful_count = ready_count(&http, &queue).await?;
@@ -612,6 +631,813 @@ async fn restart(args: &BenchArgs, run_id: &str) -> Result<Report> {
         let _ = write!(line, " | ERRORS: {errors}");
     }
     Ok(Report { line, errors })
+}
+
+// ---- soak ----------------------------------------------------------------------------------
+
+/// Jobs per producer tick: singles (POST /v1/jobs) and one batch (POST /v1/jobs/batch).
+const SOAK_SINGLES_PER_TICK: u64 = 4;
+const SOAK_BATCH_LEN: u64 = 16;
+const SOAK_PRODUCERS: u64 = 4;
+const SOAK_WORKERS: usize = 8;
+const SOAK_QUEUES: usize = 4;
+
+/// What the soak's tasks measured since the last sample.
+#[derive(Default)]
+struct SoakWindow {
+    enqueue: Tally,
+    lease: Tally,
+    ack: Tally,
+    /// Jobs that reached a finished state through this run's requests (acked, or failed
+    /// for the last time).
+    completed: u64,
+}
+
+#[derive(Default)]
+struct SoakStats {
+    window: Mutex<SoakWindow>,
+    errors: AtomicU64,
+    stale: AtomicU64,
+    first_error: Mutex<Option<String>>,
+    enqueued: AtomicU64,
+    duplicates: AtomicU64,
+    acked: AtomicU64,
+    retried: AtomicU64,
+    dead: AtomicU64,
+    heartbeats: AtomicU64,
+    reads: AtomicU64,
+    /// The id of a recently enqueued job, for the readers' GET /v1/jobs/{id}.
+    recent_id: Mutex<String>,
+}
+
+impl SoakStats {
+    fn with(&self, f: impl FnOnce(&mut SoakWindow)) {
+        f(&mut self.window.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// A 409 (stale lease) is expected now and then; anything else is an error.
+    fn error(&self, what: &str, error: String) {
+        if error.starts_with("HTTP 409") {
+            self.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(format!("{what}: {error}"));
+        }
+    }
+
+    fn item(&self, what: &str, item: &SoakItem) {
+        match &item.error {
+            Some(e) if e.code == "stale_lease" => {
+                self.stale.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(e) => self.error(what, format!("item error {}", e.code)),
+            None => {}
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SoakEnqueued {
+    id: String,
+    #[serde(default)]
+    duplicate: bool,
+}
+
+#[derive(Deserialize)]
+struct SoakItem {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<SoakItemError>,
+}
+
+#[derive(Deserialize)]
+struct SoakItemError {
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct SoakItems {
+    results: Vec<SoakItem>,
+}
+
+/// xorshift64*: the load mix needs cheap, seeded choices, not good randomness.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+}
+
+/// One job of the soak mix: 10 % delayed 0.5-5 s; 20 % with max_attempts 1 (a failure
+/// makes them dead), the rest 3 attempts 0.5 s apart; a unique key if `unique` is given.
+fn soak_job(queue: &str, payload: &str, rng: &mut Rng, unique: Option<&str>) -> String {
+    let mut job = format!(r#"{{"queue":"{queue}","kind":"soak","payload":{payload}"#);
+    if rng.percent(10) {
+        let _ = write!(job, r#","delay_ms":{}"#, 500 + rng.below(4_500));
+    }
+    if rng.percent(20) {
+        job.push_str(r#","max_attempts":1"#);
+    } else {
+        job.push_str(r#","max_attempts":3,"backoff":{"type":"fixed","delay_ms":500}"#);
+    }
+    if let Some(key) = unique {
+        let _ = write!(job, r#","unique_key":"{key}","unique_ttl_ms":60000"#);
+    }
+    job.push('}');
+    job
+}
+
+/// One line of the curve.
+#[derive(Clone, Copy, Default)]
+struct SoakSample {
+    elapsed_s: f64,
+    rss: u64,
+    fds: u64,
+    data_bytes: u64,
+    data_files: u64,
+    jobs_per_s: f64,
+    jobs_total: u64,
+    finished: u64,
+}
+
+async fn soak(args: &BenchArgs, run_id: &str) -> Result<Report> {
+    let duration_s = args.duration_s.unwrap_or(1_800);
+    let rate = args.rate.unwrap_or(2_000);
+    if duration_s == 0 || rate == 0 || args.sample_s == 0 {
+        bail!("--duration-s, --rate and --sample-s must be at least 1");
+    }
+    let exe = std::env::current_exe().context("cannot find the sluice binary")?;
+    let dir = TempDir::new(std::env::temp_dir().join(format!("sluice-soak-{run_id}")))?;
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let log = dir.0.join("server.log");
+    let data = dir.0.join("data");
+    let mut extra = vec!["--retention-ms".to_owned(), args.retention_ms.to_string()];
+    if let Some(n) = args.snapshot_every_records {
+        extra.extend(["--snapshot-every-records".to_owned(), n.to_string()]);
+    }
+    let mut server = ServerProc::spawn(&exe, &data, port, &log, &extra)?;
+    let http = Http::new(&url, 64)?;
+    server
+        .wait_ready(&http, Duration::from_secs(args.timeout_s), &log)
+        .await?;
+    let pid = server.pid();
+    let queues: Arc<[String]> = (0..SOAK_QUEUES)
+        .map(|q| format!("soak-{q}-{run_id}"))
+        .collect();
+    let tick = Duration::from_secs_f64(
+        (SOAK_PRODUCERS * (SOAK_SINGLES_PER_TICK + SOAK_BATCH_LEN)) as f64 / rate as f64,
+    );
+    println!(
+        "soak: server pid {pid}, --fsync always --retention-ms {}{}, data {}; load: {rate} jobs/s \
+         ({SOAK_PRODUCERS} producers, every {:.1} ms {SOAK_SINGLES_PER_TICK} single enqueues \
+         + 1 batch of {SOAK_BATCH_LEN}; 10 % delayed, 20 % max_attempts 1, 10 % of singles \
+         unique-keyed), {SOAK_WORKERS} workers (lease max 10, wait 5 s; 5 % heartbeat, 8 % fail, \
+         rest ack, batch or single), 1 reader (GET job / list queue, 4/s), {SOAK_QUEUES} queues, \
+         {duration_s} s, a sample every {} s",
+        args.retention_ms,
+        args.snapshot_every_records
+            .map_or(String::new(), |n| format!(" --snapshot-every-records {n}")),
+        data.display(),
+        tick.as_secs_f64() * 1e3,
+        args.sample_s,
+    );
+    let stats = Arc::new(SoakStats::default());
+    let started = Instant::now();
+    let duration = Duration::from_secs(duration_s);
+    let payload: Arc<str> = payload(args.payload_bytes).into();
+    let mut tasks = Vec::new();
+
+    for p in 0..SOAK_PRODUCERS {
+        let (http, stats, queues, payload) =
+            (http.clone(), stats.clone(), queues.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng::new(p + 1);
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut keys = 0u64;
+            while started.elapsed() < duration {
+                interval.tick().await;
+                for _ in 0..SOAK_SINGLES_PER_TICK {
+                    let queue = &queues[rng.below(SOAK_QUEUES as u64) as usize];
+                    let key = if rng.percent(10) {
+                        // Every 10th unique-keyed job reuses the previous key: a duplicate
+                        // if that job is not finished yet.
+                        if !rng.percent(10) {
+                            keys += 1;
+                        }
+                        Some(format!("p{p}-{keys}"))
+                    } else {
+                        None
+                    };
+                    let body = soak_job(queue, &payload, &mut rng, key.as_deref()).into_bytes();
+                    let t = Instant::now();
+                    let reply = http
+                        .post_owned("/v1/jobs", body, |b| {
+                            serde_json::from_slice::<SoakEnqueued>(b).map_err(|e| e.to_string())
+                        })
+                        .await;
+                    match reply {
+                        Ok(reply) => {
+                            stats.with(|w| w.enqueue.ok(t.elapsed()));
+                            if reply.duplicate {
+                                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                stats.enqueued.fetch_add(1, Ordering::Relaxed);
+                            }
+                            *stats.recent_id.lock().unwrap_or_else(|e| e.into_inner()) = reply.id;
+                        }
+                        Err(e) => stats.error("enqueue", e),
+                    }
+                }
+                let queue = &queues[rng.below(SOAK_QUEUES as u64) as usize];
+                let mut body = String::from(r#"{"jobs":["#);
+                for i in 0..SOAK_BATCH_LEN {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&soak_job(queue, &payload, &mut rng, None));
+                }
+                body.push_str("]}");
+                let t = Instant::now();
+                let reply = http
+                    .post_owned("/v1/jobs/batch", body.into_bytes(), |b| {
+                        match count_ids(b) {
+                            SOAK_BATCH_LEN => Ok(()),
+                            ids => {
+                                Err(format!("batch of {SOAK_BATCH_LEN} answered with {ids} ids"))
+                            }
+                        }
+                    })
+                    .await;
+                match reply {
+                    Ok(()) => {
+                        stats.with(|w| w.enqueue.ok(t.elapsed()));
+                        stats.enqueued.fetch_add(SOAK_BATCH_LEN, Ordering::Relaxed);
+                    }
+                    Err(e) => stats.error("enqueue batch", e),
+                }
+            }
+        }));
+    }
+
+    let all_queues = queues
+        .iter()
+        .map(|q| format!("\"{q}\""))
+        .collect::<Vec<_>>()
+        .join(",");
+    for w in 0..SOAK_WORKERS {
+        let (http, stats) = (http.clone(), stats.clone());
+        let lease_body = leak(format!(
+            r#"{{"queues":[{all_queues}],"max_jobs":10,"wait_ms":5000,"worker":"soak-{w}"}}"#
+        ));
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng::new(1_000 + w as u64);
+            while started.elapsed() < duration {
+                let t = Instant::now();
+                let leased = http
+                    .post("/v1/lease", lease_body, |b| {
+                        serde_json::from_slice::<LeaseReply>(b).map_err(|e| e.to_string())
+                    })
+                    .await;
+                let jobs = match leased {
+                    Ok(reply) => reply.jobs,
+                    Err(e) => {
+                        stats.error("lease", e);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if jobs.is_empty() {
+                    continue;
+                }
+                // Only leases that got jobs: an empty one measures the long-poll wait.
+                stats.with(|w| w.lease.ok(t.elapsed()));
+                let mut to_ack = Vec::new();
+                for job in jobs {
+                    if rng.percent(5) {
+                        let body = format!(
+                            r#"{{"lease_id":"{}","progress":{{"done":50}}}}"#,
+                            job.lease_id
+                        );
+                        let path = format!("/v1/jobs/{}/heartbeat", job.id);
+                        match http.post_owned(&path, body.into_bytes(), |_| Ok(())).await {
+                            Ok(()) => {
+                                stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => stats.error("heartbeat", e),
+                        }
+                    }
+                    if rng.percent(8) {
+                        let body = format!(
+                            r#"{{"lease_id":"{}","error":"soak: simulated failure"}}"#,
+                            job.lease_id
+                        );
+                        let path = format!("/v1/jobs/{}/fail", job.id);
+                        let reply = http
+                            .post_owned(&path, body.into_bytes(), |b| {
+                                serde_json::from_slice::<SoakItem>(b).map_err(|e| e.to_string())
+                            })
+                            .await;
+                        match reply {
+                            Ok(item) if item.state.as_deref() == Some("dead") => {
+                                stats.dead.fetch_add(1, Ordering::Relaxed);
+                                stats.with(|w| w.completed += 1);
+                            }
+                            Ok(_) => {
+                                stats.retried.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => stats.error("fail", e),
+                        }
+                    } else {
+                        to_ack.push(job);
+                    }
+                }
+                if to_ack.len() > 1 && rng.percent(50) {
+                    let t = Instant::now();
+                    let reply = http
+                        .post_owned("/v1/ack", ack_body(&to_ack), |b| {
+                            serde_json::from_slice::<SoakItems>(b).map_err(|e| e.to_string())
+                        })
+                        .await;
+                    match reply {
+                        Ok(reply) => {
+                            let ok = reply.results.iter().filter(|r| r.error.is_none()).count();
+                            for item in &reply.results {
+                                stats.item("ack batch", item);
+                            }
+                            stats.acked.fetch_add(ok as u64, Ordering::Relaxed);
+                            stats.with(|w| {
+                                w.ack.ok(t.elapsed());
+                                w.completed += ok as u64;
+                            });
+                        }
+                        Err(e) => stats.error("ack batch", e),
+                    }
+                } else {
+                    for job in &to_ack {
+                        let body = serde_json::to_vec(&AckOne {
+                            lease_id: &job.lease_id,
+                        })
+                        .unwrap_or_default();
+                        let path = format!("/v1/jobs/{}/ack", job.id);
+                        let t = Instant::now();
+                        match http.post_owned(&path, body, |_| Ok(())).await {
+                            Ok(()) => {
+                                stats.acked.fetch_add(1, Ordering::Relaxed);
+                                stats.with(|w| {
+                                    w.ack.ok(t.elapsed());
+                                    w.completed += 1;
+                                });
+                            }
+                            Err(e) => stats.error("ack", e),
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    {
+        let (http, stats, queues) = (http.clone(), stats.clone(), queues.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(250));
+            let mut i = 0usize;
+            while started.elapsed() < duration {
+                interval.tick().await;
+                // Until every queue has had jobs, a listing may find no queue: a 404.
+                if stats.enqueued.load(Ordering::Relaxed) < 1_000 {
+                    continue;
+                }
+                i += 1;
+                let path = match i % 3 {
+                    0 => {
+                        let id = stats
+                            .recent_id
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone();
+                        if id.is_empty() {
+                            continue;
+                        }
+                        format!("/v1/jobs/{id}")
+                    }
+                    1 => format!(
+                        "/v1/queues/{}/jobs?state=ready&limit=20",
+                        queues[i % SOAK_QUEUES]
+                    ),
+                    _ => format!(
+                        "/v1/queues/{}/jobs?state=succeeded&limit=20",
+                        queues[i % SOAK_QUEUES]
+                    ),
+                };
+                match http.get_status(&path).await {
+                    Ok((status, _)) if (200..300).contains(&status) => {
+                        stats.reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((status, body)) => stats.error(
+                        "read",
+                        format!(
+                            "HTTP {status} for GET {path}: {}",
+                            String::from_utf8_lossy(&body[..body.len().min(200)])
+                        ),
+                    ),
+                    Err(e) => stats.error("read", format!("transport: {e}")),
+                }
+            }
+        }));
+    }
+
+    // The sampler: one line per --sample-s.
+    let warmup_s = (2.0 * args.retention_ms as f64 / 1e3).min(duration_s as f64 / 4.0);
+    let quarter_s = (duration_s as f64 - warmup_s) / 4.0;
+    let (mut first, mut last) = (
+        [Tally::default(), Tally::default(), Tally::default()],
+        [Tally::default(), Tally::default(), Tally::default()],
+    );
+    let mut samples: Vec<SoakSample> = Vec::new();
+    println!(
+        "sample: elapsed_s,rss_mib,fds,data_mib,data_files,server_cpu_pct,jobs_per_s,\
+         enqueue_p50_ms,enqueue_p99_ms,lease_p50_ms,lease_p99_ms,ack_p50_ms,ack_p99_ms,\
+         jobs_total,finished,errors,stale_409"
+    );
+    let self_cpu_start = cpu_ticks(std::process::id()).unwrap_or(0);
+    let mut cpu_prev = (cpu_ticks(pid)?, Instant::now());
+    let mut window_start = Instant::now();
+    let mut next = started;
+    loop {
+        next += Duration::from_secs(args.sample_s);
+        let wake = next.min(started + duration);
+        let last_sample = wake >= started + duration;
+        tokio::time::sleep_until(wake.into()).await;
+        if let Some(status) = server.exited()? {
+            bail!(
+                "the server exited ({status}) during the soak; log:\n{}",
+                tail(&log)
+            );
+        }
+        let mut window =
+            std::mem::take(&mut *stats.window.lock().unwrap_or_else(|e| e.into_inner()));
+        let window_s = window_start.elapsed().as_secs_f64();
+        window_start = Instant::now();
+        let elapsed_s = started.elapsed().as_secs_f64();
+        let ticks = cpu_ticks(pid)?;
+        let cpu_pct =
+            (ticks - cpu_prev.0) as f64 / 100.0 / cpu_prev.1.elapsed().as_secs_f64() * 100.0;
+        cpu_prev = (ticks, Instant::now());
+        let (data_bytes, data_files) = dir_usage(&data);
+        let (jobs_total, finished) = soak_counts(&http).await.unwrap_or_else(|e| {
+            stats.error("GET /v1/queues", e);
+            (0, 0)
+        });
+        let sample = SoakSample {
+            elapsed_s,
+            rss: rss_bytes(pid)?,
+            fds: fd_count(pid)?,
+            data_bytes,
+            data_files,
+            jobs_per_s: window.completed as f64 / window_s.max(1e-9),
+            jobs_total,
+            finished,
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "sample: {:.0},{:.1},{},{:.1},{},{:.0},{:.0},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{},{},{},{}",
+            sample.elapsed_s,
+            mib(sample.rss),
+            sample.fds,
+            mib(sample.data_bytes),
+            sample.data_files,
+            cpu_pct,
+            sample.jobs_per_s,
+            ms(window.enqueue.percentile(0.5)),
+            ms(window.enqueue.percentile(0.99)),
+            ms(window.lease.percentile(0.5)),
+            ms(window.lease.percentile(0.99)),
+            ms(window.ack.percentile(0.5)),
+            ms(window.ack.percentile(0.99)),
+            sample.jobs_total,
+            sample.finished,
+            stats.errors.load(Ordering::Relaxed),
+            stats.stale.load(Ordering::Relaxed),
+        );
+        let into = if elapsed_s > warmup_s && elapsed_s <= warmup_s + quarter_s + 1.0 {
+            Some(&mut first)
+        } else if elapsed_s > duration_s as f64 - quarter_s {
+            Some(&mut last)
+        } else {
+            None
+        };
+        if let Some(into) = into {
+            let SoakWindow {
+                enqueue,
+                lease,
+                ack,
+                ..
+            } = window;
+            for (to, from) in into.iter_mut().zip([enqueue, lease, ack]) {
+                to.merge(from);
+            }
+        }
+        samples.push(sample);
+        if last_sample {
+            break;
+        }
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let self_cpu_s = cpu_ticks(std::process::id())
+        .unwrap_or(0)
+        .saturating_sub(self_cpu_start) as f64
+        / 100.0;
+    server.kill()?;
+
+    // The summary: the first quarter of the steady part (after the warm-up, in which the
+    // finished set fills up to the retention time) against the last quarter.
+    let in_first =
+        |s: &&SoakSample| s.elapsed_s > warmup_s && s.elapsed_s <= warmup_s + quarter_s + 1.0;
+    let in_last = |s: &&SoakSample| s.elapsed_s > duration_s as f64 - quarter_s;
+    let pick = |f: &dyn Fn(&&SoakSample) -> bool, g: fn(&SoakSample) -> f64| -> Vec<f64> {
+        samples.iter().filter(|s| f(s)).map(g).collect()
+    };
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let max = |v: &[f64]| {
+        v.iter()
+            .copied()
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
+    let rss = (
+        mean(&pick(&in_first, |s| s.rss as f64)),
+        mean(&pick(&in_last, |s| s.rss as f64)),
+    );
+    let fds = (
+        max(&pick(&in_first, |s| s.fds as f64)),
+        max(&pick(&in_last, |s| s.fds as f64)),
+    );
+    let files = (
+        max(&pick(&in_first, |s| s.data_files as f64)),
+        max(&pick(&in_last, |s| s.data_files as f64)),
+    );
+    let bytes = (
+        max(&pick(&in_first, |s| s.data_bytes as f64)),
+        max(&pick(&in_last, |s| s.data_bytes as f64)),
+    );
+    let finished = (
+        max(&pick(&in_first, |s| s.finished as f64)),
+        max(&pick(&in_last, |s| s.finished as f64)),
+    );
+    let rate_done = mean(&pick(&|s: &&SoakSample| s.elapsed_s > warmup_s, |s| {
+        s.jobs_per_s
+    }));
+    let stats = &*stats;
+    let mut lines = vec![format!(
+        "soak summary: {:.0} s; enqueued {} (+{} duplicates), acked {}, failed and retried {}, \
+         dead {}, heartbeats {}, reads {}; stale leases (409) {}; errors {}; generator CPU \
+         {:.0} s = {:.0} % of one core; comparing samples in ({warmup_s:.0}, {:.0}] s (first \
+         steady quarter, after a warm-up of 2 x retention) with ({:.0}, {duration_s}] s",
+        started.elapsed().as_secs_f64(),
+        stats.enqueued.load(Ordering::Relaxed),
+        stats.duplicates.load(Ordering::Relaxed),
+        stats.acked.load(Ordering::Relaxed),
+        stats.retried.load(Ordering::Relaxed),
+        stats.dead.load(Ordering::Relaxed),
+        stats.heartbeats.load(Ordering::Relaxed),
+        stats.reads.load(Ordering::Relaxed),
+        stats.stale.load(Ordering::Relaxed),
+        stats.errors.load(Ordering::Relaxed),
+        self_cpu_s,
+        self_cpu_s / started.elapsed().as_secs_f64() * 100.0,
+        warmup_s + quarter_s,
+        duration_s as f64 - quarter_s,
+    )];
+    let mut misses = 0u64;
+    let mut verdict = |lines: &mut Vec<String>, name: &str, ok: Option<bool>, detail: String| {
+        let word = match ok {
+            Some(true) => "YES",
+            Some(false) => {
+                misses += 1;
+                "NO"
+            }
+            None => "n/a (run too short for quarters)",
+        };
+        lines.push(format!("verdict: {name}: {word} ({detail})"));
+    };
+    let growth =
+        |(a, b): (Option<f64>, Option<f64>)| a.zip(b).map(|(a, b)| (b - a) / a.max(1.0) * 100.0);
+    let rss_growth = growth(rss);
+    verdict(
+        &mut lines,
+        "memory flat",
+        rss_growth.map(|g| g <= 10.0),
+        format!(
+            "server RSS mean {} -> {} MiB = {} %; flat means <= +10 %",
+            opt(rss.0.map(|b| mib(b as u64))),
+            opt(rss.1.map(|b| mib(b as u64))),
+            opt(rss_growth)
+        ),
+    );
+    let files_ok = fds
+        .0
+        .zip(fds.1)
+        .zip(files.0.zip(files.1))
+        .zip(bytes.0.zip(bytes.1))
+        .map(|(((fa, fb), (da, db)), (ba, bb))| {
+            // The log is cut only at whole segments (64 MiB by default) once a snapshot
+            // covers them, so the directory is a sawtooth: allow one segment more.
+            fb <= fa + 8.0 && db <= da + 4.0 && bb <= (ba * 1.25).max(ba + 64.0 * 1024.0 * 1024.0)
+        });
+    verdict(
+        &mut lines,
+        "files flat",
+        files_ok,
+        format!(
+            "open fds max {} -> {}, data-dir files max {} -> {}, data-dir MiB max {} -> {} ({} %); \
+             flat means fds <= +8, files <= +4, bytes <= max(1.25 x, +64 MiB)",
+            opt(fds.0),
+            opt(fds.1),
+            opt(files.0),
+            opt(files.1),
+            opt(bytes.0.map(|b| mib(b as u64))),
+            opt(bytes.1.map(|b| mib(b as u64))),
+            opt(growth(bytes)),
+        ),
+    );
+    let mut drift_ok = Some(true);
+    let mut drift = Vec::new();
+    for (i, name) in ["enqueue", "lease", "ack"].into_iter().enumerate() {
+        let (a, b) = (&mut first[i], &mut last[i]);
+        if a.count() == 0 || b.count() == 0 {
+            drift_ok = None;
+            continue;
+        }
+        let (pa, pb) = (
+            a.percentile(0.99).as_secs_f64() * 1e3,
+            b.percentile(0.99).as_secs_f64() * 1e3,
+        );
+        // lease p99 is mostly the wait for the next enqueue, so it is shown, not judged.
+        if name != "lease" && pb > (pa * 1.5).max(pa + 1.0) {
+            drift_ok = drift_ok.map(|_| false);
+        }
+        drift.push(format!(
+            "{name} p99 {pa:.2} -> {pb:.2} ms ({:+.0} %)",
+            (pb - pa) / pa.max(1e-9) * 100.0
+        ));
+    }
+    verdict(
+        &mut lines,
+        "p99 no drift",
+        drift_ok,
+        format!(
+            "{}; no drift means enqueue and ack p99 <= max(1.5 x, +1 ms) of the first quarter",
+            drift.join(", ")
+        ),
+    );
+    let bound = rate_done.map(|r| r * args.retention_ms as f64 / 1e3 * 1.25 + 20_000.0);
+    let retention_ok = finished
+        .0
+        .zip(finished.1)
+        .zip(bound)
+        .map(|((a, b), bound)| b <= bound && b <= a * 1.15 + 1_000.0);
+    verdict(
+        &mut lines,
+        "retention removes old data",
+        retention_ok,
+        format!(
+            "finished jobs max {} -> {}; completed {} jobs/s x retention {} s = {} expected; \
+             bounded means last <= 1.25 x that + 20,000 and <= first quarter + 15 %",
+            opt(finished.0),
+            opt(finished.1),
+            opt(rate_done),
+            args.retention_ms / 1_000,
+            opt(rate_done.map(|r| r * args.retention_ms as f64 / 1e3)),
+        ),
+    );
+    let errors = stats.errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        let first = stats
+            .first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        lines.push(format!(
+            "ERRORS: {errors} (first: {})",
+            first.as_deref().unwrap_or("-")
+        ));
+    }
+    Ok(Report {
+        line: lines.join("\n"),
+        errors: errors + misses,
+    })
+}
+
+fn opt(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+}
+
+/// All jobs in the server and the finished ones among them, summed over GET /v1/queues.
+async fn soak_counts(http: &Http) -> Result<(u64, u64), String> {
+    let (mut total, mut finished) = (0, 0);
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/queues?limit=1000&cursor={c}"),
+            None => "/v1/queues?limit=1000".to_owned(),
+        };
+        let (status, body) = http.get_status(&path).await?;
+        if status != 200 {
+            return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+        }
+        let list: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        for queue in list["queues"].as_array().into_iter().flatten() {
+            let counts = &queue["counts"];
+            for (state, done) in [
+                ("scheduled", false),
+                ("ready", false),
+                ("leased", false),
+                ("failed", false),
+                ("succeeded", true),
+                ("dead", true),
+                ("cancelled", true),
+            ] {
+                let n = counts[state].as_u64().unwrap_or(0);
+                total += n;
+                if done {
+                    finished += n;
+                }
+            }
+        }
+        match list["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return Ok((total, finished)),
+        }
+    }
+}
+
+/// Entries of /proc/<pid>/fd: the process's open files and sockets.
+fn fd_count(pid: u32) -> Result<u64> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("cannot read /proc/{pid}/fd"))?;
+    Ok(entries.count() as u64)
+}
+
+/// utime + stime of a process in clock ticks (USER_HZ, 100 on Linux).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; count the fields after its ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the ')'.
+    Ok(field(11) + field(12))
+}
+
+/// Bytes and regular files under a directory, recursively.
+fn dir_usage(dir: &Path) -> (u64, u64) {
+    let (mut bytes, mut files) = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => {
+                    bytes += m.len();
+                    files += 1;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    (bytes, files)
 }
 
 // ---- load helpers -----------------------------------------------------------------------
@@ -1062,7 +1888,13 @@ struct ServerProc {
 }
 
 impl ServerProc {
-    fn spawn(exe: &Path, data: &Path, port: u16, log: &Path) -> Result<ServerProc> {
+    fn spawn(
+        exe: &Path,
+        data: &Path,
+        port: u16,
+        log: &Path,
+        extra: &[String],
+    ) -> Result<ServerProc> {
         let out = OpenOptions::new()
             .create(true)
             .append(true)
@@ -1076,6 +1908,7 @@ impl ServerProc {
             .arg("--data-dir")
             .arg(data)
             .args(["--fsync", "always"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -1089,6 +1922,14 @@ impl ServerProc {
 
     fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The exit status if the server has exited.
+    fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
     }
 
     /// Polls /readyz until 200; returns the time since spawn.
