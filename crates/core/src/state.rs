@@ -405,6 +405,16 @@ pub fn backoff_delay_ms(backoff: Backoff, id: JobId, attempt: u16) -> u64 {
     }
 }
 
+/// Only a state restored from a corrupt or foreign log gets here (2^64 ids at one a
+/// nanosecond last 584 years).
+fn ids_exhausted() -> CoreError {
+    CoreError::new(
+        ErrorKind::Limit,
+        "ids_exhausted",
+        "no job or lease id is left",
+    )
+}
+
 fn truncate_utf8(text: &str, bytes_max: usize) -> &str {
     if text.len() <= bytes_max {
         return text;
@@ -492,14 +502,19 @@ impl State {
         }
     }
 
-    fn next_id(&self, now: Millis, previous: JobId) -> JobId {
+    /// `None` once the ids are used up: u64::MAX is never decided (see `apply`).
+    fn next_id(&self, now: Millis, previous: JobId) -> Option<JobId> {
         let from_clock = (now.max(0) as u64) << ID_COUNTER_BITS;
-        from_clock.max(previous + 1)
+        let id = from_clock.max(previous.checked_add(1)?);
+        (id != JobId::MAX).then_some(id)
     }
 
     /// Moves scheduled and failed jobs whose time has come to their ready sets. Not an
     /// event: which of the two states a due job is in does not change what it does.
-    pub fn promote_due(&mut self, now: Millis) {
+    ///
+    /// Returns the queue of each job promoted, so that pollers of those queues can be woken.
+    pub fn promote_due(&mut self, now: Millis) -> Vec<u32> {
+        let mut queues = Vec::new();
         while let Some(&(run_at, id)) = self.ix.delayed.first() {
             if run_at > now {
                 break;
@@ -511,7 +526,9 @@ impl State {
             self.ix.remove(job);
             job.state = JobState::Ready;
             self.ix.insert(job);
+            queues.push(job.queue);
         }
+        queues
     }
 
     // ---- commands -------------------------------------------------------------------
@@ -574,7 +591,7 @@ impl State {
                     continue;
                 }
             }
-            let id = self.next_id(now, last_id);
+            let id = self.next_id(now, last_id).ok_or_else(ids_exhausted)?;
             last_id = id;
             if let Some(key) = spec.unique_key.as_deref() {
                 batch_keys.insert((spec.queue.clone(), key.to_owned()), id);
@@ -636,7 +653,10 @@ impl State {
         if candidates.is_empty() {
             return Ok((None, Vec::new()));
         }
-        let lease_id = self.last_lease_id + 1;
+        let lease_id = match self.last_lease_id.checked_add(1) {
+            Some(id) if id != LeaseId::MAX => id,
+            _ => return Err(ids_exhausted()),
+        };
         let jobs: Vec<LeasedItem> = candidates
             .iter()
             .filter_map(|&(_, _, id)| {
@@ -963,6 +983,10 @@ impl State {
                     if self.jobs.contains_key(&new.id) {
                         return Err(format!("job {} enqueued twice", new.id));
                     }
+                    // The next id is one more than the last: u64::MAX is never decided.
+                    if new.id == JobId::MAX {
+                        return Err(format!("job id {} is out of range", new.id));
+                    }
                     let queue = self.ix.queue_id_or_create(&new.queue);
                     let kind = self.intern_kind(&new.kind);
                     let mut extra = None;
@@ -1009,6 +1033,9 @@ impl State {
                 worker,
                 jobs,
             } => {
+                if *lease_id == LeaseId::MAX {
+                    return Err(format!("lease id {lease_id} is out of range"));
+                }
                 self.last_lease_id = self.last_lease_id.max(*lease_id);
                 for item in jobs {
                     let job = self
@@ -1217,7 +1244,15 @@ impl State {
 
     // ---- snapshots ------------------------------------------------------------------
 
+    /// The state as snapshot bytes. Canonical: equal states encode to equal bytes, and
+    /// decoding then encoding gives back the same bytes (hash-map entries are sorted).
     pub fn encode_snapshot(&self) -> Vec<u8> {
+        let mut unique: Vec<(u32, &str, JobId, Millis)> = self
+            .unique
+            .iter()
+            .map(|((q, k), &(id, at))| (*q, &**k, id, at))
+            .collect();
+        unique.sort_unstable();
         let snapshot = SnapshotRef {
             last_id: self.last_id,
             last_lease_id: self.last_lease_id,
@@ -1228,11 +1263,7 @@ impl State {
                 .map(|q| (&*q.name, q.paused))
                 .collect(),
             kinds: self.kinds.iter().map(|k| &**k).collect(),
-            unique: self
-                .unique
-                .iter()
-                .map(|((q, k), &(id, at))| (*q, &**k, id, at))
-                .collect(),
+            unique,
             jobs: JobsSeq(&self.jobs),
         };
         postcard::to_allocvec(&snapshot).unwrap_or_default()
@@ -1241,6 +1272,11 @@ impl State {
     pub fn decode_snapshot(config: Config, bytes: &[u8]) -> Result<State, String> {
         let snapshot: SnapshotOwned =
             postcard::from_bytes(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+        // Ids are decided as one more than the last: they must fit, and every job and
+        // lease in the snapshot must be covered by them.
+        if snapshot.last_id == JobId::MAX || snapshot.last_lease_id == LeaseId::MAX {
+            return Err("snapshot's last job or lease id is out of range".into());
+        }
         let mut state = State::new(config);
         state.last_id = snapshot.last_id;
         state.last_lease_id = snapshot.last_lease_id;
@@ -1267,6 +1303,16 @@ impl State {
                     "job {} names kind #{} which does not exist",
                     job.id, job.kind
                 ));
+            }
+            if job.id > state.last_id || job.lease_id > state.last_lease_id {
+                return Err(format!(
+                    "job {} or its lease {} is newer than the last ids",
+                    job.id, job.lease_id
+                ));
+            }
+            // A second copy would leave index entries behind that no job owns.
+            if state.jobs.contains_key(&job.id) {
+                return Err(format!("job {} appears twice", job.id));
             }
             state.ix.insert(&job);
             state.jobs.insert(job.id, job);

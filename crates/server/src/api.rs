@@ -19,7 +19,7 @@ use sluice_core::{
 use sluice_proto::{self as proto, ids, limits, rfc3339};
 use tokio::sync::watch;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Wakes};
 use crate::error::{body_of, status_of, ApiError};
 
 #[derive(Clone)]
@@ -695,12 +695,13 @@ pub async fn lease(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms);
     let mut shutting_down = app.shutting_down.clone();
     loop {
-        let notified = broker.jobs_available.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+        // Registered before the attempt, so that a job made ready after it wakes us.
+        let registration = (request.wait_ms > 0).then(|| broker.waiters.register(&request.queues));
+        let waiter = registration.as_ref().map(|r| r.waiter.clone());
         let worker = request.worker.clone();
         let settle = acks.is_none() && !ack_texts.is_empty();
-        let (jobs, settled) = broker
+        let stopping = *shutting_down.borrow();
+        let (jobs, settled, cascade) = broker
             .execute_all(|s, now| {
                 let mut events = Vec::with_capacity(2);
                 let mut settled = None;
@@ -712,14 +713,31 @@ pub async fn lease(
                 let (event, ids) =
                     s.lease(now, &request.queues, request.max_jobs as usize, worker)?;
                 events.extend(event);
+                let mut cascade = Wakes::default();
+                if !ids.is_empty() || request.wait_ms == 0 || stopping {
+                    // This poller is done: later wake-ups must pass it by. Ready jobs it
+                    // left in its queues wake one more poller each, so that none is left
+                    // behind by a wake-up this poller took.
+                    if let Some(waiter) = &waiter {
+                        waiter.close();
+                    }
+                    for name in &request.queues {
+                        if s.queue(name).is_some_and(|q| {
+                            !q.paused && q.count(sluice_proto::JobState::Ready) > 0
+                        }) {
+                            cascade.add(name, 1);
+                        }
+                    }
+                }
                 let views: Vec<proto::LeasedJob> = ids
                     .iter()
                     .filter_map(|&id| s.job(id))
                     .map(|job| leased_view(s, job))
                     .collect();
-                Ok((events, (views, settled)))
+                Ok((events, (views, settled, cascade)))
             })
             .await?;
+        cascade.wake(&broker.waiters);
         if let Some(settled) = settled {
             acks = Some(batch_results(ack_texts.clone(), ack_parsed.clone(), settled).results);
         }
@@ -729,11 +747,11 @@ pub async fn lease(
                 acks: acks.clone().unwrap_or_default(),
             }))
         };
-        if !jobs.is_empty() || request.wait_ms == 0 || *shutting_down.borrow() {
+        let Some(waiter) = waiter.filter(|_| jobs.is_empty() && !stopping) else {
             return reply(jobs);
-        }
+        };
         tokio::select! {
-            _ = &mut notified => {}
+            _ = waiter.notify.notified() => {}
             _ = tokio::time::sleep_until(deadline) => return reply(Vec::new()),
             _ = shutting_down.changed() => return reply(Vec::new()),
         }

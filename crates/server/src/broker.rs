@@ -12,7 +12,8 @@ use axum::http::StatusCode;
 use parking_lot::Mutex;
 use sluice_core::{Config as CoreConfig, CoreError, Decided, Event, Millis, State};
 use sluice_wal::{RecoveryReport, Replayed, Wal, WalOptions};
-use tokio::sync::Notify;
+
+use crate::waiters::Waiters;
 
 use crate::error::ApiError;
 
@@ -29,8 +30,8 @@ pub fn system_now_ms() -> Millis {
 pub struct Broker {
     state: Mutex<State>,
     wal: Wal,
-    /// Woken whenever jobs may have become ready.
-    pub jobs_available: Notify,
+    /// Parked long-polls, woken per queue as jobs become ready there.
+    pub waiters: Waiters,
     records_at_last_snapshot: AtomicU64,
     /// Log bytes appended since the last snapshot, and that snapshot's size: a snapshot
     /// is written only once the log has grown by at least the snapshot's own size, so
@@ -60,7 +61,7 @@ impl Broker {
         let broker = Broker {
             state: Mutex::new(state),
             wal,
-            jobs_available: Notify::new(),
+            waiters: Waiters::default(),
             records_at_last_snapshot: AtomicU64::new(report.snapshot_lsn.unwrap_or(0)),
             log_bytes_since_snapshot: AtomicU64::new(0),
             last_snapshot_bytes: AtomicU64::new(snapshot_bytes),
@@ -104,16 +105,10 @@ impl Broker {
         let (lsn, reply, wake) = {
             let mut state = self.state.lock();
             let (events, reply) = command(&mut state, system_now_ms())?;
-            let wake = events.iter().any(|event| {
-                matches!(
-                    event,
-                    Event::Enqueued { .. }
-                        | Event::Retried { .. }
-                        | Event::Expired { .. }
-                        | Event::QueuePaused { paused: false, .. }
-                        | Event::Failed { .. }
-                )
-            });
+            let mut wake = Wakes::default();
+            for event in &events {
+                wake.ready_made(&state, event);
+            }
             let mut lsn = self.wal.next_lsn().checked_sub(1);
             for event in events {
                 let bytes = event.encode();
@@ -123,9 +118,7 @@ impl Broker {
             }
             (lsn, reply, wake)
         };
-        if wake {
-            self.jobs_available.notify_waiters();
-        }
+        wake.wake(&self.waiters);
         if let Some(lsn) = lsn {
             self.wal.wait_durable(lsn).await?;
         }
@@ -158,18 +151,19 @@ impl Broker {
             return Ok(());
         }
         let now = system_now_ms();
-        let due = {
+        let promoted = {
             let mut state = self.state.lock();
-            let due = state.next_deadline().is_some_and(|at| at <= now);
-            // Due scheduled jobs show as ready in listings even before anyone leases.
-            state.promote_due(now);
-            due
+            // Due scheduled jobs show as ready in listings even before anyone leases, and
+            // the pollers of their queues are woken.
+            let mut wakes = Wakes::default();
+            for queue in state.promote_due(now) {
+                wakes.add(state.queue_name(queue), 1);
+            }
+            wakes
         };
+        promoted.wake(&self.waiters);
         self.execute(|s, now| Ok(s.expire_leases(now))).await?;
         self.execute(|s, now| Ok(s.retain(now))).await?;
-        if due {
-            self.jobs_available.notify_waiters();
-        }
         let written = self.wal.next_lsn();
         if written.saturating_sub(self.records_at_last_snapshot.load(Ordering::Relaxed))
             >= self.snapshot_every_records
@@ -222,5 +216,55 @@ impl Broker {
 
     pub fn tick_interval() -> Duration {
         Duration::from_millis(50)
+    }
+}
+
+/// Jobs made ready by a change, per queue: how many pollers to wake where.
+#[derive(Default)]
+pub struct Wakes(Vec<(String, usize)>);
+
+impl Wakes {
+    pub fn add(&mut self, queue: &str, count: usize) {
+        match self.0.iter_mut().find(|(q, _)| q == queue) {
+            Some((_, n)) => *n += count,
+            None => self.0.push((queue.to_owned(), count)),
+        }
+    }
+
+    /// Counts the jobs that `event` (already applied to `state`) made ready.
+    fn ready_made(&mut self, state: &State, event: &Event) {
+        let mut job_ready = |id: &u64| {
+            if let Some(job) = state.job(*id) {
+                if job.state == sluice_core::JobState::Ready {
+                    self.add(state.queue_name(job.queue), 1);
+                }
+            }
+        };
+        match event {
+            Event::Enqueued { at, jobs } => {
+                for job in jobs.iter().filter(|j| j.run_at <= *at) {
+                    self.add(&job.queue, 1);
+                }
+            }
+            Event::Retried { id, .. } => job_ready(id),
+            Event::Expired { jobs, .. } => jobs.iter().for_each(|(id, _)| job_ready(id)),
+            Event::Failed { jobs, .. } => jobs.iter().for_each(|item| job_ready(&item.id)),
+            Event::QueuePaused {
+                queue,
+                paused: false,
+            } => {
+                let ready = state
+                    .queue(queue)
+                    .map_or(0, |q| q.count(sluice_core::JobState::Ready));
+                self.add(queue, ready);
+            }
+            _ => {}
+        }
+    }
+
+    pub fn wake(&self, waiters: &Waiters) {
+        for (queue, count) in &self.0 {
+            waiters.wake(queue, *count);
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod conn;
 pub mod error;
 pub mod openapi;
+pub mod waiters;
 
 use std::future::Future;
 use std::path::PathBuf;

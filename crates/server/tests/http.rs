@@ -1903,3 +1903,79 @@ async fn lease_with_acks_one_over_the_batch_limit_is_413_and_leases_nothing() {
     assert_eq!(server.counts("many-acks").await["ready"], 1);
     server.stop().await;
 }
+
+// ---- long-poll wake-ups per queue ---------------------------------------------------
+
+async fn poll(
+    server: &TestServer,
+    queues: &[&str],
+    wait_ms: u64,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let url = server.url("/v1/lease");
+    let body = json!({ "queues": queues, "max_jobs": 1, "wait_ms": wait_ms });
+    tokio::spawn(async move {
+        let reply: Value = reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("lease answered")
+            .json()
+            .await
+            .expect("JSON reply");
+        reply["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .map(|j| j["id"].as_str().expect("id").to_owned())
+            .collect()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_two_wakes_two_parked_polls_each_taking_one() {
+    let (_dir, server) = fresh().await;
+    let started = std::time::Instant::now();
+    let first = poll(&server, &["wake2"], 10_000).await;
+    let second = poll(&server, &["wake2"], 10_000).await;
+    let ids = server
+        .enqueue_batch(vec![spec("wake2"), spec("wake2")])
+        .await;
+    let mut got = first.await.expect("first poll");
+    got.extend(second.await.expect("second poll"));
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "each poll took one of the two jobs");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "both polls were woken, not left to their 10 s wait: {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_on_two_queues_woken_for_one_does_not_swallow_the_wake_up_of_the_other() {
+    let (_dir, server) = fresh().await;
+    let started = std::time::Instant::now();
+    let both = poll(&server, &["wake-a", "wake-b"], 10_000).await;
+    let only_b = poll(&server, &["wake-b"], 10_000).await;
+    let ids = server
+        .enqueue_batch(vec![spec("wake-a"), spec("wake-b")])
+        .await;
+    let mut got = both.await.expect("poll on a and b");
+    let from_b = only_b.await.expect("poll on b");
+    assert_eq!(from_b.len(), 1, "the poll on b alone got a job: {from_b:?}");
+    got.extend(from_b);
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "no poll was left to its 10 s wait: {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
