@@ -694,10 +694,14 @@ pub async fn lease(
     let mut acks = None;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms);
     let mut shutting_down = app.shutting_down.clone();
+    // A poll parks only once an attempt found nothing: it registers, then tries once more,
+    // so that a job made ready between the two attempts wakes it; a job already there
+    // costs no registration.
+    let mut registration = None;
     loop {
-        // Registered before the attempt, so that a job made ready after it wakes us.
-        let registration = (request.wait_ms > 0).then(|| broker.waiters.register(&request.queues));
-        let waiter = registration.as_ref().map(|r| r.waiter.clone());
+        let waiter = registration
+            .as_ref()
+            .map(|r: &crate::waiters::Registration<'_>| r.waiter.clone());
         let worker = request.worker.clone();
         let settle = acks.is_none() && !ack_texts.is_empty();
         let stopping = *shutting_down.borrow();
@@ -747,11 +751,16 @@ pub async fn lease(
                 acks: acks.clone().unwrap_or_default(),
             }))
         };
-        let Some(waiter) = waiter.filter(|_| jobs.is_empty() && !stopping) else {
+        if !jobs.is_empty() || request.wait_ms == 0 || stopping {
             return reply(jobs);
+        }
+        let Some(waiter) = waiter else {
+            registration = Some(broker.waiters.register(&request.queues));
+            continue;
         };
         tokio::select! {
-            _ = waiter.notify.notified() => {}
+            // Woken: leave every queue and start over.
+            _ = waiter.notify.notified() => registration = None,
             _ = tokio::time::sleep_until(deadline) => return reply(Vec::new()),
             _ = shutting_down.changed() => return reply(Vec::new()),
         }
