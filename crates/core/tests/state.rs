@@ -1533,3 +1533,158 @@ fn every_event_round_trips_through_encode_and_decode() {
         "an unknown variant is rejected"
     );
 }
+
+// ---- regressions found by the fuzz targets (fuzz/, docs/reliability.md "Fuzzing") -------
+
+/// fuzz `snapshot` and `event`: the unique-key map was written in hash-map order, which
+/// depends on the map's history (capacity, removals), so a decoded snapshot re-encoded to
+/// different bytes. Snapshots are now written in a canonical order.
+#[test]
+fn snapshot_bytes_round_trip_whatever_the_unique_map_history() {
+    let mut h = Harness::new();
+    let specs = (0..200)
+        .map(|i| unique_spec("q", &format!("key-{i}")))
+        .collect();
+    let ids: Vec<JobId> = h.enqueue(T0, specs).iter().map(|e| e.id).collect();
+    // Cancelling releases keys: the map shrinks but keeps its capacity and tombstones.
+    for &id in ids.iter().step_by(3) {
+        let decided = h.state.cancel(T0 + 1, id).expect("cancel");
+        h.record(decided);
+    }
+    let replies = h.enqueue(
+        T0 + 2,
+        vec![unique_spec("q", "key-0"), unique_spec("r", "key-1")],
+    );
+    assert!(replies.iter().all(|r| !r.duplicate));
+
+    let first = h.state.encode_snapshot();
+    let decoded = State::decode_snapshot(Config::default(), &first).expect("decode");
+    assert_eq!(decoded.encode_snapshot(), first);
+    let replayed = replay(Config::default(), &h.events);
+    assert_eq!(
+        replayed.encode_snapshot(),
+        first,
+        "replay and live state differ in bytes"
+    );
+}
+
+/// fuzz `snapshot`: a snapshot holding two jobs with the same id decoded; the second
+/// replaced the first in the table but both stayed in the indexes, and `promote_due` then
+/// spun forever on the orphaned delayed entry. Such a snapshot is now refused.
+#[test]
+fn snapshot_with_a_job_twice_is_refused() {
+    let mut h = Harness::new();
+    let id = h.enqueue_one(T0, spec_with("q", |s| s.run_at = Some(T0 + 60_000)));
+    let bytes = h.state.encode_snapshot();
+    let job = postcard::to_allocvec(h.state.job(id).expect("job")).expect("encode job");
+    // The jobs come last: a count, then each job. Append a ready copy of the same id.
+    assert!(bytes.ends_with(&job) && bytes[bytes.len() - job.len() - 1] == 1);
+    let mut ready = h.state.job(id).expect("job").clone();
+    ready.state = JobState::Ready;
+    let mut twice = bytes[..bytes.len() - job.len() - 1].to_vec();
+    twice.push(2);
+    twice.extend_from_slice(&job);
+    twice.extend_from_slice(&postcard::to_allocvec(&ready).expect("encode job"));
+    let error = State::decode_snapshot(Config::default(), &twice).expect_err("refused");
+    assert!(error.contains("appears twice"), "{error}");
+}
+
+/// fuzz `snapshot`: a job newer than the snapshot's last id let the next enqueue decide
+/// an id that already exists (an event that cannot apply).
+#[test]
+fn snapshot_with_ids_past_its_last_ids_is_refused() {
+    let mut h = Harness::new();
+    let id = h.enqueue_one(T0, spec("q"));
+    let bytes = h.state.encode_snapshot();
+    // The snapshot starts with last_id (a varint): claim one below the job's id.
+    let mut lower = postcard::to_allocvec(&(id - 1)).expect("encode");
+    let last_id = postcard::to_allocvec(&id).expect("encode");
+    assert!(bytes.starts_with(&last_id));
+    lower.extend_from_slice(&bytes[last_id.len()..]);
+    let error = State::decode_snapshot(Config::default(), &lower).expect_err("refused");
+    assert!(error.contains("newer than the last ids"), "{error}");
+    let mut max = postcard::to_allocvec(&JobId::MAX).expect("encode");
+    max.extend_from_slice(&bytes[last_id.len()..]);
+    assert!(State::decode_snapshot(Config::default(), &max).is_err());
+}
+
+/// fuzz `event`: a logged lease id of u64::MAX made the next lease overflow computing
+/// `last_lease_id + 1` (a panic in debug builds, lease id 0 in release); a job id of
+/// u64::MAX did the same to the next enqueue. Both are ids no state decides: refused.
+#[test]
+fn events_with_ids_at_u64_max_are_refused() {
+    let mut h = Harness::new();
+    let id = h.enqueue_one(T0, spec("q"));
+    let leased = Event::Leased {
+        at: T0,
+        lease_id: LeaseId::MAX,
+        worker: None,
+        jobs: vec![sluice_core::LeasedItem {
+            id,
+            expires_at: T0 + 1_000,
+        }],
+    };
+    assert!(h.state.apply(&leased).is_err());
+    let (_, lease) = h.lease(T0 + 1, &["q"], 1);
+    assert_eq!(lease, 1);
+
+    let mut new_job = match &h.events[0] {
+        Event::Enqueued { jobs, .. } => jobs[0].clone(),
+        other => panic!("expected Enqueued, got {other:?}"),
+    };
+    new_job.id = JobId::MAX;
+    let enqueued = Event::Enqueued {
+        at: T0,
+        jobs: vec![new_job],
+    };
+    assert!(h.state.apply(&enqueued).is_err());
+    let next = h.enqueue_one(T0 + 2, spec("q"));
+    assert!(next > id);
+}
+
+/// fuzz `snapshot`: with the last job id at u64::MAX - 1 (from a snapshot or a logged
+/// event), enqueue decided id u64::MAX, an event that cannot apply (a debug assertion);
+/// the same for leases. Commands now answer `ids_exhausted` instead.
+#[test]
+fn enqueue_and_lease_refuse_once_ids_run_out() {
+    let mut h = Harness::new();
+    let id = h.enqueue_one(T0, spec("q"));
+    let mut new_job = match &h.events[0] {
+        Event::Enqueued { jobs, .. } => jobs[0].clone(),
+        other => panic!("expected Enqueued, got {other:?}"),
+    };
+    new_job.id = JobId::MAX - 1;
+    let enqueued = Event::Enqueued {
+        at: T0,
+        jobs: vec![new_job],
+    };
+    h.state
+        .apply(&enqueued)
+        .expect("the last usable id applies");
+    let error = h
+        .state
+        .enqueue(T0, vec![spec("q")], false)
+        .expect_err("no id left");
+    assert_eq!(
+        (error.kind, error.code),
+        (ErrorKind::Limit, "ids_exhausted")
+    );
+
+    let leased = Event::Leased {
+        at: T0,
+        lease_id: LeaseId::MAX - 1,
+        worker: None,
+        jobs: vec![sluice_core::LeasedItem {
+            id,
+            expires_at: T0 + 1_000,
+        }],
+    };
+    h.state
+        .apply(&leased)
+        .expect("the last usable lease id applies");
+    let error = h
+        .state
+        .lease(T0, &["q".to_owned()], 1, None)
+        .expect_err("no lease id left");
+    assert_eq!(error.code, "ids_exhausted");
+}

@@ -13,6 +13,40 @@ mod wal;
 #[cfg(test)]
 mod tests;
 
+/// Entry points for the fuzz targets in `fuzz/` (see `docs/reliability.md`, "Fuzzing"):
+/// the pure decoders and the segment scan, without a directory. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::format::{
+        decode_frame, decode_segment_header, decode_snapshot, encode_frame, encode_segment_header,
+        encode_snapshot_header, Frame,
+    };
+    use crate::{Lsn, ProblemKind};
+
+    /// What [`scan_segment`] found in one segment's bytes.
+    #[derive(Clone, Debug)]
+    pub struct SegmentSummary {
+        pub records: u64,
+        /// Offset just past the last valid, in-sequence frame.
+        pub valid_bytes: u64,
+        /// `(offset, kind, valid frames after it)` of the first problem.
+        pub problem: Option<(u64, ProblemKind, u64)>,
+    }
+
+    /// Scans `bytes` as the segment named `first_lsn`, as `Wal::open` does.
+    pub fn scan_segment(first_lsn: Lsn, bytes: &[u8], is_last: bool) -> SegmentSummary {
+        let scan =
+            crate::scan::scan_segment(std::path::Path::new("fuzz.wal"), first_lsn, bytes, is_last);
+        SegmentSummary {
+            records: scan.records,
+            valid_bytes: scan.valid_bytes,
+            problem: scan
+                .problem
+                .map(|problem| (problem.offset, problem.kind, problem.records_after)),
+        }
+    }
+}
+
 use std::io;
 use std::path::{Path, PathBuf};
 

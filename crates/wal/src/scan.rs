@@ -158,13 +158,19 @@ pub(crate) fn scan_segment(path: &Path, name_lsn: Lsn, bytes: &[u8], is_last: bo
     let mut expected = name_lsn;
     while offset < bytes.len() {
         let (kind, detail) = match decode_frame(&bytes[offset..]) {
+            // Lsn::MAX is never appended (the next lsn would not fit): a frame claiming it
+            // comes from a corrupt or forged segment name and header.
             Frame::Valid {
                 lsn, frame_bytes, ..
-            } if lsn == expected => {
+            } if lsn == expected && lsn != Lsn::MAX => {
                 expected += 1;
                 offset += frame_bytes;
                 continue;
             }
+            Frame::Valid { lsn, .. } if lsn == expected => (
+                ProblemKind::CorruptRecord,
+                format!("frame has lsn {lsn}, past the last usable lsn"),
+            ),
             Frame::Valid { lsn, .. } => (
                 ProblemKind::CorruptRecord,
                 format!("frame has lsn {lsn} where lsn {expected} was expected"),

@@ -807,3 +807,37 @@ proptest! {
         check_replay(&model, snapshot_lsn, &replay);
     }
 }
+
+// ---- regressions found by the fuzz targets (fuzz/, docs/reliability.md "Fuzzing") -------
+
+/// fuzz `wal_frames`: a segment named for lsn u64::MAX holding a valid frame at that lsn
+/// made the scan overflow `expected += 1` (a panic in debug builds, a wrapped record count
+/// in release). The frame is now corrupt: open refuses to start instead.
+#[test]
+fn frame_at_lsn_u64_max_is_corrupt_not_an_overflow() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join(segment_file_name(Lsn::MAX));
+    let mut bytes = crate::format::encode_segment_header(Lsn::MAX).to_vec();
+    crate::format::encode_frame(&mut bytes, Lsn::MAX, b"last");
+    std::fs::write(&path, &bytes).unwrap();
+
+    let scan = crate::fuzzing::scan_segment(Lsn::MAX, &bytes, true);
+    assert_eq!(scan.records, 0);
+    assert_eq!(scan.valid_bytes, SEGMENT_HEADER_BYTES as u64);
+    assert!(matches!(
+        scan.problem,
+        Some((offset, ProblemKind::CorruptRecord, _)) if offset == SEGMENT_HEADER_BYTES as u64
+    ));
+    match open_with(WalOptions::new(temp.path())) {
+        Err(WalError::Corrupt {
+            path: bad, reason, ..
+        }) => {
+            assert_eq!(bad, path);
+            assert!(reason.contains("last usable lsn"), "{reason}");
+        }
+        other => panic!(
+            "expected Corrupt, got {:?}",
+            other.map(|(_, report, _)| report)
+        ),
+    }
+}
