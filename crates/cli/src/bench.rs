@@ -185,20 +185,8 @@ async fn enqueue_batch(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Re
     let batches = Batches::new(&queue, args);
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (http, batches) = (http.clone(), batches.clone());
-        tasks.push(tokio::spawn(async move {
-            batches.produce(&http, deadline).await
-        }));
-    }
-    let mut tally = Tally::default();
-    let mut jobs = 0;
-    for task in tasks {
-        let (t, n) = task.await?;
-        tally.merge(t);
-        jobs += n;
-    }
+    let producers = batches.spawn_producers(http, args.concurrency, deadline);
+    let (mut tally, jobs) = join_producers(producers).await?;
     let elapsed = started.elapsed();
     let rate = jobs as f64 / elapsed.as_secs_f64();
     let mut line = format!(
@@ -228,13 +216,7 @@ async fn lifecycle_batch(http: &Http, args: &BenchArgs, run_id: &str) -> Result<
         r#"{{"queues":["{queue}"],"max_jobs":{},"wait_ms":200}}"#,
         args.batch.min(1_000)
     ));
-    let mut producers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (http, batches) = (http.clone(), batches.clone());
-        producers.push(tokio::spawn(async move {
-            batches.produce(&http, deadline).await
-        }));
-    }
+    let producers = batches.spawn_producers(http, args.concurrency, deadline);
     let mut consumers = Vec::new();
     for _ in 0..args.consumers.max(1) {
         let (http, completed, finished_ns) = (http.clone(), completed.clone(), finished_ns.clone());
@@ -289,13 +271,7 @@ async fn lifecycle_batch(http: &Http, args: &BenchArgs, run_id: &str) -> Result<
             (lease_tally, ack_tally)
         }));
     }
-    let mut enqueue = Tally::default();
-    let mut enqueued = 0;
-    for task in producers {
-        let (t, n) = task.await?;
-        enqueue.merge(t);
-        enqueued += n;
-    }
+    let (mut enqueue, enqueued) = join_producers(producers).await?;
     let (mut lease, mut ack) = (Tally::default(), Tally::default());
     for task in consumers {
         let (l, a) = task.await?;
@@ -540,20 +516,8 @@ async fn restart(args: &BenchArgs, run_id: &str) -> Result<Report> {
     let batches = Batches::new(&queue, args);
     let deadline = Instant::now() + timeout;
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (http, batches) = (http.clone(), batches.clone());
-        tasks.push(tokio::spawn(async move {
-            batches.produce(&http, deadline).await
-        }));
-    }
-    let mut load = Tally::default();
-    let mut loaded = 0;
-    for task in tasks {
-        let (t, n) = task.await?;
-        load.merge(t);
-        loaded += n;
-    }
+    let producers = batches.spawn_producers(&http, args.concurrency, deadline);
+    let (mut load, loaded) = join_producers(producers).await?;
     let load_elapsed = started.elapsed();
     if loaded != args.jobs {
         bail!(
@@ -1488,6 +1452,21 @@ impl Batches {
     }
 
     /// Sends batches until none are left; returns the tally and the jobs enqueued.
+    /// `concurrency` producers of these batches, running until they run out or `deadline`.
+    fn spawn_producers(
+        &self,
+        http: &Http,
+        concurrency: usize,
+        deadline: Instant,
+    ) -> Vec<tokio::task::JoinHandle<(Tally, u64)>> {
+        (0..concurrency)
+            .map(|_| {
+                let (http, batches) = (http.clone(), self.clone());
+                tokio::spawn(async move { batches.produce(&http, deadline).await })
+            })
+            .collect()
+    }
+
     async fn produce(&self, http: &Http, deadline: Instant) -> (Tally, u64) {
         let mut tally = Tally::default();
         let mut jobs = 0;
@@ -2002,4 +1981,18 @@ fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Waits for producers: their merged tally and the jobs they enqueued.
+async fn join_producers(
+    producers: Vec<tokio::task::JoinHandle<(Tally, u64)>>,
+) -> Result<(Tally, u64)> {
+    let mut tally = Tally::default();
+    let mut jobs = 0;
+    for producer in producers {
+        let (t, n) = producer.await?;
+        tally.merge(t);
+        jobs += n;
+    }
+    Ok((tally, jobs))
 }

@@ -15,10 +15,12 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
+/// Open registrations of one queue by token: oldest first, removed in O(log n).
+type QueueWaiters = BTreeMap<u64, Arc<Waiter>>;
+
 #[derive(Default)]
 pub struct Waiters {
-    /// Per queue, open registrations by token: oldest first, removed in O(log n).
-    by_queue: Mutex<FxHashMap<Box<str>, BTreeMap<u64, Arc<Waiter>>>>,
+    by_queue: Mutex<FxHashMap<Box<str>, QueueWaiters>>,
     next_token: AtomicU64,
 }
 
