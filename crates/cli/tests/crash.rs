@@ -22,12 +22,14 @@
 //! Always: no 5xx, no transport error while the server is meant to be up, no "panicked"
 //! in the server's stderr. A request cut by the kill has an unknown outcome: either is fine.
 
+mod support;
+
+use support::Server;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
@@ -144,144 +146,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-// ---- the server process -----------------------------------------------------------
-
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ params final-byte
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn listening_addr(line: &str) -> Option<String> {
-    if !line.contains("listening") {
-        return None;
-    }
-    let rest = &line[line.find("addr=")? + "addr=".len()..];
-    Some(rest.split_whitespace().next()?.to_owned())
-}
-
-impl Server {
-    fn start(data_dir: &Path, mode: Mode) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("server")
-            .args(["--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(mode.args)
-            .args(["--snapshot-every-records", "500"])
-            // Long runs must not have finished jobs forgotten by the count limit.
-            .args(["--retention-len-max", "100000000"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the sluice binary");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let reader = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                // Keeps draining to EOF so the server never blocks on a full pipe.
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let line = strip_ansi(&line);
-                    if let Some(addr) = listening_addr(&line) {
-                        let _ = tx.send(addr);
-                    }
-                    let mut log = log.lock().expect("log lock");
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            })
-        };
-        let mut server = Server {
-            child,
-            base: String::new(),
-            log,
-            reader: Some(reader),
-        };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => server.base = format!("http://{addr}"),
-            Err(_) => {
-                let log = server.kill();
-                panic!("the server did not log its address within 30 s; stderr:\n{log}");
-            }
-        }
-        server
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
-    }
-
-    /// SIGKILL (on unix), reap, and return everything it wrote to stderr.
-    fn kill(&mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.finish_log()
-    }
-
-    fn finish_log(&mut self) -> String {
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        self.log()
-    }
-
-    /// Polls `/readyz` until 200; fails at the deadline or if the process exits.
-    async fn wait_ready(&mut self, http: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(reply) = http.get(format!("{}/readyz", self.base)).send().await {
-                if reply.status().as_u16() == 200 {
-                    return;
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let log = self.finish_log();
-                panic!("the server exited ({status}) before it was ready; stderr:\n{log}");
-            }
-            if Instant::now() > deadline {
-                let log = self.kill();
-                panic!("the server was not ready within 30 s; stderr:\n{log}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---- what the clients were told ------------------------------------------------------
@@ -1249,7 +1113,19 @@ async fn restart_and_verify(
     context: &str,
     mode: Mode,
 ) -> (Server, Ctx) {
-    let mut server = Server::start(dir, mode);
+    let args: Vec<&str> = mode
+        .args
+        .iter()
+        .copied()
+        // Long runs must not have finished jobs forgotten by the count limit.
+        .chain([
+            "--snapshot-every-records",
+            "500",
+            "--retention-len-max",
+            "100000000",
+        ])
+        .collect();
+    let mut server = Server::start(dir, &args);
     let ctx = Ctx::new(&server.base, ledger.clone(), life);
     server.wait_ready(&ctx.http).await;
     let started = Instant::now();
@@ -1399,29 +1275,15 @@ async fn sigterm_under_load_exits_cleanly_and_loses_nothing_acknowledged() {
     let run_for = Duration::from_millis(rng.range(300, 2_000));
     tokio::time::sleep(run_for).await;
     ctx.dying.store(true, Ordering::SeqCst);
-    let sent_at = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -TERM failed: {status}");
-    let deadline = sent_at + Duration::from_secs(15);
-    let exit = loop {
-        if let Some(exit) = server.child.try_wait().expect("try_wait") {
-            break exit;
-        }
-        if Instant::now() > deadline {
-            let log = server.kill();
-            fail_with(
-                seed,
-                "SIGTERM",
-                &["the server did not exit within 15 s of SIGTERM".into()],
-                &log,
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let Some((exit, took)) = server.terminate(Duration::from_secs(15)).await else {
+        let log = server.finish_log();
+        fail_with(
+            seed,
+            "SIGTERM",
+            &["the server did not exit within 15 s of SIGTERM".into()],
+            &log,
+        );
     };
-    let took = sent_at.elapsed();
     load.stop(&ctx).await;
     let log = server.finish_log();
     let stats = ctx.ledger().stats;

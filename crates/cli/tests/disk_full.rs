@@ -16,12 +16,15 @@
 //! Needs root (it mounts a tmpfs). `SLUICE_SKIP_MOUNT_TESTS=1` skips it, loudly, where
 //! mounting is not allowed.
 
+mod support;
+
+use support::Server;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -33,6 +36,17 @@ const TMPFS_SIZE: &str = "4m";
 /// Filling 4 MiB takes well under a second in release and a few in debug.
 const FILL_DEADLINE: Duration = Duration::from_secs(60);
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Rolls and snapshots happen while the disk fills, so ENOSPC may hit a frame write, a
+/// segment roll or a snapshot, whichever comes first.
+const SERVER_ARGS: &[&str] = &[
+    "--fsync",
+    "always",
+    "--segment-bytes-max",
+    "1048576",
+    "--snapshot-every-records",
+    "300",
+];
 
 // ---- the tmpfs ------------------------------------------------------------------------
 
@@ -89,155 +103,6 @@ impl Drop for Tmpfs {
                 .arg(self.dir.path())
                 .status();
         }
-    }
-}
-
-// ---- the server process ---------------------------------------------------------------
-
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-impl Server {
-    fn start(data_dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("server")
-            .args(["--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(["--fsync", "always"])
-            // Rolls and snapshots happen while the disk fills, so ENOSPC may hit a frame
-            // write, a segment roll or a snapshot, whichever comes first.
-            .args(["--segment-bytes-max", "1048576"])
-            .args(["--snapshot-every-records", "300"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the sluice binary");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let reader = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let line = strip_ansi(&line);
-                    if line.contains("listening") {
-                        if let Some(at) = line.find("addr=") {
-                            let rest = &line[at + "addr=".len()..];
-                            if let Some(addr) = rest.split_whitespace().next() {
-                                let _ = tx.send(addr.to_owned());
-                            }
-                        }
-                    }
-                    let mut log = log.lock().expect("log lock");
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            })
-        };
-        let mut server = Server {
-            child,
-            base: String::new(),
-            log,
-            reader: Some(reader),
-        };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => server.base = format!("http://{addr}"),
-            Err(_) => {
-                let log = server.kill();
-                panic!("the server did not log its address within 30 s; stderr:\n{log}");
-            }
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
-    }
-
-    fn kill(&mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.finish_log()
-    }
-
-    fn finish_log(&mut self) -> String {
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        self.log()
-    }
-
-    async fn wait_ready(&mut self, http: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(reply) = http.get(format!("{}/readyz", self.base)).send().await {
-                if reply.status().as_u16() == 200 {
-                    return;
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let log = self.finish_log();
-                panic!("the server exited ({status}) before it was ready; stderr:\n{log}");
-            }
-            if Instant::now() > deadline {
-                let log = self.kill();
-                panic!("the server was not ready within 30 s; stderr:\n{log}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, then waits for the exit: `(status, time taken)`, or `None` past `deadline`
-    /// (the process is then killed).
-    async fn terminate(&mut self, deadline: Duration) -> Option<(ExitStatus, Duration)> {
-        let sent_at = Instant::now();
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed: {status}");
-        loop {
-            if let Some(exit) = self.child.try_wait().expect("try_wait") {
-                return Some((exit, sent_at.elapsed()));
-            }
-            if sent_at.elapsed() > deadline {
-                self.kill();
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -469,7 +334,7 @@ async fn disk_full_refuses_writes_with_503_and_loses_nothing_acknowledged() {
     let began = Instant::now();
     let data: PathBuf = tmpfs.path().join("data");
     let http = http_client();
-    let mut server = Server::start(&data);
+    let mut server = Server::start(&data, SERVER_ARGS);
     server.wait_ready(&http).await;
 
     // 1. Fill the disk.
@@ -599,7 +464,7 @@ async fn disk_full_refuses_writes_with_503_and_loses_nothing_acknowledged() {
 
     // 5. Restart on the copy: the torn tail is cut with a warning, everything acknowledged
     // is there, and it takes writes again.
-    let mut server = Server::start(copy.path());
+    let mut server = Server::start(copy.path(), SERVER_ARGS);
     server.wait_ready(&http).await;
     let restart_log = server.log();
     let truncated = restart_log
