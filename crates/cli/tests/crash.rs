@@ -142,6 +142,19 @@ fn cycles() -> u32 {
     })
 }
 
+/// A full check (listing every job) after every `n`th kill, light checks (the jobs touched
+/// since the last check and a sample) after the others; the last check is always full.
+/// Default 1: every check is full. Long runs set `SLUICE_CRASH_FULL_EVERY` so that their
+/// time grows linearly rather than with the square of the cycles.
+fn full_every() -> u32 {
+    std::env::var("SLUICE_CRASH_FULL_EVERY").map_or(1, |text| {
+        text.trim()
+            .parse::<u32>()
+            .expect("SLUICE_CRASH_FULL_EVERY must be an unsigned integer")
+            .max(1)
+    })
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -830,28 +843,197 @@ fn has_attempt(job: &Job, attempt: u32, outcome: Option<&str>) -> bool {
 }
 
 /// Checks the server (idle: no load running) against the ledger. Returns the problems.
-async fn verify(ctx: &Ctx, rng: &mut Rng) -> (Checked, Vec<String>) {
+async fn verify(ctx: &Ctx, rng: &mut Rng, full: bool) -> (Checked, Vec<String>) {
     let mut problems = Vec::new();
     let mut checked = Checked::default();
-    let started = Instant::now();
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut counts = Vec::with_capacity(QUEUES.len());
-    let mut listed = Vec::new();
-    for q in 0..QUEUES.len() {
-        match still_view(ctx, q, deadline, &mut checked.views).await {
-            Ok((c, l)) => {
-                counts.push(c);
-                listed.extend(l);
+    // Full: every job, from a listing of every state of every queue.
+    let mut found: HashMap<String, (usize, Job)> = HashMap::new();
+    if full {
+        let started = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut counts = Vec::with_capacity(QUEUES.len());
+        let mut listed = Vec::new();
+        for q in 0..QUEUES.len() {
+            match still_view(ctx, q, deadline, &mut checked.views).await {
+                Ok((c, l)) => {
+                    counts.push(c);
+                    listed.extend(l);
+                }
+                Err(e) => return (checked, vec![e]),
             }
-            Err(e) => return (checked, vec![e]),
+        }
+        checked.jobs_listed = listed.len();
+        checked.list_ms = started.elapsed().as_millis();
+        found.reserve(listed.len());
+        check_listing(listed, &counts, &mut found, &mut problems);
+    }
+
+    let (enqueued, unknown_jobs, acked, failed, leased, fresh) = {
+        let mut ledger = ctx.ledger();
+        let fresh = std::mem::take(&mut ledger.fresh);
+        (
+            ledger.enqueued.clone(),
+            ledger.unknown_enqueue_jobs,
+            ledger.acked.clone(),
+            ledger.failed.clone(),
+            ledger.leased.clone(),
+            fresh,
+        )
+    };
+
+    // Each job answers on its own URL: all that changed since the last check, and a
+    // sample of the others.
+    let mut ids: Vec<String> = Vec::new();
+    let mut old: Vec<&String> = Vec::new();
+    for id in enqueued.keys() {
+        if fresh.contains(id) {
+            ids.push(id.clone());
+        } else {
+            old.push(id);
         }
     }
-    checked.jobs_listed = listed.len();
-    checked.list_ms = started.elapsed().as_millis();
+    for _ in 0..GET_SAMPLE_OLD.min(old.len()) {
+        let i = rng.below(old.len() as u64) as usize;
+        ids.push(old.swap_remove(i).clone());
+    }
+    let started = Instant::now();
+    let fetched = fetch_jobs(ctx, &ids, &mut problems).await;
+    checked.fetched = ids.len();
+    checked.get_ms = started.elapsed().as_millis();
+    if !full {
+        // Light: the ledger is checked against the jobs fetched one by one.
+        for (id, job) in fetched {
+            match QUEUES.iter().position(|&q| q == job.queue) {
+                Some(q) => {
+                    found.insert(id, (q, job));
+                }
+                None => problems.push(format!("job {id} is in unknown queue {}", job.queue)),
+            }
+        }
+    } else {
+        // Jobs nobody was told about can only come from enqueues with an unknown outcome.
+        let strangers = found
+            .keys()
+            .filter(|id| !enqueued.contains_key(*id))
+            .count();
+        if strangers > unknown_jobs {
+            problems.push(format!(
+                "{strangers} jobs exist that no 2xx enqueue returned, but only {unknown_jobs} \
+                 were in enqueues with an unknown outcome"
+            ));
+        }
+    }
+    // A full check reports any ledger entry missing from the listing; a light one looks
+    // only at what it fetched (a fetched job that is gone was reported by the GET).
+    let lookup = |what: &str, id: &str, problems: &mut Vec<String>| -> Option<Job> {
+        match found.get(id) {
+            Some((_, job)) => Some(job.clone()),
+            None => {
+                if full {
+                    problems.push(format!("job {id} ({what} got 2xx) is lost"));
+                }
+                None
+            }
+        }
+    };
 
-    // Counts equal the listing, each job is listed once, in the state it says it is in.
-    let mut found: HashMap<String, (usize, Job)> = HashMap::with_capacity(listed.len());
+    // Every 2xx-enqueued job is there, where it was put, with what it was given.
+    for (id, sent) in &enqueued {
+        let Some(job) = lookup("enqueue", id, &mut problems) else {
+            continue;
+        };
+        checked.enqueued += 1;
+        if job.queue != sent.queue {
+            problems.push(format!(
+                "job {id} was enqueued to {} but is in {}",
+                sent.queue, job.queue
+            ));
+        }
+        let payload: Result<Value, _> = serde_json::from_str(job.payload.get());
+        if payload.as_ref().ok() != Some(&sent.payload) {
+            problems.push(format!(
+                "job {id}: payload {} is not what was sent ({})",
+                job.payload.get(),
+                sent.payload
+            ));
+        }
+    }
+
+    for (id, attempt) in &acked {
+        let Some(job) = lookup("ack", id, &mut problems) else {
+            continue;
+        };
+        checked.acked += 1;
+        if matches!(job.state, JobState::Ready | JobState::Scheduled) {
+            problems.push(format!(
+                "job {id} was acked with 2xx but is {} again",
+                job.state.as_str()
+            ));
+        } else if job.state != JobState::Succeeded {
+            problems.push(format!(
+                "job {id} was acked with 2xx (attempt {attempt}) but is {}",
+                job.state.as_str()
+            ));
+        }
+        if !has_attempt(&job, *attempt, Some("succeeded")) {
+            problems.push(format!(
+                "job {id}: acked attempt {attempt} is not in its history as succeeded: {:?}",
+                job.history
+            ));
+        }
+    }
+
+    for (id, attempt) in &failed {
+        let Some(job) = lookup("fail", id, &mut problems) else {
+            continue;
+        };
+        checked.failed += 1;
+        if !matches!(
+            job.state,
+            JobState::Failed
+                | JobState::Ready
+                | JobState::Leased
+                | JobState::Dead
+                | JobState::Succeeded
+        ) {
+            problems.push(format!(
+                "job {id} failed with 2xx is {}",
+                job.state.as_str()
+            ));
+        }
+        if job.attempts < *attempt || !has_attempt(&job, *attempt, Some("failed")) {
+            problems.push(format!(
+                "job {id}: failed attempt {attempt} is not recorded (attempts {}, history {:?})",
+                job.attempts, job.history
+            ));
+        }
+    }
+
+    for (id, attempt) in &leased {
+        let Some(job) = lookup("lease", id, &mut problems) else {
+            continue;
+        };
+        checked.leased += 1;
+        if job.attempts < *attempt || !has_attempt(&job, *attempt, None) {
+            problems.push(format!(
+                "job {id}: leased attempt {attempt} is not recorded (attempts {}, history {:?})",
+                job.attempts, job.history
+            ));
+        }
+    }
+
+    (checked, problems)
+}
+
+/// Counts equal the listing, each job is listed once, in the state it says it is in.
+/// Fills `found` with every listed job by id.
+fn check_listing(
+    listed: Vec<(usize, JobState, Job)>,
+    counts: &[Option<[u64; 7]>],
+    found: &mut HashMap<String, (usize, Job)>,
+    problems: &mut Vec<String>,
+) {
     let mut per_state = vec![[0u64; 7]; QUEUES.len()];
     for (q, state, job) in listed {
         let s = JobState::ALL
@@ -892,162 +1074,40 @@ async fn verify(ctx: &Ctx, rng: &mut Rng) -> (Checked, Vec<String>) {
             ));
         }
     }
+}
 
-    let (enqueued, unknown_jobs, acked, failed, leased, fresh) = {
-        let mut ledger = ctx.ledger();
-        let fresh = std::mem::take(&mut ledger.fresh);
-        (
-            ledger.enqueued.clone(),
-            ledger.unknown_enqueue_jobs,
-            ledger.acked.clone(),
-            ledger.failed.clone(),
-            ledger.leased.clone(),
-            fresh,
-        )
-    };
-
-    // Every 2xx-enqueued job is there, where it was put, with what it was given.
-    for (id, sent) in &enqueued {
-        checked.enqueued += 1;
-        let Some((q, job)) = found.get(id) else {
-            problems.push(format!("job {id} (enqueue got 2xx) is lost"));
-            continue;
-        };
-        if QUEUES[*q] != sent.queue {
-            problems.push(format!(
-                "job {id} was enqueued to {} but is in {}",
-                sent.queue, QUEUES[*q]
-            ));
-        }
-        let payload: Result<Value, _> = serde_json::from_str(job.payload.get());
-        if payload.as_ref().ok() != Some(&sent.payload) {
-            problems.push(format!(
-                "job {id}: payload {} is not what was sent ({})",
-                job.payload.get(),
-                sent.payload
-            ));
-        }
-    }
-    // Jobs nobody was told about can only come from enqueues with an unknown outcome.
-    let strangers = found
-        .keys()
-        .filter(|id| !enqueued.contains_key(*id))
-        .count();
-    if strangers > unknown_jobs {
-        problems.push(format!(
-            "{strangers} jobs exist that no 2xx enqueue returned, but only {unknown_jobs} \
-             were in enqueues with an unknown outcome"
-        ));
-    }
-
-    for (id, attempt) in &acked {
-        checked.acked += 1;
-        let Some((_, job)) = found.get(id) else {
-            problems.push(format!("job {id} (ack got 2xx) is lost"));
-            continue;
-        };
-        if matches!(job.state, JobState::Ready | JobState::Scheduled) {
-            problems.push(format!(
-                "job {id} was acked with 2xx but is {} again",
-                job.state.as_str()
-            ));
-        } else if job.state != JobState::Succeeded {
-            problems.push(format!(
-                "job {id} was acked with 2xx (attempt {attempt}) but is {}",
-                job.state.as_str()
-            ));
-        }
-        if !has_attempt(job, *attempt, Some("succeeded")) {
-            problems.push(format!(
-                "job {id}: acked attempt {attempt} is not in its history as succeeded: {:?}",
-                job.history
-            ));
-        }
-    }
-
-    for (id, attempt) in &failed {
-        checked.failed += 1;
-        let Some((_, job)) = found.get(id) else {
-            problems.push(format!("job {id} (fail got 2xx) is lost"));
-            continue;
-        };
-        if !matches!(
-            job.state,
-            JobState::Failed
-                | JobState::Ready
-                | JobState::Leased
-                | JobState::Dead
-                | JobState::Succeeded
-        ) {
-            problems.push(format!(
-                "job {id} failed with 2xx is {}",
-                job.state.as_str()
-            ));
-        }
-        if job.attempts < *attempt || !has_attempt(job, *attempt, Some("failed")) {
-            problems.push(format!(
-                "job {id}: failed attempt {attempt} is not recorded (attempts {}, history {:?})",
-                job.attempts, job.history
-            ));
-        }
-    }
-
-    for (id, attempt) in &leased {
-        checked.leased += 1;
-        let Some((_, job)) = found.get(id) else {
-            problems.push(format!("job {id} (lease got 2xx) is lost"));
-            continue;
-        };
-        if job.attempts < *attempt || !has_attempt(job, *attempt, None) {
-            problems.push(format!(
-                "job {id}: leased attempt {attempt} is not recorded (attempts {}, history {:?})",
-                job.attempts, job.history
-            ));
-        }
-    }
-
-    // And each one answers on its own URL: all that changed since the last check, and
-    // a sample of the others.
-    let mut ids: Vec<String> = Vec::new();
-    let mut old: Vec<&String> = Vec::new();
-    for id in enqueued.keys() {
-        if fresh.contains(id) {
-            ids.push(id.clone());
-        } else {
-            old.push(id);
-        }
-    }
-    for _ in 0..GET_SAMPLE_OLD.min(old.len()) {
-        let i = rng.below(old.len() as u64) as usize;
-        ids.push(old.swap_remove(i).clone());
-    }
-    let started = Instant::now();
+/// `GET /v1/jobs/{id}` for each id, 8 at a time; every one must be 200.
+async fn fetch_jobs(ctx: &Ctx, ids: &[String], problems: &mut Vec<String>) -> Vec<(String, Job)> {
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in ids.chunks(ids.len().div_ceil(8).max(1)) {
         let ctx = ctx.clone();
         let chunk = chunk.to_vec();
         tasks.spawn(async move {
             let mut missing = Vec::new();
-            for id in &chunk {
+            let mut jobs = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                let what = format!("GET /v1/jobs/{id}");
                 match ctx.get("GET job", &format!("/v1/jobs/{id}")).await {
-                    Reply::Ok(200, _) => {}
+                    Reply::Ok(200, body) => match ctx.parse::<Job>(&what, &body) {
+                        Some(job) => jobs.push((id, job)),
+                        None => missing.push(format!("{what}: unreadable body")),
+                    },
                     Reply::Ok(status, _) | Reply::Rejected(status, _) => {
-                        missing.push(format!("GET /v1/jobs/{id}: {status}"))
+                        missing.push(format!("{what}: {status}"))
                     }
-                    Reply::Unknown => missing.push(format!("GET /v1/jobs/{id}: no reply")),
+                    Reply::Unknown => missing.push(format!("{what}: no reply")),
                 }
             }
-            (chunk.len(), missing)
+            (jobs, missing)
         });
     }
+    let mut fetched = Vec::with_capacity(ids.len());
     while let Some(done) = tasks.join_next().await {
-        let (len, missing) = done.expect("a GET task panicked");
-        checked.fetched += len;
+        let (jobs, missing) = done.expect("a GET task panicked");
+        fetched.extend(jobs);
         problems.extend(missing);
     }
-    checked.get_ms = started.elapsed().as_millis();
-
-    (checked, problems)
+    fetched
 }
 
 /// The kind of a problem: its text without the words that hold digits (ids, numbers).
@@ -1103,16 +1163,29 @@ fn check_log(seed: u64, logs: &str) {
     }
 }
 
-/// Starts the server on `dir`, waits for ready, checks it against the ledger.
-async fn restart_and_verify(
+/// What stays the same over the server processes of one test.
+struct Run<'a> {
     seed: u64,
+    dir: &'a Path,
+    ledger: &'a Arc<Mutex<Ledger>>,
+    mode: Mode,
+}
+
+/// Starts the server on `run.dir`, waits for ready, checks it against the ledger (fully or
+/// lightly, see [`full_every`]).
+async fn restart_and_verify(
+    run: &Run<'_>,
     rng: &mut Rng,
-    dir: &Path,
-    ledger: &Arc<Mutex<Ledger>>,
     life: u32,
     context: &str,
-    mode: Mode,
+    full: bool,
 ) -> (Server, Ctx) {
+    let Run {
+        seed,
+        dir,
+        ledger,
+        mode,
+    } = *run;
     let args: Vec<&str> = mode
         .args
         .iter()
@@ -1129,10 +1202,11 @@ async fn restart_and_verify(
     let ctx = Ctx::new(&server.base, ledger.clone(), life);
     server.wait_ready(&ctx.http).await;
     let started = Instant::now();
-    let (checked, mut problems) = verify(&ctx, rng).await;
+    let (checked, mut problems) = verify(&ctx, rng, full).await;
     problems.extend(take_problems(ledger));
     println!(
-        "{context}: checked in {} ms: {checked:?}",
+        "{context}: {} check in {} ms: {checked:?}",
+        if full { "full" } else { "light" },
         started.elapsed().as_millis()
     );
     if !problems.is_empty() {
@@ -1149,7 +1223,7 @@ async fn settle_held(seed: u64, rng: &mut Rng, server: &mut Server, ctx: &Ctx, c
     for h in &held {
         ack_one(ctx, h).await;
     }
-    let (checked, mut problems) = verify(ctx, rng).await;
+    let (checked, mut problems) = verify(ctx, rng, true).await;
     problems.extend(take_problems(&ctx.ledger));
     let after = ctx.ledger().stats;
     println!(
@@ -1186,21 +1260,31 @@ async fn sigkill_under_load_fsync_batch_loses_nothing_acknowledged() {
 async fn sigkill_cycles(mode: Mode, stream: u64) {
     let seed = seed();
     let cycles = cycles();
+    let full_every = full_every();
     let began = Instant::now();
     println!(
-        "{}: SLUICE_CRASH_SEED={seed} SLUICE_CRASH_CYCLES={cycles}",
+        "{}: SLUICE_CRASH_SEED={seed} SLUICE_CRASH_CYCLES={cycles} \
+         SLUICE_CRASH_FULL_EVERY={full_every}",
         mode.name
     );
     let mut rng = Rng::new(seed ^ stream);
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let run = Run {
+        seed,
+        dir: dir.path(),
+        ledger: &ledger,
+        mode,
+    };
     let mut checks = 0usize;
+    let mut full_checks = 0usize;
 
     for cycle in 0..cycles {
         let context = format!("{}: cycle {cycle}: after restart", mode.name);
-        let (mut server, ctx) =
-            restart_and_verify(seed, &mut rng, dir.path(), &ledger, cycle, &context, mode).await;
+        let full = cycle % full_every == 0;
+        let (mut server, ctx) = restart_and_verify(&run, &mut rng, cycle, &context, full).await;
         checks += 1;
+        full_checks += usize::from(full);
         let before = ctx.ledger().stats;
         let load = start_load(&ctx, &mut rng);
         let run_for = Duration::from_millis(rng.range(RUN_MS.0, RUN_MS.1));
@@ -1233,16 +1317,16 @@ async fn sigkill_cycles(mode: Mode, stream: u64) {
     }
 
     let context = format!("{}: after the last restart", mode.name);
-    let (mut server, ctx) =
-        restart_and_verify(seed, &mut rng, dir.path(), &ledger, cycles, &context, mode).await;
+    let (mut server, ctx) = restart_and_verify(&run, &mut rng, cycles, &context, true).await;
     // Leases still held were handed out by earlier processes: unexpired ones must ack.
     settle_held(seed, &mut rng, &mut server, &ctx, &context).await;
     checks += 2;
+    full_checks += 2;
     check_log(seed, &server.kill());
     let ledger = ledger.lock().expect("ledger lock");
     // Reached only if every check passed: nothing acknowledged was lost.
     println!(
-        "{}: SUMMARY cycles {cycles} (SIGKILLs), checks {checks}, jobs checked: enqueued with \
+        "{}: SUMMARY cycles {cycles} (SIGKILLs), checks {checks} ({full_checks} full), jobs checked: enqueued with \
          2xx {} (acked {}, failed {}, leases {}), lost 0, run time {:.1} s, seed {seed}",
         mode.name,
         ledger.enqueued.len(),
@@ -1260,17 +1344,14 @@ async fn sigterm_under_load_exits_cleanly_and_loses_nothing_acknowledged() {
     let mut rng = Rng::new(seed ^ 0x5151_7e4e);
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-
-    let (mut server, ctx) = restart_and_verify(
+    let run = Run {
         seed,
-        &mut rng,
-        dir.path(),
-        &ledger,
-        0,
-        "first start",
-        FSYNC_ALWAYS,
-    )
-    .await;
+        dir: dir.path(),
+        ledger: &ledger,
+        mode: FSYNC_ALWAYS,
+    };
+
+    let (mut server, ctx) = restart_and_verify(&run, &mut rng, 0, "first start", true).await;
     let load = start_load(&ctx, &mut rng);
     let run_for = Duration::from_millis(rng.range(300, 2_000));
     tokio::time::sleep(run_for).await;
@@ -1313,16 +1394,7 @@ async fn sigterm_under_load_exits_cleanly_and_loses_nothing_acknowledged() {
     }
     check_log(seed, &log);
 
-    let (mut server, ctx) = restart_and_verify(
-        seed,
-        &mut rng,
-        dir.path(),
-        &ledger,
-        1,
-        "after SIGTERM",
-        FSYNC_ALWAYS,
-    )
-    .await;
+    let (mut server, ctx) = restart_and_verify(&run, &mut rng, 1, "after SIGTERM", true).await;
     settle_held(seed, &mut rng, &mut server, &ctx, "after SIGTERM").await;
     let log = server.kill();
     // A clean stop ends with a snapshot of everything: nothing is left to replay.
