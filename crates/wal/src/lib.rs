@@ -6,6 +6,7 @@
 //! `docs/design/wal-format.md`.
 
 mod format;
+mod fs;
 mod repair;
 mod scan;
 mod wal;
@@ -49,13 +50,16 @@ pub mod fuzzing {
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use format::{
     FRAME_HEADER_BYTES, RECORD_BYTES_MAX, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
     SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
 };
+pub use fs::{Cut, Fs, FsFile, RealFs, SimFs};
 pub use repair::{
-    inspect, repair, InspectReport, RepairAction, RepairReport, SegmentInfo, SnapshotInfo,
+    inspect, inspect_in, repair, repair_in, InspectReport, RepairAction, RepairReport, SegmentInfo,
+    SnapshotInfo,
 };
 pub use scan::{Problem, ProblemKind};
 pub use wal::Wal;
@@ -87,6 +91,8 @@ pub struct WalOptions {
     /// A segment is rolled at the first batch boundary once it holds at least this many bytes.
     pub segment_bytes_max: u64,
     pub fsync: FsyncPolicy,
+    /// Where the files live: [`RealFs`], or a [`SimFs`] in tests.
+    pub fs: Arc<dyn Fs>,
 }
 
 impl WalOptions {
@@ -95,6 +101,7 @@ impl WalOptions {
             dir: dir.into(),
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             fsync: FsyncPolicy::Always,
+            fs: Arc::new(RealFs),
         }
     }
 }
@@ -173,7 +180,6 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 }
 
 /// Makes a directory's entries (creates, renames, deletes) durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<(), WalError> {
-    let file = std::fs::File::open(dir).map_err(io_err(dir))?;
-    file.sync_all().map_err(io_err(dir))
+pub(crate) fn fsync_dir(fs: &dyn Fs, dir: &Path) -> Result<(), WalError> {
+    fs.sync_dir(dir).map_err(io_err(dir))
 }

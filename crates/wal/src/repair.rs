@@ -2,11 +2,10 @@
 //! neither may run while a `Wal` is open on the same directory.
 
 use std::fmt;
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use crate::scan::{analyze, Problem, ProblemKind};
-use crate::{fsync_dir, io_err, Lsn, WalError};
+use crate::{fsync_dir, io_err, Fs, Lsn, RealFs, WalError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -84,7 +83,12 @@ impl fmt::Display for InspectReport {
 
 /// Scans `dir` without changing anything.
 pub fn inspect(dir: &Path) -> Result<InspectReport, WalError> {
-    Ok(inspect_from(dir, &analyze(dir)?))
+    inspect_in(&RealFs, dir)
+}
+
+/// [`inspect`] on the given file system.
+pub fn inspect_in(fs: &dyn Fs, dir: &Path) -> Result<InspectReport, WalError> {
+    Ok(inspect_from(dir, &analyze(fs, dir)?))
 }
 
 /// One change `repair` makes (or would make, in a dry run).
@@ -185,7 +189,12 @@ impl fmt::Display for RepairReport {
 /// succeeds: cut the log at the first bad record and remove every later segment. A dry run
 /// (`apply == false`) changes nothing.
 pub fn repair(dir: &Path, apply: bool) -> Result<RepairReport, WalError> {
-    let analysis = analyze(dir)?;
+    repair_in(&RealFs, dir, apply)
+}
+
+/// [`repair`] on the given file system.
+pub fn repair_in(fs: &dyn Fs, dir: &Path, apply: bool) -> Result<RepairReport, WalError> {
+    let analysis = analyze(fs, dir)?;
     let before = inspect_from(dir, &analysis);
     let mut actions = Vec::new();
     let mut unfixable = Vec::new();
@@ -301,21 +310,16 @@ pub fn repair(dir: &Path, apply: bool) -> Result<RepairReport, WalError> {
                 RepairAction::RemoveTempFile { path }
                 | RepairAction::RemoveSegment { path, .. }
                 | RepairAction::RemoveCorruptSnapshot { path } => {
-                    std::fs::remove_file(path).map_err(io_err(path))?;
+                    fs.remove_file(path).map_err(io_err(path))?;
                 }
                 RepairAction::TruncateSegment { path, offset, .. } => {
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .map_err(io_err(path))?;
-                    file.set_len(*offset).map_err(io_err(path))?;
-                    file.sync_all().map_err(io_err(path))?;
+                    fs.truncate(path, *offset).map_err(io_err(path))?;
                 }
             }
             tracing::warn!("repair: {action}");
         }
         if !actions.is_empty() {
-            fsync_dir(dir)?;
+            fsync_dir(fs, dir)?;
         }
     }
     Ok(RepairReport {

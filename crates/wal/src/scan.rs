@@ -11,7 +11,7 @@ use crate::format::{
     parse_segment_file_name, parse_snapshot_file_name, Frame, FRAME_HEADER_BYTES,
     SEGMENT_HEADER_BYTES,
 };
-use crate::{io_err, Lsn, WalError};
+use crate::{io_err, Fs, Lsn, WalError};
 
 /// What kind of problem a file has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,14 +74,11 @@ pub(crate) struct Listing {
     pub temps: Vec<PathBuf>,
 }
 
-pub(crate) fn list_dir(dir: &Path) -> Result<Listing, WalError> {
+pub(crate) fn list_dir(fs: &dyn Fs, dir: &Path) -> Result<Listing, WalError> {
     let mut listing = Listing::default();
-    let entries = std::fs::read_dir(dir).map_err(io_err(dir))?;
-    for entry in entries {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let path = entry.path();
+    for name in fs.list(dir).map_err(io_err(dir))? {
+        let name = name.as_str();
+        let path = dir.join(name);
         if let Some(lsn) = parse_segment_file_name(name) {
             listing.segments.push((lsn, path));
         } else if let Some(lsn) = parse_snapshot_file_name(name) {
@@ -251,8 +248,12 @@ pub(crate) struct SnapshotScan {
     pub problem: Option<(u64, String)>,
 }
 
-pub(crate) fn scan_snapshot(path: &Path, name_lsn: Lsn) -> Result<SnapshotScan, WalError> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
+pub(crate) fn scan_snapshot(
+    fs: &dyn Fs,
+    path: &Path,
+    name_lsn: Lsn,
+) -> Result<SnapshotScan, WalError> {
+    let bytes = fs.read(path).map_err(io_err(path))?;
     let problem = match decode_snapshot(&bytes) {
         Ok((lsn, _)) if lsn != name_lsn => Some((
             8,
@@ -292,8 +293,8 @@ impl Analysis {
     }
 }
 
-pub(crate) fn analyze(dir: &Path) -> Result<Analysis, WalError> {
-    let listing = list_dir(dir)?;
+pub(crate) fn analyze(fs: &dyn Fs, dir: &Path) -> Result<Analysis, WalError> {
+    let listing = list_dir(fs, dir)?;
     let mut problems = Vec::new();
     for temp in &listing.temps {
         problems.push(Problem {
@@ -307,7 +308,7 @@ pub(crate) fn analyze(dir: &Path) -> Result<Analysis, WalError> {
 
     let mut segments = Vec::with_capacity(listing.segments.len());
     for (index, (lsn, path)) in listing.segments.iter().enumerate() {
-        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let bytes = fs.read(path).map_err(io_err(path))?;
         let is_last = index + 1 == listing.segments.len();
         segments.push(scan_segment(path, *lsn, &bytes, is_last));
     }
@@ -348,7 +349,7 @@ pub(crate) fn analyze(dir: &Path) -> Result<Analysis, WalError> {
 
     let mut snapshots = Vec::with_capacity(listing.snapshots.len());
     for (lsn, path) in &listing.snapshots {
-        snapshots.push(scan_snapshot(path, *lsn)?);
+        snapshots.push(scan_snapshot(fs, path, *lsn)?);
     }
 
     // Newest valid snapshot whose segments are all present; "no snapshot" needs lsn 0.

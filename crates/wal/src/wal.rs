@@ -1,7 +1,6 @@
 //! The live log: recovery on open, appends, the group-commit writer thread, snapshots.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,8 +17,8 @@ use crate::format::{
 };
 use crate::scan::{analyze, list_dir, ProblemKind};
 use crate::{
-    fsync_dir, io_err, FsyncPolicy, Lsn, RecoveryReport, Replayed, TruncatedTail, WalError,
-    WalOptions,
+    fsync_dir, io_err, Fs, FsFile, FsyncPolicy, Lsn, RecoveryReport, Replayed, TruncatedTail,
+    WalError, WalOptions,
 };
 
 /// The writer keeps its spare buffer between batches, but not a huge one.
@@ -40,6 +39,7 @@ struct Handle {
 
 struct Shared {
     dir: PathBuf,
+    fs: Arc<dyn Fs>,
     policy: FsyncPolicy,
     state: Mutex<State>,
     /// Wakes the writer: new records, a sync request, or close.
@@ -87,13 +87,15 @@ impl Wal {
         f: &mut dyn FnMut(Replayed<'_>) -> Result<(), String>,
     ) -> Result<(Wal, RecoveryReport), WalError> {
         let dir = options.dir.clone();
-        if !dir.is_dir() {
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let fs = Arc::clone(&options.fs);
+        let fs = &*fs;
+        if !fs.is_dir(&dir) {
+            fs.create_dir_all(&dir).map_err(io_err(&dir))?;
             if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-                fsync_dir(parent)?;
+                fsync_dir(fs, parent)?;
             }
         }
-        let analysis = analyze(&dir)?;
+        let analysis = analyze(fs, &dir)?;
         if let Some(problem) = analysis.first_blocking() {
             return Err(WalError::Corrupt {
                 path: problem.path.clone(),
@@ -109,9 +111,9 @@ impl Wal {
         if !analysis.listing.temps.is_empty() {
             for temp in &analysis.listing.temps {
                 tracing::info!(path = %temp.display(), "removing leftover temp file");
-                std::fs::remove_file(temp).map_err(io_err(temp))?;
+                fs.remove_file(temp).map_err(io_err(temp))?;
             }
-            fsync_dir(&dir)?;
+            fsync_dir(fs, &dir)?;
         }
 
         // Cut the torn tail before replay, so what is replayed is exactly what stays.
@@ -127,12 +129,8 @@ impl Wal {
                     "truncating torn tail of the write-ahead log: {}",
                     problem.detail
                 );
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&last.path)
+                fs.truncate(&last.path, last.valid_bytes)
                     .map_err(io_err(&last.path))?;
-                file.set_len(last.valid_bytes).map_err(io_err(&last.path))?;
-                file.sync_all().map_err(io_err(&last.path))?;
                 truncated_tail = Some(TruncatedTail {
                     path: last.path.clone(),
                     offset: last.valid_bytes,
@@ -144,7 +142,7 @@ impl Wal {
         let snapshot_lsn = analysis.snapshot_lsn();
         if let Some(index) = analysis.chosen_snapshot {
             let snapshot = &analysis.snapshots[index];
-            let bytes = std::fs::read(&snapshot.path).map_err(io_err(&snapshot.path))?;
+            let bytes = fs.read(&snapshot.path).map_err(io_err(&snapshot.path))?;
             let (lsn, body) =
                 decode_snapshot(&bytes).map_err(|(offset, reason)| WalError::Corrupt {
                     path: snapshot.path.clone(),
@@ -160,7 +158,7 @@ impl Wal {
             if segment.end_lsn() <= replay_from {
                 continue;
             }
-            let bytes = std::fs::read(&segment.path).map_err(io_err(&segment.path))?;
+            let bytes = fs.read(&segment.path).map_err(io_err(&segment.path))?;
             let valid_bytes = usize::try_from(segment.valid_bytes).unwrap_or(usize::MAX);
             let bytes = bytes.get(..valid_bytes).ok_or_else(|| WalError::Corrupt {
                 path: segment.path.clone(),
@@ -205,10 +203,7 @@ impl Wal {
             .collect();
         let (next_lsn, file, active_path, active_bytes) = match analysis.segments.last() {
             Some(last) => {
-                let file = OpenOptions::new()
-                    .append(true)
-                    .open(&last.path)
-                    .map_err(io_err(&last.path))?;
+                let mut file = fs.open_append(&last.path).map_err(io_err(&last.path))?;
                 // What was replayed may have been only in the page cache of a killed process.
                 file.sync_data().map_err(io_err(&last.path))?;
                 (last.end_lsn(), file, last.path.clone(), last.valid_bytes)
@@ -216,7 +211,7 @@ impl Wal {
             None => {
                 let next_lsn = replay_from;
                 let path = dir.join(segment_file_name(next_lsn));
-                let file = create_segment(&dir, &path, next_lsn)?;
+                let file = create_segment(fs, &dir, &path, next_lsn)?;
                 segments.push((next_lsn, path.clone()));
                 (next_lsn, file, path, SEGMENT_HEADER_BYTES as u64)
             }
@@ -236,6 +231,7 @@ impl Wal {
         });
         let shared = Arc::new(Shared {
             dir: dir.clone(),
+            fs: Arc::clone(&options.fs),
             policy: options.fsync,
             state: Mutex::new(State {
                 pending: Vec::new(),
@@ -383,29 +379,30 @@ impl Wal {
         }
 
         let dir = &shared.dir;
+        let fs = &*shared.fs;
         let path = dir.join(snapshot_file_name(lsn));
         let temp = temp_path(&path);
         let written = (|| {
-            let mut file = File::create(&temp).map_err(io_err(&temp))?;
+            let mut file = fs.create(&temp).map_err(io_err(&temp))?;
             file.write_all(&encode_snapshot_header(lsn, bytes))
                 .map_err(io_err(&temp))?;
             file.write_all(bytes).map_err(io_err(&temp))?;
             file.sync_all().map_err(io_err(&temp))?;
-            std::fs::rename(&temp, &path).map_err(io_err(&path))
+            fs.rename(&temp, &path).map_err(io_err(&path))
         })();
         if let Err(error) = written {
             // A failed snapshot is not fatal, but its temp file would hold its disk space
             // until the next open, and the next attempt (a new lsn, a new name) would add
             // another: on a full disk that starves the log itself. Remove it now.
-            let _ = std::fs::remove_file(&temp);
+            let _ = fs.remove_file(&temp);
             return Err(error);
         }
-        fsync_dir(dir)?;
+        fsync_dir(fs, dir)?;
 
         // Older files go only once the new snapshot is durable.
-        for (_, other) in list_dir(dir)?.snapshots {
+        for (_, other) in list_dir(fs, dir)?.snapshots {
             if other != path {
-                std::fs::remove_file(&other).map_err(io_err(&other))?;
+                fs.remove_file(&other).map_err(io_err(&other))?;
             }
         }
         {
@@ -413,10 +410,10 @@ impl Wal {
             // Oldest first, so a crash part way leaves a contiguous run of segments.
             while segments.len() >= 2 && segments[1].0 <= lsn {
                 let (_, old) = segments.remove(0);
-                std::fs::remove_file(&old).map_err(io_err(&old))?;
+                fs.remove_file(&old).map_err(io_err(&old))?;
             }
         }
-        fsync_dir(dir)
+        fsync_dir(fs, dir)
     }
 
     /// Blocking: writes and fdatasyncs everything pending (in every policy) and stops the
@@ -467,26 +464,26 @@ impl Drop for Handle {
 }
 
 /// Creates a segment atomically: temp file with the header, fsync, rename, fsync dir.
-fn create_segment(dir: &Path, path: &Path, first_lsn: Lsn) -> Result<File, WalError> {
+fn create_segment(
+    fs: &dyn Fs,
+    dir: &Path,
+    path: &Path,
+    first_lsn: Lsn,
+) -> Result<Box<dyn FsFile>, WalError> {
     let temp = temp_path(path);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temp)
-        .map_err(io_err(&temp))?;
+    let mut file = fs.create(&temp).map_err(io_err(&temp))?;
     file.write_all(&encode_segment_header(first_lsn))
         .map_err(io_err(&temp))?;
     file.sync_all().map_err(io_err(&temp))?;
-    std::fs::rename(&temp, path).map_err(io_err(path))?;
-    fsync_dir(dir)?;
+    fs.rename(&temp, path).map_err(io_err(path))?;
+    fsync_dir(fs, dir)?;
     // The handle stays valid across the rename and is positioned after the header.
     Ok(file)
 }
 
 struct Writer {
     shared: Arc<Shared>,
-    file: File,
+    file: Box<dyn FsFile>,
     active_path: PathBuf,
     active_bytes: u64,
     segment_bytes_max: u64,
@@ -567,7 +564,7 @@ impl Writer {
             }
             if roll {
                 let path = self.shared.dir.join(segment_file_name(self.written_end));
-                match create_segment(&self.shared.dir, &path, self.written_end) {
+                match create_segment(&*self.shared.fs, &self.shared.dir, &path, self.written_end) {
                     Ok(file) => {
                         tracing::debug!(path = %path.display(), "rolled to a new segment");
                         self.file = file;
