@@ -1,0 +1,15 @@
+//! `sluice-client`: the Rust SDK for Sluice.
+//!
+//! - [`Client`]: enqueue jobs with typed (`serde`) payloads and every job option
+//!   ([`NewJob`]), read and cancel jobs, and the raw lease/heartbeat/ack/fail calls.
+//! - [`Worker`]: register a typed handler per job kind (`async fn(Job<T>) -> Result<(), E>`)
+//!   and run it with a concurrency limit, prefetch, automatic heartbeats, batched acks, a
+//!   job timeout, cancellation ([`Job::cancelled`]), panic isolation, reconnect with
+//!   backoff and graceful shutdown. Retries and the dead set are the broker's.
+
+mod client;
+mod worker;
+
+pub use client::{Client, Enqueued, Error, NewJob, Result};
+pub use sluice_proto::{Backoff, JobState};
+pub use worker::{CancelReason, Job, Worker, WorkerReport};

@@ -1,0 +1,628 @@
+//! The SDK against the real server, in-process on a random loopback port with its own
+//! data directory (real files, fsync always): what a producer and a worker see, checked
+//! through the server's API.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sluice_client::{Backoff, CancelReason, Client, Job, JobState, NewJob, Worker, WorkerReport};
+use sluice_server::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Server {
+    address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    async fn start(dir: &Path) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Server::serve(listener, dir).await
+    }
+
+    /// Starts on `address` again (after a stop), retrying the bind while the port frees.
+    async fn restart(address: SocketAddr, dir: &Path) -> Server {
+        let started = Instant::now();
+        loop {
+            match TcpListener::bind(address).await {
+                Ok(listener) => return Server::serve(listener, dir).await,
+                Err(error) if started.elapsed() < DEADLINE => {
+                    eprintln!("rebinding {address}: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("cannot rebind {address}: {error}"),
+            }
+        }
+    }
+
+    async fn serve(listener: TcpListener, dir: &Path) -> Server {
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = ServerConfig::new(dir);
+        let task = tokio::spawn(async move {
+            sluice_server::run(listener, config, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server ran and stopped cleanly");
+        });
+        let client = Client::new(&format!("http://{address}")).expect("client");
+        wait_for("the server to answer", || async {
+            client
+                .job("0000000000000")
+                .await
+                .is_err_and(|e| e.code() == Some("not_found"))
+        })
+        .await;
+        Server {
+            address,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&format!("http://{}", self.address)).expect("client")
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("server stops in time")
+                .expect("server task");
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; panics after the deadline.
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < DEADLINE, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn state_of(client: &Client, id: &str) -> JobState {
+    client.job(id).await.expect("GET job").state
+}
+
+async fn wait_state(client: &Client, id: &str, state: JobState) {
+    wait_for(&format!("job {id} to be {}", state.as_str()), || async {
+        state_of(client, id).await == state
+    })
+    .await;
+}
+
+/// Runs `worker` in the background; the returned sender stops it, the handle gives its report.
+fn spawn_worker(
+    worker: Worker,
+) -> (
+    oneshot::Sender<()>,
+    JoinHandle<Result<WorkerReport, sluice_client::Error>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    (stop, handle)
+}
+
+async fn stop_worker(
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<Result<WorkerReport, sluice_client::Error>>,
+) -> WorkerReport {
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, handle)
+        .await
+        .expect("worker stops in time")
+        .expect("worker task")
+        .expect("worker ran without error")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct Email {
+    to: String,
+    n: u32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_enqueues_typed_payloads_with_every_option() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+
+    let job = NewJob::new(
+        "mail",
+        "email.send",
+        Email {
+            to: "a@example.com".into(),
+            n: 1,
+        },
+    )
+    .priority(7)
+    .delay(Duration::from_secs(60))
+    .max_attempts(3)
+    .backoff(Backoff::Fixed { delay_ms: 500 })
+    .timeout(Duration::from_secs(5))
+    .unique("user-1", Some(Duration::from_secs(600)))
+    .tag("welcome");
+    let first = client.enqueue(&job).await.expect("enqueue");
+    assert!(!first.duplicate);
+    let again = client.enqueue(&job).await.expect("enqueue again");
+    assert_eq!(
+        again,
+        sluice_client::Enqueued {
+            id: first.id.clone(),
+            duplicate: true
+        }
+    );
+
+    let stored = client.job(&first.id).await.expect("get");
+    assert_eq!(stored.queue, "mail");
+    assert_eq!(stored.kind, "email.send");
+    let payload: Email = serde_json::from_str(stored.payload.get()).expect("payload");
+    assert_eq!(
+        payload,
+        Email {
+            to: "a@example.com".into(),
+            n: 1
+        }
+    );
+    assert_eq!(stored.priority, 7);
+    assert_eq!(stored.state, JobState::Scheduled);
+    assert_eq!(stored.max_attempts, 3);
+    assert_eq!(stored.backoff, Backoff::Fixed { delay_ms: 500 });
+    assert_eq!(stored.timeout_ms, 5_000);
+    assert_eq!(stored.unique_key.as_deref(), Some("user-1"));
+    assert_eq!(stored.tags, vec!["welcome".to_owned()]);
+
+    let batch: Vec<_> = (0..5)
+        .map(|n| {
+            NewJob::new(
+                "mail",
+                "email.send",
+                Email {
+                    to: format!("{n}@example.com"),
+                    n,
+                },
+            )
+        })
+        .collect();
+    let ids = client.enqueue_batch(&batch).await.expect("batch");
+    assert_eq!(ids.len(), 5);
+    for (n, enqueued) in ids.iter().enumerate() {
+        let stored = client.job(&enqueued.id).await.expect("get");
+        let payload: Email = serde_json::from_str(stored.payload.get()).expect("payload");
+        assert_eq!(payload.n as usize, n, "batch ids come back in order");
+    }
+
+    // Bad input comes back as the API's error, with its code and the field's path.
+    let error = client
+        .enqueue(&NewJob::new("no spaces allowed", "k", ()))
+        .await
+        .expect_err("invalid queue name");
+    assert_eq!(error.code(), Some("invalid_request"), "{error}");
+    assert!(
+        error.to_string().starts_with("400 invalid_request"),
+        "{error}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_runs_typed_handlers_within_its_concurrency_and_acks_every_job() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    const JOBS: u32 = 300;
+    const CONCURRENCY: usize = 8;
+    let batch: Vec<_> = (0..JOBS)
+        .map(|n| {
+            NewJob::new(
+                "mail",
+                "email.send",
+                Email {
+                    to: "x@example.com".into(),
+                    n,
+                },
+            )
+        })
+        .collect();
+    let ids = client.enqueue_batch(&batch).await.expect("enqueue");
+
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let worker = {
+        let (seen, running, most) = (seen.clone(), running.clone(), most.clone());
+        Worker::new(client.clone(), ["mail"])
+            .concurrency(CONCURRENCY)
+            .prefetch(4)
+            .handle("email.send", move |job: Job<Email>| {
+                let (seen, running, most) = (seen.clone(), running.clone(), most.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    // Work that takes a little while, so that handlers overlap.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    seen.lock().expect("lock").insert(job.payload.n);
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<(), String>(())
+                }
+            })
+    };
+    let (stop, handle) = spawn_worker(worker);
+    wait_for("every job to succeed", || async {
+        let queue = client.queue("mail").await.expect("queue");
+        queue.counts.succeeded == u64::from(JOBS)
+    })
+    .await;
+    let report = stop_worker(stop, handle).await;
+
+    assert_eq!(seen.lock().expect("lock").len(), JOBS as usize);
+    assert_eq!(report.succeeded, u64::from(JOBS));
+    assert_eq!(report.leased, u64::from(JOBS));
+    assert_eq!(
+        report.failed + report.panicked + report.stale,
+        0,
+        "{report:?}"
+    );
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        most <= CONCURRENCY,
+        "{most} handlers ran at once; the limit is {CONCURRENCY}"
+    );
+    assert!(most > 1, "handlers never overlapped");
+    for enqueued in ids.iter().step_by(37) {
+        let job = client.job(&enqueued.id).await.expect("get");
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.attempts, 1);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_panics_bad_payloads_and_unknown_kinds_fail_the_job_and_the_worker_goes_on() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    let once =
+        |kind: &str, payload: serde_json::Value| NewJob::new("q", kind, payload).max_attempts(1);
+    let flaky = client
+        .enqueue(
+            &NewJob::new("q", "flaky", serde_json::json!({ "to": "f", "n": 1 }))
+                .max_attempts(3)
+                .backoff(Backoff::Fixed { delay_ms: 0 }),
+        )
+        .await
+        .expect("enqueue")
+        .id;
+    let panics = client
+        .enqueue(&once("panics", serde_json::json!({ "to": "p", "n": 2 })))
+        .await
+        .expect("enqueue")
+        .id;
+    let bad = client
+        .enqueue(&once("flaky", serde_json::json!({ "unexpected": true })))
+        .await
+        .expect("enqueue")
+        .id;
+    let unknown = client
+        .enqueue(&once("nobody.handles.this", serde_json::json!(null)))
+        .await
+        .expect("enqueue")
+        .id;
+
+    let worker = Worker::new(client.clone(), ["q"])
+        .concurrency(2)
+        .handle("flaky", |job: Job<Email>| async move {
+            if job.attempt == 1 {
+                Err(format!(
+                    "attempt {} of {} failed",
+                    job.attempt, job.max_attempts
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .handle("panics", |_job: Job<Email>| async move {
+            if true {
+                panic!("boom");
+            }
+            Ok::<(), String>(())
+        });
+    let (stop, handle) = spawn_worker(worker);
+    wait_state(&client, &flaky, JobState::Succeeded).await;
+    wait_state(&client, &panics, JobState::Dead).await;
+    wait_state(&client, &bad, JobState::Dead).await;
+    wait_state(&client, &unknown, JobState::Dead).await;
+    // The worker survived the panic: a job enqueued now still runs.
+    let later = client
+        .enqueue(
+            &NewJob::new(
+                "q",
+                "flaky",
+                Email {
+                    to: "l".into(),
+                    n: 3,
+                },
+            )
+            .backoff(Backoff::Fixed { delay_ms: 0 }),
+        )
+        .await
+        .expect("enqueue")
+        .id;
+    wait_state(&client, &later, JobState::Succeeded).await;
+    let report = stop_worker(stop, handle).await;
+
+    let error_of = |job: &sluice_proto::Job, attempt: u32| {
+        job.history
+            .iter()
+            .find(|a| a.attempt == attempt)
+            .and_then(|a| a.error.clone())
+            .unwrap_or_default()
+    };
+    let job = client.job(&flaky).await.expect("get");
+    assert_eq!(job.attempts, 2, "the broker retried it once");
+    assert_eq!(error_of(&job, 1), "attempt 1 of 3 failed");
+    let job = client.job(&panics).await.expect("get");
+    assert_eq!(error_of(&job, 1), "handler panicked: boom");
+    let job = client.job(&bad).await.expect("get");
+    assert!(
+        error_of(&job, 1).starts_with("payload does not decode"),
+        "{:?}",
+        job.history
+    );
+    let job = client.job(&unknown).await.expect("get");
+    assert!(
+        error_of(&job, 1).contains("no handler for kind"),
+        "{:?}",
+        job.history
+    );
+    assert_eq!(report.panicked, 1);
+    assert_eq!(report.failed, 4, "{report:?}");
+    assert_eq!(report.succeeded, 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_job_leased_past_its_timeout() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    // A 1 s lease for a job that runs 3 s: without heartbeats it would expire and run
+    // again (attempt 2); with them it runs once.
+    let id = client
+        .enqueue(&NewJob::new("q", "slow", ()).timeout(Duration::from_secs(1)))
+        .await
+        .expect("enqueue")
+        .id;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let worker = {
+        let runs = runs.clone();
+        Worker::new(client.clone(), ["q"]).handle("slow", move |job: Job<()>| {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                if job.is_cancelled() {
+                    return Err("lease lost".to_owned());
+                }
+                Ok(())
+            }
+        })
+    };
+    let (stop, handle) = spawn_worker(worker);
+    wait_state(&client, &id, JobState::Succeeded).await;
+    let report = stop_worker(stop, handle).await;
+    let job = client.job(&id).await.expect("get");
+    assert_eq!(job.attempts, 1, "{:?}", job.history);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(report.succeeded, 1);
+    assert_eq!(report.lease_lost, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_cancels_its_handler() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    let id = client
+        .enqueue(&NewJob::new("q", "waits", ()).timeout(Duration::from_secs(1)))
+        .await
+        .expect("enqueue")
+        .id;
+    let (reason_tx, reason_rx) = oneshot::channel::<CancelReason>();
+    let reason_tx = Arc::new(Mutex::new(Some(reason_tx)));
+    let worker = {
+        let reason_tx = reason_tx.clone();
+        Worker::new(client.clone(), ["q"]).handle("waits", move |job: Job<()>| {
+            let reason_tx = reason_tx.clone();
+            async move {
+                let reason = job.cancelled().await;
+                if let Some(tx) = reason_tx.lock().expect("lock").take() {
+                    let _ = tx.send(reason);
+                }
+                Ok::<(), String>(())
+            }
+        })
+    };
+    let (stop, handle) = spawn_worker(worker);
+    wait_state(&client, &id, JobState::Leased).await;
+    client.cancel(&id).await.expect("cancel");
+    let reason = tokio::time::timeout(DEADLINE, reason_rx)
+        .await
+        .expect("the handler saw the cancellation")
+        .expect("reason");
+    assert_eq!(reason, CancelReason::LeaseLost);
+    let report = stop_worker(stop, handle).await;
+    assert_eq!(report.lease_lost, 1, "{report:?}");
+    assert_eq!(
+        report.succeeded, 0,
+        "a cancelled job's result does not count"
+    );
+    assert_eq!(state_of(&client, &id).await, JobState::Cancelled);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_timeout_cancels_the_handler_and_fails_the_job() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    let id = client
+        .enqueue(&NewJob::new("q", "hangs", ()).max_attempts(1))
+        .await
+        .expect("enqueue")
+        .id;
+    let worker = Worker::new(client.clone(), ["q"])
+        .job_timeout(Duration::from_millis(300))
+        .handle("hangs", |job: Job<()>| async move {
+            job.cancelled().await;
+            Ok::<(), String>(())
+        });
+    let (stop, handle) = spawn_worker(worker);
+    wait_state(&client, &id, JobState::Dead).await;
+    let report = stop_worker(stop, handle).await;
+    let job = client.job(&id).await.expect("get");
+    assert_eq!(
+        job.history[0].error.as_deref(),
+        Some("timed out after 300 ms")
+    );
+    assert_eq!(report.timed_out, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_running_jobs_and_hands_back_those_past_the_deadline() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    let quick = client
+        .enqueue(&NewJob::new("q", "quick", ()))
+        .await
+        .expect("enqueue")
+        .id;
+    let stuck = client
+        .enqueue(&NewJob::new("q", "stuck", ()))
+        .await
+        .expect("enqueue")
+        .id;
+    let started = Arc::new(AtomicUsize::new(0));
+    let worker = {
+        let (s1, s2) = (started.clone(), started.clone());
+        Worker::new(client.clone(), ["q"])
+            .concurrency(2)
+            .shutdown_timeout(Duration::from_millis(1_500))
+            .handle("quick", move |_job: Job<()>| {
+                let started = s1.clone();
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Ok::<(), String>(())
+                }
+            })
+            .handle("stuck", move |_job: Job<()>| {
+                let started = s2.clone();
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    // Ignores its cancellation: the runtime aborts it at the deadline.
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                    Ok::<(), String>(())
+                }
+            })
+    };
+    let (stop, handle) = spawn_worker(worker);
+    wait_for("both handlers to start", || async {
+        started.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let stopping = Instant::now();
+    let report = stop_worker(stop, handle).await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    assert_eq!(state_of(&client, &quick).await, JobState::Succeeded);
+    // Handed back: ready again at once, its attempt recorded as failed by the shutdown.
+    let job = client.job(&stuck).await.expect("get");
+    assert!(
+        matches!(job.state, JobState::Ready | JobState::Scheduled),
+        "{:?}",
+        job.state
+    );
+    assert_eq!(
+        job.history[0].error.as_deref(),
+        Some("worker shut down before the job finished")
+    );
+    assert_eq!(report.succeeded, 1);
+    assert_eq!(report.released, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_reconnects_when_the_server_restarts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let address = server.address;
+    let client = server.client();
+    let done = Arc::new(AtomicUsize::new(0));
+    let worker = {
+        let done = done.clone();
+        Worker::new(client.clone(), ["q"])
+            .poll_wait(Duration::from_millis(200))
+            .handle("count", move |_job: Job<()>| {
+                let done = done.clone();
+                async move {
+                    done.fetch_add(1, Ordering::SeqCst);
+                    Ok::<(), String>(())
+                }
+            })
+    };
+    let (stop, handle) = spawn_worker(worker);
+    client
+        .enqueue(&NewJob::new("q", "count", ()))
+        .await
+        .expect("enqueue");
+    wait_for("the first job", || async {
+        done.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    server.stop().await;
+    // The worker now gets connection errors and backs off; the server comes back on the
+    // same address and data directory.
+    let server = Server::restart(address, dir.path()).await;
+    let id = client
+        .enqueue(&NewJob::new("q", "count", ()))
+        .await
+        .expect("enqueue after restart")
+        .id;
+    wait_state(&client, &id, JobState::Succeeded).await;
+    let report = stop_worker(stop, handle).await;
+    assert_eq!(report.succeeded, 2);
+    assert!(
+        report.lease_errors >= 1,
+        "the worker never saw the server go: {report:?}"
+    );
+    server.stop().await;
+}
