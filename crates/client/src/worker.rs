@@ -312,11 +312,24 @@ impl Worker {
                 break Ok(());
             }
             let max_jobs = u32::try_from(free.min(1_000)).unwrap_or(1_000);
-            // Shutdown waits for the poll in flight: jobs it brings are handed back.
+            // A shutdown during a poll waits for it to return (at most `poll_wait`):
+            // dropping it could strand jobs the server already leased into its reply.
+            // Jobs it brings are handed back at once.
+            let lease = self.client.lease(
+                &self.queues,
+                max_jobs,
+                self.poll_wait,
+                Some(&self.name),
+                Vec::new(),
+            );
+            let mut lease = std::pin::pin!(lease);
+            let mut stopping = false;
             let polled = tokio::select! {
-                biased;
-                () = &mut shutdown => break Ok(()),
-                polled = self.client.lease(&self.queues, max_jobs, self.poll_wait, Some(&self.name), Vec::new()) => polled,
+                polled = &mut lease => polled,
+                () = &mut shutdown => {
+                    stopping = true;
+                    lease.await
+                }
             };
             match polled {
                 Ok(reply) => {
@@ -326,10 +339,24 @@ impl Worker {
                     failures = 0;
                     for leased in reply.jobs {
                         bump(&shared.counters.leased);
+                        if stopping {
+                            bump(&shared.counters.released);
+                            let _ = done_tx.send(Done::Fail(FailItem {
+                                id: leased.id,
+                                lease_id: leased.lease_id,
+                                error: "worker shut down before the job started".into(),
+                                retry_at: Some(rfc3339::format_ms(now_ms())),
+                            }));
+                            continue;
+                        }
                         shared.in_flight.fetch_add(1, Ordering::SeqCst);
                         tokio::spawn(run_job(Arc::clone(&shared), leased, done_tx.clone()));
                     }
+                    if stopping {
+                        break Ok(());
+                    }
                 }
+                Err(_) if stopping => break Ok(()),
                 Err(error) if error.is_retryable() => {
                     bump(&shared.counters.lease_errors);
                     failures += 1;
