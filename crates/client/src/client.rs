@@ -198,7 +198,7 @@ pub struct Client {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Client {
-    /// `base_url` is the server's address, e.g. `http://127.0.0.1:7070`.
+    /// `base_url` is the server's address, e.g. `http://127.0.0.1:7440`.
     pub fn new(base_url: &str) -> Result<Client> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)

@@ -139,7 +139,7 @@ fn bump(counter: &AtomicU64) {
 /// #[derive(serde::Deserialize)]
 /// struct Email { to: String }
 ///
-/// let client = Client::new("http://127.0.0.1:7070")?;
+/// let client = Client::new("http://127.0.0.1:7440")?;
 /// let report = Worker::new(client, ["emails"])
 ///     .concurrency(16)
 ///     .handle("email.send", |job: Job<Email>| async move {

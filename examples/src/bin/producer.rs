@@ -10,7 +10,7 @@ use sluice_examples::{Email, KIND, QUEUE};
 #[derive(Parser)]
 struct Args {
     /// The server's address.
-    #[arg(long, default_value = "http://127.0.0.1:7070", env = "SLUICE_URL")]
+    #[arg(long, default_value = "http://127.0.0.1:7440", env = "SLUICE_URL")]
     url: String,
     #[arg(long, default_value_t = 10)]
     count: usize,
