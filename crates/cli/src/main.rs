@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod work;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,6 +110,12 @@ enum Command {
     Queues {
         #[command(subcommand)]
         action: Option<QueueAction>,
+    },
+    /// Run a built-in worker: `http` makes the request each job's payload describes,
+    /// `exec` runs a command with the payload on stdin.
+    Work {
+        #[command(flatten)]
+        args: work::WorkArgs,
     },
     /// Measure throughput, latency, memory and restart time (see docs/benchmarks.md).
     Bench {
@@ -352,6 +359,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { args } => bench::run(&cli.url, args).await,
+        Command::Work { args } => work::run(&cli.url, args).await,
         Command::Repair { data_dir, apply } => {
             let report = sluice_wal::repair(&data_dir, apply)
                 .with_context(|| format!("cannot inspect {}", data_dir.display()))?;

@@ -162,6 +162,7 @@ pub struct Worker {
     cancel_grace: Duration,
     ack_batch_max: usize,
     handlers: HashMap<String, ErasedHandler>,
+    fallback: Option<ErasedHandler>,
 }
 
 impl Worker {
@@ -181,6 +182,7 @@ impl Worker {
             cancel_grace: Duration::from_secs(1),
             ack_batch_max: 1_000,
             handlers: HashMap::new(),
+            fallback: None,
         }
     }
 
@@ -242,29 +244,20 @@ impl Worker {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Display + Send + 'static,
     {
-        let handler = Arc::new(handler);
-        let erased: ErasedHandler = Arc::new(move |leased: LeasedJob, cancel| {
-            let payload: T = serde_json::from_str(leased.payload.get())
-                .map_err(|e| format!("payload does not decode: {e}"))?;
-            let job = Job {
-                id: leased.id,
-                queue: leased.queue,
-                kind: leased.kind,
-                payload,
-                attempt: leased.attempt,
-                max_attempts: leased.max_attempts,
-                priority: leased.priority,
-                tags: leased.tags,
-                enqueued_at: leased.enqueued_at,
-                cancel,
-            };
-            let future = handler(job);
-            Ok(
-                Box::pin(async move { future.await.map_err(|e| format!("{e:#}")) })
-                    as HandlerFuture,
-            )
-        });
-        self.handlers.insert(kind.into(), erased);
+        self.handlers.insert(kind.into(), erase(handler));
+        self
+    }
+
+    /// Registers the handler of every kind that has no handler of its own (without one,
+    /// such a job fails with "no handler for kind").
+    pub fn handle_any<T, F, Fut, E>(mut self, handler: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        self.fallback = Some(erase(handler));
         self
     }
 
@@ -277,6 +270,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             client: self.client.clone(),
             handlers: self.handlers,
+            fallback: self.fallback,
             slots: Semaphore::new(self.concurrency),
             in_flight: AtomicUsize::new(0),
             finished: Notify::new(),
@@ -400,6 +394,35 @@ impl Worker {
     }
 }
 
+/// A typed handler as the runtime stores it: decodes the payload, builds the job, boxes
+/// the future.
+fn erase<T, F, Fut, E>(handler: F) -> ErasedHandler
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Display + Send + 'static,
+{
+    Arc::new(move |leased: LeasedJob, cancel| {
+        let payload: T = serde_json::from_str(leased.payload.get())
+            .map_err(|e| format!("payload does not decode: {e}"))?;
+        let job = Job {
+            id: leased.id,
+            queue: leased.queue,
+            kind: leased.kind,
+            payload,
+            attempt: leased.attempt,
+            max_attempts: leased.max_attempts,
+            priority: leased.priority,
+            tags: leased.tags,
+            enqueued_at: leased.enqueued_at,
+            cancel,
+        };
+        let future = handler(job);
+        Ok(Box::pin(async move { future.await.map_err(|e| format!("{e:#}")) }) as HandlerFuture)
+    })
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -422,6 +445,7 @@ fn backoff(failures: u32) -> Duration {
 struct Shared {
     client: Client,
     handlers: HashMap<String, ErasedHandler>,
+    fallback: Option<ErasedHandler>,
     slots: Semaphore,
     in_flight: AtomicUsize,
     finished: Notify,
@@ -528,7 +552,11 @@ async fn run_job(shared: Arc<Shared>, leased: LeasedJob, done: mpsc::UnboundedSe
     let outcome = match permit {
         None if cancel.borrow().is_some() => Err(Ended::LeaseLost),
         None => Err(Ended::Released),
-        Some(_permit) => match shared.handlers.get(&leased.kind) {
+        Some(_permit) => match shared
+            .handlers
+            .get(&leased.kind)
+            .or(shared.fallback.as_ref())
+        {
             None => Err(Ended::Failed(format!(
                 "no handler for kind {:?} in this worker",
                 leased.kind

@@ -1,0 +1,192 @@
+//! `sluice work`: built-in workers on the SDK's runtime. `http` makes the HTTP request a
+//! job's payload describes; `exec` runs a command with the payload on stdin. Both take
+//! every job of the queues they lease from, whatever its kind.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use sluice_client::{Client, Job, Worker};
+use tokio::io::AsyncWriteExt;
+
+/// Bytes of a response body or of stderr kept in a failed job's error.
+const EXCERPT_BYTES_MAX: usize = 512;
+/// An HTTP job's request timeout unless its payload sets `timeout_ms`.
+const HTTP_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum WorkKind {
+    /// Make the HTTP request the payload describes; 2xx succeeds.
+    Http,
+    /// Run the command after `--` with the payload on stdin; exit status 0 succeeds.
+    Exec,
+}
+
+#[derive(Args)]
+pub struct WorkArgs {
+    /// Queue to lease from (repeat for several; the highest priority across them wins).
+    #[arg(long = "queue", required = true)]
+    queues: Vec<String>,
+    #[arg(long, value_enum)]
+    kind: WorkKind,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 10)]
+    concurrency: usize,
+    /// Jobs leased ahead of a free slot.
+    #[arg(long, default_value_t = 0)]
+    prefetch: usize,
+    /// A job running longer is cancelled (its request dropped, its process killed) and failed.
+    #[arg(long)]
+    job_timeout_ms: Option<u64>,
+    /// At SIGINT/SIGTERM, running jobs get this long to finish; then they are handed back.
+    #[arg(long, default_value_t = 30_000)]
+    shutdown_timeout_ms: u64,
+    /// The worker's name in attempt histories (default host:pid).
+    #[arg(long)]
+    name: Option<String>,
+    /// For `--kind exec`: the command and its arguments, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// The payload of an `http` job.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpJob {
+    #[serde(default = "post")]
+    method: String,
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// A string is sent as it is; any other JSON value is sent as JSON.
+    #[serde(default)]
+    body: Option<Value>,
+    timeout_ms: Option<u64>,
+}
+
+fn post() -> String {
+    "POST".to_owned()
+}
+
+pub async fn run(url: &str, args: WorkArgs) -> Result<()> {
+    let client = Client::new(url)?;
+    let mut worker = Worker::new(client, args.queues.clone())
+        .concurrency(args.concurrency)
+        .prefetch(args.prefetch)
+        .shutdown_timeout(Duration::from_millis(args.shutdown_timeout_ms));
+    if let Some(ms) = args.job_timeout_ms {
+        worker = worker.job_timeout(Duration::from_millis(ms));
+    }
+    if let Some(name) = args.name {
+        worker = worker.name(name);
+    }
+    let worker = match args.kind {
+        WorkKind::Http => {
+            if !args.command.is_empty() {
+                bail!("--kind http takes no command");
+            }
+            let http = reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .context("cannot build the HTTP client")?;
+            worker.handle_any(move |job: Job<HttpJob>| http_job(http.clone(), job))
+        }
+        WorkKind::Exec => {
+            if args.command.is_empty() {
+                bail!("--kind exec needs a command after `--`, e.g. `-- ./handle.sh`");
+            }
+            let command = args.command.clone();
+            worker.handle_any(move |job: Job<Box<RawValue>>| exec_job(command.clone(), job))
+        }
+    };
+    eprintln!(
+        "working on {} ({} at once); SIGINT or SIGTERM stops gracefully",
+        args.queues.join(", "),
+        args.concurrency
+    );
+    let report = worker.run(crate::shutdown_signal()).await?;
+    eprintln!("stopped: {report:?}");
+    Ok(())
+}
+
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.len() <= EXCERPT_BYTES_MAX {
+        return text.to_owned();
+    }
+    let mut end = EXCERPT_BYTES_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+async fn http_job(http: reqwest::Client, job: Job<HttpJob>) -> Result<(), String> {
+    let spec = &job.payload;
+    let method = reqwest::Method::from_bytes(spec.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("invalid method {:?}", spec.method))?;
+    let mut request = http
+        .request(method, &spec.url)
+        .timeout(Duration::from_millis(
+            spec.timeout_ms.unwrap_or(HTTP_TIMEOUT_MS_DEFAULT),
+        ))
+        .header("x-sluice-job-id", &job.id)
+        .header("x-sluice-attempt", job.attempt.to_string());
+    for (name, value) in &spec.headers {
+        request = request.header(name, value);
+    }
+    request = match &spec.body {
+        None | Some(Value::Null) => request,
+        Some(Value::String(text)) => request.body(text.clone()),
+        Some(other) => request.json(other),
+    };
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response.bytes().await.unwrap_or_default();
+    Err(format!("HTTP {status}: {}", excerpt(&body)))
+}
+
+async fn exec_job(command: Vec<String>, job: Job<Box<RawValue>>) -> Result<(), String> {
+    let (program, args) = command.split_first().ok_or("no command")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env("SLUICE_JOB_ID", &job.id)
+        .env("SLUICE_JOB_QUEUE", &job.queue)
+        .env("SLUICE_JOB_KIND", &job.kind)
+        .env("SLUICE_JOB_ATTEMPT", job.attempt.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        // A cancelled job (timeout, lost lease, shutdown) drops this future: kill the process.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its input closes the pipe early: not an error.
+        let _ = stdin.write_all(job.payload.get().as_bytes()).await;
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("waiting for {program}: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let how = match output.status.code() {
+        Some(code) => format!("exited with status {code}"),
+        None => format!("was killed ({})", output.status),
+    };
+    Err(format!("{program} {how}: {}", excerpt(&output.stderr)))
+}
