@@ -204,8 +204,12 @@ impl Wal {
         let (next_lsn, file, active_path, active_bytes) = match analysis.segments.last() {
             Some(last) => {
                 let mut file = fs.open_append(&last.path).map_err(io_err(&last.path))?;
-                // What was replayed may have been only in the page cache of a killed process.
+                // What was replayed may have been only in the page cache of a killed process:
+                // the records, and the names of the files that hold them (a process killed
+                // between a segment's rename and the directory sync leaves a segment whose
+                // name a power cut would still lose, with everything acked into it later).
                 file.sync_data().map_err(io_err(&last.path))?;
+                fsync_dir(fs, &dir)?;
                 (last.end_lsn(), file, last.path.clone(), last.valid_bytes)
             }
             None => {
