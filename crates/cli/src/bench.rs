@@ -37,6 +37,13 @@ pub enum Scenario {
     /// Own server: a steady mixed load for --duration-s (1800), sampling RSS, open files,
     /// data dir, throughput and p50/p99 every --sample-s. Not part of `all`.
     Soak,
+    /// An SDK worker in this process runs --jobs jobs that each sleep --sleep-ms, with
+    /// --worker-concurrency (10,000) in flight; reports jobs/s and this process's RSS.
+    /// Not part of `all`.
+    WorkerSleep,
+    /// `sluice work --kind http`'s handler in this process runs --jobs webhook jobs
+    /// against a local sink, --worker-concurrency (128) at once. Not part of `all`.
+    HttpWorker,
 }
 
 impl Scenario {
@@ -49,6 +56,8 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Restart => "restart",
             Scenario::Soak => "soak",
+            Scenario::WorkerSleep => "worker-sleep",
+            Scenario::HttpWorker => "http-worker",
         }
     }
 }
@@ -94,6 +103,12 @@ pub struct BenchArgs {
     /// Requests latency keeps in flight at most (later sends wait, and that wait counts).
     #[arg(long, default_value_t = 256)]
     pub in_flight_max: usize,
+    /// Handlers at once in worker-sleep [default: 10000] and http-worker [default: 128].
+    #[arg(long)]
+    pub worker_concurrency: Option<usize>,
+    /// How long each worker-sleep job sleeps.
+    #[arg(long, default_value_t = 1_000)]
+    pub sleep_ms: u64,
     /// A scenario that runs longer than this stops and reports what it did (soak: the
     /// time to start its server).
     #[arg(long, default_value_t = 120)]
@@ -101,9 +116,9 @@ pub struct BenchArgs {
 }
 
 /// One scenario's printed result.
-struct Report {
-    line: String,
-    errors: u64,
+pub(crate) struct Report {
+    pub line: String,
+    pub errors: u64,
 }
 
 pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
@@ -159,6 +174,8 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
             Scenario::Latency => latency(&http, &args, &run_id).await,
             Scenario::Restart => restart(&args, &run_id).await,
             Scenario::Soak => soak(&args, &run_id).await,
+            Scenario::WorkerSleep => crate::bench_workers::worker_sleep(url, &args, &run_id).await,
+            Scenario::HttpWorker => crate::bench_workers::http_worker(url, &args, &run_id).await,
             Scenario::All => continue,
         };
         match report {
@@ -1747,6 +1764,11 @@ impl Tally {
 }
 
 /// Appends the target verdict and, if any tally has errors, says so with the first one.
+/// [`finish`] for a figure with no request tallies: `>= target`.
+pub(crate) fn finish_plain(line: &mut String, value: f64, target: f64, unit: &str) {
+    finish(line, &[], ">=", value, target, unit);
+}
+
 fn finish(line: &mut String, tallies: &[&Tally], op: &str, value: f64, target: f64, unit: &str) {
     let ok = if op == ">=" {
         value >= target
@@ -1795,7 +1817,7 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-fn thousands(value: f64) -> String {
+pub(crate) fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -1807,7 +1829,7 @@ fn thousands(value: f64) -> String {
     out
 }
 
-fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
@@ -1827,7 +1849,7 @@ fn machine() -> String {
     format!("{cores} cores (nproc), {model}")
 }
 
-fn rss_bytes(pid: u32) -> Result<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     let kib = status

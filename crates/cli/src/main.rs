@@ -2,6 +2,7 @@
 //! repairs a data directory. It speaks only the public API (and the WAL's repair API).
 
 mod bench;
+mod bench_workers;
 mod client;
 mod work;
 

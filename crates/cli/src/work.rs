@@ -57,7 +57,7 @@ pub struct WorkArgs {
 /// The payload of an `http` job.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HttpJob {
+pub(crate) struct HttpJob {
     #[serde(default = "post")]
     method: String,
     url: String,
@@ -127,7 +127,7 @@ fn excerpt(bytes: &[u8]) -> String {
     format!("{}…", &text[..end])
 }
 
-async fn http_job(http: reqwest::Client, job: Job<HttpJob>) -> Result<(), String> {
+pub(crate) async fn http_job(http: reqwest::Client, job: Job<HttpJob>) -> Result<(), String> {
     let spec = &job.payload;
     let method = reqwest::Method::from_bytes(spec.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("invalid method {:?}", spec.method))?;

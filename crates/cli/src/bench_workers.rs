@@ -1,0 +1,258 @@
+//! Benchmarks of the SDK's worker runtime, run inside this process against the server at
+//! `--url`: `worker-sleep` (one worker process holding 10,000 jobs in flight, each sleeping
+//! 1 s) and `http-worker` (the `sluice work --kind http` handler against a local sink).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use sluice_client::{Client, Job, NewJob, Worker};
+
+use crate::bench::{finish_plain, mib, rss_bytes, thousands, BenchArgs, Report};
+
+const ENQUEUE_BATCH: usize = 1_000;
+
+/// Enqueues `jobs` jobs of `kind` into `queue`, in batches of 1,000 from 4 tasks; the
+/// payload of job `n` is `payload(n)`.
+async fn fill(
+    client: &Client,
+    queue: &str,
+    kind: &str,
+    jobs: u64,
+    payload: impl Fn(u64) -> Value + Send + Sync + 'static,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let payload = Arc::new(payload);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (client, queue, kind) = (client.clone(), queue.to_owned(), kind.to_owned());
+        let (next, payload) = (next.clone(), payload.clone());
+        tasks.spawn(async move {
+            loop {
+                let from = next.fetch_add(ENQUEUE_BATCH as u64, Ordering::SeqCst);
+                if from >= jobs {
+                    return Ok::<(), sluice_client::Error>(());
+                }
+                let batch: Vec<NewJob<Value>> = (from..(from + ENQUEUE_BATCH as u64).min(jobs))
+                    .map(|n| NewJob::new(&queue, &kind, payload(n)))
+                    .collect();
+                client.enqueue_batch(&batch).await?;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("an enqueue task panicked")?
+            .context("enqueue failed")?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Samples this process's RSS every 200 ms; returns the highest seen when stopped.
+fn rss_sampler() -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<u64>) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let pid = std::process::id();
+    let task = tokio::spawn(async move {
+        let mut most = 0;
+        loop {
+            most = most.max(rss_bytes(pid).unwrap_or(0));
+            tokio::select! {
+                _ = &mut stopped => return most,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    });
+    (stop, task)
+}
+
+/// What a worker run measured: completions over time and the worker's report.
+struct Run {
+    /// When each completion happened, relative to the worker's start, in order.
+    done_at: Vec<Duration>,
+    elapsed: Duration,
+    report: sluice_client::WorkerReport,
+    rss_max: u64,
+}
+
+/// Runs `worker` until `jobs` handler calls have completed (counted by the handler through
+/// `done`), then shuts it down gracefully.
+async fn run_until(
+    worker: Worker,
+    jobs: u64,
+    done: Arc<Mutex<Vec<Duration>>>,
+    started: Instant,
+    timeout: Duration,
+) -> Result<Run> {
+    let (rss_stop, rss_task) = rss_sampler();
+    let all_done = {
+        let done = done.clone();
+        async move {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let finished = done.lock().map_or(0, |d| d.len() as u64);
+                if finished >= jobs || Instant::now() > deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let report = worker.run(all_done).await?;
+    let elapsed = started.elapsed();
+    let _ = rss_stop.send(());
+    let rss_max = rss_task.await.unwrap_or(0);
+    let done_at = std::mem::take(&mut *done.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    if (done_at.len() as u64) < jobs {
+        bail!(
+            "only {} of {jobs} jobs finished within {} s",
+            done_at.len(),
+            timeout.as_secs()
+        );
+    }
+    Ok(Run {
+        done_at,
+        elapsed,
+        report,
+        rss_max,
+    })
+}
+
+/// Completions per second between the first second (the first jobs are still sleeping)
+/// and the last: the sustained rate.
+fn sustained(done_at: &[Duration], skip: Duration) -> f64 {
+    let steady: Vec<&Duration> = done_at.iter().filter(|t| **t >= skip).collect();
+    match (steady.first(), steady.last()) {
+        (Some(first), Some(last)) if last > first => {
+            (steady.len() - 1) as f64 / (**last - **first).as_secs_f64()
+        }
+        _ => 0.0,
+    }
+}
+
+async fn check_succeeded(client: &Client, queue: &str, jobs: u64) -> Result<()> {
+    let info = client.queue(queue).await.context("GET queue")?;
+    if info.counts.succeeded != jobs {
+        bail!(
+            "the server has {} of {jobs} jobs succeeded: {:?}",
+            info.counts.succeeded,
+            info.counts
+        );
+    }
+    Ok(())
+}
+
+pub async fn worker_sleep(url: &str, args: &BenchArgs, run_id: &str) -> Result<Report> {
+    let client = Client::new(url)?;
+    let queue = format!("bench-ws-{run_id}");
+    let jobs = args.jobs;
+    let concurrency = args.worker_concurrency.unwrap_or(10_000);
+    let sleep = Duration::from_millis(args.sleep_ms);
+    let filled = fill(&client, &queue, "sleep", jobs, |_| Value::Null).await?;
+
+    let started = Instant::now();
+    let done = Arc::new(Mutex::new(Vec::with_capacity(jobs as usize)));
+    let worker = {
+        let done = done.clone();
+        Worker::new(client.clone(), [queue.clone()])
+            .concurrency(concurrency)
+            .handle("sleep", move |_job: Job<Value>| {
+                let done = done.clone();
+                async move {
+                    tokio::time::sleep(sleep).await;
+                    if let Ok(mut done) = done.lock() {
+                        done.push(started.elapsed());
+                    }
+                    Ok::<(), String>(())
+                }
+            })
+    };
+    let run = run_until(worker, jobs, done, started, Duration::from_secs(args.timeout_s)).await?;
+    check_succeeded(&client, &queue, jobs).await?;
+    let rate = sustained(&run.done_at, sleep + Duration::from_secs(1));
+    let overall = jobs as f64 / run.elapsed.as_secs_f64();
+    let mut line = format!(
+        "{jobs} jobs sleeping {} ms, concurrency {concurrency}: sustained {} jobs/s \
+         (overall {} incl. the first sleep and the shutdown) | worker RSS max {:.1} MiB \
+         (target <= 300) | enqueue {:.2} s | report {:?}",
+        sleep.as_millis(),
+        thousands(rate),
+        thousands(overall),
+        mib(run.rss_max),
+        filled.as_secs_f64(),
+        run.report
+    );
+    finish_plain(&mut line, rate, 9_000.0, "jobs/s");
+    let errors = u64::from(run.rss_max > 300 * 1024 * 1024)
+        + run.report.failed
+        + run.report.stale
+        + run.report.lease_lost;
+    Ok(Report { line, errors })
+}
+
+pub async fn http_worker(url: &str, args: &BenchArgs, run_id: &str) -> Result<Report> {
+    let client = Client::new(url)?;
+    let queue = format!("bench-hw-{run_id}");
+    let jobs = args.jobs;
+    let concurrency = args.worker_concurrency.unwrap_or(128);
+
+    // The sink: 200 for every request, counted.
+    let hits = Arc::new(AtomicU64::new(0));
+    let app = axum::Router::new().fallback({
+        let hits = hits.clone();
+        move || {
+            let hits = hits.clone();
+            async move {
+                hits.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let filled = fill(&client, &queue, "webhook", jobs, move |n| {
+        json!({ "url": sink, "body": { "n": n } })
+    })
+    .await?;
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let started = Instant::now();
+    let done = Arc::new(Mutex::new(Vec::with_capacity(jobs as usize)));
+    let worker = {
+        let done = done.clone();
+        Worker::new(client.clone(), [queue.clone()])
+            .concurrency(concurrency)
+            .handle_any(move |job: Job<crate::work::HttpJob>| {
+                let (done, http) = (done.clone(), http.clone());
+                async move {
+                    let result = crate::work::http_job(http, job).await;
+                    if let Ok(mut done) = done.lock() {
+                        done.push(started.elapsed());
+                    }
+                    result
+                }
+            })
+    };
+    let run = run_until(worker, jobs, done, started, Duration::from_secs(args.timeout_s)).await?;
+    check_succeeded(&client, &queue, jobs).await?;
+    let rate = jobs as f64 / run.elapsed.as_secs_f64();
+    let hits = hits.load(Ordering::Relaxed);
+    let mut line = format!(
+        "{jobs} webhook jobs, concurrency {concurrency}: {} jobs/s (sink got {hits}) | \
+         worker RSS max {:.1} MiB | enqueue {:.2} s | report {:?}",
+        thousands(rate),
+        mib(run.rss_max),
+        filled.as_secs_f64(),
+        run.report
+    );
+    finish_plain(&mut line, rate, 5_000.0, "jobs/s");
+    let errors = u64::from(hits != jobs) + run.report.failed + run.report.stale;
+    Ok(Report { line, errors })
+}
