@@ -98,6 +98,28 @@ pub enum Event {
     Removed {
         ids: Vec<JobId>,
     },
+    /// A queue's flow control was set; its rate bucket starts full at `at`.
+    QueueLimitsSet {
+        at: Millis,
+        queue: String,
+        limits: QueueLimits,
+    },
+}
+
+/// Flow control of one queue, enforced when jobs are leased.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueLimits {
+    /// At most this many of the queue's jobs leased at once, across all workers.
+    pub concurrency: Option<u32>,
+    /// At most `limit` leases per `per_ms`: a token bucket of `limit` tokens refilled
+    /// evenly over `per_ms` (so bursts up to `limit`, and `limit / per_ms` sustained).
+    pub rate: Option<Rate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub limit: u32,
+    pub per_ms: u64,
 }
 
 impl Event {

@@ -10,7 +10,7 @@ mod state;
 mod table;
 
 pub use error::{CoreError, Detail, ErrorKind};
-pub use event::{Backoff, Event, FailedItem, LeasedItem, NewJob};
+pub use event::{Backoff, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
 pub use sluice_proto::JobState;
 pub use state::{
     backoff_delay_ms, Attempt, Config, Decided, EnqueueSpec, Enqueued, FailInput, Job, JobExtra,

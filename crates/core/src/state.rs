@@ -11,7 +11,7 @@ use sluice_proto::limits;
 use sluice_proto::JobState;
 
 use crate::error::{CoreError, Detail, ErrorKind};
-use crate::event::{Backoff, Event, FailedItem, LeasedItem, NewJob};
+use crate::event::{Backoff, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
 use crate::table::JobTable;
 use crate::{JobId, LeaseId, Millis};
 
@@ -127,15 +127,70 @@ fn state_index(state: JobState) -> usize {
 pub struct Queue {
     pub name: Box<str>,
     pub paused: bool,
+    pub limits: QueueLimits,
+    /// The rate limit's token bucket (unused without one).
+    bucket: Bucket,
     /// Ready jobs in lease order: highest priority, then earliest run_at, then oldest.
     ready: BTreeSet<(Reverse<i16>, Millis, JobId)>,
     /// Every job of the queue by state, in id (enqueue) order: counts and listing.
     by_state: [BTreeSet<JobId>; STATE_COUNT],
 }
 
+/// A token bucket in units of 1/`per_ms` token, so that refilling is exact integer
+/// arithmetic: `level` as of `at`, refilled by `limit` units a millisecond up to
+/// `limit * per_ms`; a lease takes `per_ms` units.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Bucket {
+    level: u64,
+    at: Millis,
+}
+
+impl Bucket {
+    fn capacity(rate: Rate) -> u64 {
+        u64::from(rate.limit).saturating_mul(rate.per_ms)
+    }
+
+    fn level_at(self, rate: Rate, now: Millis) -> u64 {
+        let elapsed = u64::try_from(now.saturating_sub(self.at)).unwrap_or(0);
+        self.level
+            .saturating_add(elapsed.saturating_mul(u64::from(rate.limit)))
+            .min(Bucket::capacity(rate))
+    }
+}
+
 impl Queue {
     pub fn count(&self, state: JobState) -> usize {
         self.by_state[state_index(state)].len()
+    }
+
+    /// Whole tokens in the rate bucket at `now`; `None` without a rate limit.
+    pub fn tokens(&self, now: Millis) -> Option<u64> {
+        let rate = self.limits.rate?;
+        Some(self.bucket.level_at(rate, now) / rate.per_ms.max(1))
+    }
+
+    /// How many more jobs of this queue may be leased at `now` under its limits.
+    pub fn lease_room(&self, now: Millis) -> usize {
+        let mut room = usize::MAX;
+        if let Some(concurrency) = self.limits.concurrency {
+            let concurrency = usize::try_from(concurrency).unwrap_or(usize::MAX);
+            room = room.min(concurrency.saturating_sub(self.count(JobState::Leased)));
+        }
+        if let Some(tokens) = self.tokens(now) {
+            room = room.min(usize::try_from(tokens).unwrap_or(usize::MAX));
+        }
+        room
+    }
+
+    /// Takes one token for a lease at `at` (a no-op without a rate limit).
+    fn take_token(&mut self, at: Millis) {
+        if let Some(rate) = self.limits.rate {
+            let level = self.bucket.level_at(rate, at);
+            self.bucket = Bucket {
+                level: level.saturating_sub(rate.per_ms),
+                at: at.max(self.bucket.at),
+            };
+        }
     }
 
     fn finished_len(&self) -> usize {
@@ -380,6 +435,8 @@ pub struct State {
     kind_ids: FxHashMap<Box<str>, u32>,
     last_id: JobId,
     last_lease_id: LeaseId,
+    /// Queues with a rate limit (their buckets refill with time).
+    rate_limited: BTreeSet<u32>,
 }
 
 /// Deterministic jitter in [0.5, 1.0] from the job and attempt (splitmix64), so a replay
@@ -448,6 +505,24 @@ impl State {
 
     pub fn queue(&self, name: &str) -> Option<&Queue> {
         let id = *self.ix.queue_ids.get(name)?;
+        self.ix.queues.get(id as usize)
+    }
+
+    /// Queues with a rate limit whose bucket now allows leases and that have ready jobs:
+    /// `(name, how many could be leased now)`, for waking long-polls as tokens refill.
+    pub fn rate_limited_ready(&self, now: Millis) -> Vec<(&str, usize)> {
+        self.rate_limited
+            .iter()
+            .filter_map(|&id| {
+                let queue = self.ix.queues.get(id as usize)?;
+                let ready = queue.count(JobState::Ready);
+                let room = queue.lease_room(now).min(ready);
+                (room > 0 && !queue.paused).then_some((&*queue.name, room))
+            })
+            .collect()
+    }
+
+    pub fn queue_by_id(&self, id: u32) -> Option<&Queue> {
         self.ix.queues.get(id as usize)
     }
 
@@ -646,7 +721,8 @@ impl State {
             if queue.paused || !seen.insert(name.as_str()) {
                 continue;
             }
-            candidates.extend(queue.ready.iter().take(max_jobs).copied());
+            let room = max_jobs.min(queue.lease_room(now));
+            candidates.extend(queue.ready.iter().take(room).copied());
         }
         candidates.sort_unstable();
         candidates.truncate(max_jobs);
@@ -901,6 +977,60 @@ impl State {
         self.commit((), Some(Event::Retried { at: now, id }))
     }
 
+    /// Sets a queue's flow control (creating the queue if needed); the rate bucket starts
+    /// full. `QueueLimits::default()` removes every limit.
+    pub fn set_limits(
+        &mut self,
+        now: Millis,
+        queue: &str,
+        limits: QueueLimits,
+    ) -> Result<Decided<()>, CoreError> {
+        if !limits::is_valid_name(queue, limits::QUEUE_NAME_BYTES_MAX) {
+            return Err(CoreError::bad_input("queue", "not a valid queue name"));
+        }
+        if limits
+            .concurrency
+            .is_some_and(|c| c == 0 || c > limits::QUEUE_CONCURRENCY_MAX)
+        {
+            return Err(CoreError::bad_input(
+                "concurrency",
+                format!(
+                    "must be 1 to {} (pause the queue to stop it)",
+                    limits::QUEUE_CONCURRENCY_MAX
+                ),
+            ));
+        }
+        if let Some(rate) = limits.rate {
+            if rate.limit == 0 || rate.limit > limits::RATE_LIMIT_MAX {
+                return Err(CoreError::bad_input(
+                    "rate.limit",
+                    format!("must be 1 to {}", limits::RATE_LIMIT_MAX),
+                ));
+            }
+            if rate.per_ms == 0 || rate.per_ms > limits::RATE_PER_MS_MAX {
+                return Err(CoreError::bad_input(
+                    "rate.per_ms",
+                    format!("must be 1 to {} (one day)", limits::RATE_PER_MS_MAX),
+                ));
+            }
+        }
+        if self.queue(queue).is_none() && self.ix.queues.len() >= limits::QUEUES_MAX {
+            return Err(CoreError::new(
+                ErrorKind::Limit,
+                "too_many_queues",
+                format!("at most {} queues may exist", limits::QUEUES_MAX),
+            ));
+        }
+        self.commit(
+            (),
+            Some(Event::QueueLimitsSet {
+                at: now,
+                queue: queue.to_owned(),
+                limits,
+            }),
+        )
+    }
+
     pub fn set_paused(&mut self, queue: &str, paused: bool) -> Result<Decided<()>, CoreError> {
         if !limits::is_valid_name(queue, limits::QUEUE_NAME_BYTES_MAX) {
             return Err(CoreError::bad_input("queue", "not a valid queue name"));
@@ -1042,6 +1172,9 @@ impl State {
                         .jobs
                         .get_mut(&item.id)
                         .ok_or_else(|| format!("leased job {} does not exist", item.id))?;
+                    if let Some(queue) = self.ix.queues.get_mut(job.queue as usize) {
+                        queue.take_token(*at);
+                    }
                     self.ix.remove(job);
                     job.state = JobState::Leased;
                     job.attempts = job.attempts.saturating_add(1);
@@ -1157,6 +1290,20 @@ impl State {
                 let id = self.ix.queue_id_or_create(queue);
                 self.ix.queues[id as usize].paused = *paused;
             }
+            Event::QueueLimitsSet { at, queue, limits } => {
+                let id = self.ix.queue_id_or_create(queue);
+                let queue = &mut self.ix.queues[id as usize];
+                queue.limits = *limits;
+                queue.bucket = Bucket {
+                    level: limits.rate.map_or(0, Bucket::capacity),
+                    at: *at,
+                };
+                if limits.rate.is_some() {
+                    self.rate_limited.insert(id);
+                } else {
+                    self.rate_limited.remove(&id);
+                }
+            }
             Event::Purged { ids, .. } | Event::Removed { ids } => {
                 for id in ids {
                     self.remove_job(*id);
@@ -1265,13 +1412,26 @@ impl State {
             kinds: self.kinds.iter().map(|k| &**k).collect(),
             unique,
             jobs: JobsSeq(&self.jobs),
+            limits: self
+                .ix
+                .queues
+                .iter()
+                .enumerate()
+                .filter(|(_, q)| q.limits != QueueLimits::default())
+                .map(|(i, q)| (i as u32, q.limits, q.bucket.level, q.bucket.at))
+                .collect(),
         };
         postcard::to_allocvec(&snapshot).unwrap_or_default()
     }
 
     pub fn decode_snapshot(config: Config, bytes: &[u8]) -> Result<State, String> {
-        let snapshot: SnapshotOwned =
-            postcard::from_bytes(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+        // Snapshots written before queue limits existed end after the jobs.
+        let snapshot: SnapshotOwned = match postcard::from_bytes(bytes) {
+            Ok(snapshot) => snapshot,
+            Err(error) => postcard::from_bytes::<SnapshotOwnedV1>(bytes)
+                .map(SnapshotOwned::from)
+                .map_err(|_| format!("undecodable snapshot: {error}"))?,
+        };
         // Ids are decided as one more than the last: they must fit, and every job and
         // lease in the snapshot must be covered by them.
         if snapshot.last_id == JobId::MAX || snapshot.last_lease_id == LeaseId::MAX {
@@ -1284,6 +1444,20 @@ impl State {
             let id = state.ix.queue_id_or_create(&name);
             state.ix.queues[id as usize].paused = paused;
         }
+        let mut rate_limited = BTreeSet::new();
+        for (queue_id, limits, level, at) in snapshot.limits {
+            let queue = state
+                .ix
+                .queues
+                .get_mut(queue_id as usize)
+                .ok_or_else(|| format!("limits name queue #{queue_id} which does not exist"))?;
+            queue.limits = limits;
+            queue.bucket = Bucket { level, at };
+            if limits.rate.is_some() {
+                rate_limited.insert(queue_id);
+            }
+        }
+        state.rate_limited = rate_limited;
         for kind in snapshot.kinds {
             state.intern_kind(&kind);
         }
@@ -1337,6 +1511,8 @@ struct SnapshotRef<'a> {
     kinds: Vec<&'a str>,
     unique: Vec<(u32, &'a str, JobId, Millis)>,
     jobs: JobsSeq<'a>,
+    /// `(queue, limits, bucket level, bucket time)` of queues with limits.
+    limits: Vec<(u32, QueueLimits, u64, Millis)>,
 }
 
 #[derive(Deserialize)]
@@ -1347,4 +1523,30 @@ struct SnapshotOwned {
     kinds: Vec<String>,
     unique: Vec<(u32, String, JobId, Millis)>,
     jobs: Vec<Job>,
+    limits: Vec<(u32, QueueLimits, u64, Millis)>,
+}
+
+/// A snapshot from before queue limits.
+#[derive(Deserialize)]
+struct SnapshotOwnedV1 {
+    last_id: JobId,
+    last_lease_id: LeaseId,
+    queues: Vec<(String, bool)>,
+    kinds: Vec<String>,
+    unique: Vec<(u32, String, JobId, Millis)>,
+    jobs: Vec<Job>,
+}
+
+impl From<SnapshotOwnedV1> for SnapshotOwned {
+    fn from(v1: SnapshotOwnedV1) -> Self {
+        SnapshotOwned {
+            last_id: v1.last_id,
+            last_lease_id: v1.last_lease_id,
+            queues: v1.queues,
+            kinds: v1.kinds,
+            unique: v1.unique,
+            jobs: v1.jobs,
+            limits: Vec::new(),
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use sluice_core::{
     backoff_delay_ms, Backoff, Config, CoreError, EnqueueSpec, Enqueued, ErrorKind, Event,
-    FailInput, Job, JobId, JobState, LeaseId, Millis, Outcome, Settled, State,
+    FailInput, Job, JobId, JobState, LeaseId, Millis, Outcome, QueueLimits, Rate, Settled, State,
 };
 
 /// An arbitrary "now" well past the epoch, so ids carry a realistic time.
@@ -143,6 +143,14 @@ impl Harness {
             .state
             .set_paused(queue, paused)
             .expect("valid queue name");
+        self.record(decided);
+    }
+
+    fn set_limits(&mut self, now: Millis, queue: &str, limits: QueueLimits) {
+        let decided = self
+            .state
+            .set_limits(now, queue, limits)
+            .expect("valid limits");
         self.record(decided);
     }
 
@@ -295,6 +303,7 @@ fn variant(event: &Event) -> &'static str {
         Event::QueuePaused { .. } => "QueuePaused",
         Event::Purged { .. } => "Purged",
         Event::Removed { .. } => "Removed",
+        Event::QueueLimitsSet { .. } => "QueueLimitsSet",
     }
 }
 
@@ -1577,14 +1586,18 @@ fn snapshot_with_a_job_twice_is_refused() {
     let id = h.enqueue_one(T0, spec_with("q", |s| s.run_at = Some(T0 + 60_000)));
     let bytes = h.state.encode_snapshot();
     let job = postcard::to_allocvec(h.state.job(id).expect("job")).expect("encode job");
-    // The jobs come last: a count, then each job. Append a ready copy of the same id.
-    assert!(bytes.ends_with(&job) && bytes[bytes.len() - job.len() - 1] == 1);
+    // The jobs come next to last: a count, then each job; then the queue limits (none:
+    // a count of 0). Add a ready copy of the same id after the job.
+    let jobs_end = bytes.len() - 1;
+    assert_eq!(bytes[jobs_end], 0, "no queue limits");
+    assert!(bytes[..jobs_end].ends_with(&job) && bytes[jobs_end - job.len() - 1] == 1);
     let mut ready = h.state.job(id).expect("job").clone();
     ready.state = JobState::Ready;
-    let mut twice = bytes[..bytes.len() - job.len() - 1].to_vec();
+    let mut twice = bytes[..jobs_end - job.len() - 1].to_vec();
     twice.push(2);
     twice.extend_from_slice(&job);
     twice.extend_from_slice(&postcard::to_allocvec(&ready).expect("encode job"));
+    twice.push(0);
     let error = State::decode_snapshot(Config::default(), &twice).expect_err("refused");
     assert!(error.contains("appears twice"), "{error}");
 }
@@ -1687,4 +1700,164 @@ fn enqueue_and_lease_refuse_once_ids_run_out() {
         .lease(T0, &["q".to_owned()], 1, None)
         .expect_err("no lease id left");
     assert_eq!(error.code, "ids_exhausted");
+}
+
+// ---- flow control ---------------------------------------------------------------------
+
+fn concurrency(n: u32) -> QueueLimits {
+    QueueLimits {
+        concurrency: Some(n),
+        rate: None,
+    }
+}
+
+fn rate(limit: u32, per_ms: u64) -> QueueLimits {
+    QueueLimits {
+        concurrency: None,
+        rate: Some(Rate { limit, per_ms }),
+    }
+}
+
+#[test]
+fn concurrency_limit_caps_leased_jobs_across_lease_calls() {
+    let mut h = Harness::new();
+    for _ in 0..10 {
+        h.enqueue_one(T0, spec("q"));
+    }
+    h.set_limits(T0, "q", concurrency(3));
+    let (first, _) = h.lease(T0, &["q"], 2);
+    assert_eq!(first.len(), 2);
+    let (second, _) = h.lease(T0, &["q"], 10);
+    assert_eq!(second.len(), 1, "only one slot was left");
+    let (none, lease_id) = h.lease(T0, &["q"], 10);
+    assert!(none.is_empty());
+    assert_eq!(lease_id, 0, "a lease that finds no room logs nothing");
+    assert_eq!(h.count("q", JobState::Leased), 3);
+
+    // Finishing a job frees its slot: by ack, by fail, by expiry, by cancel.
+    let lease_of = |h: &Harness, id: JobId| h.job(id).lease_id;
+    let acked = first[0];
+    let results = h.ack(T0 + 1, &[(acked, lease_of(&h, acked))]);
+    assert!(results[0].is_ok());
+    let (next, _) = h.lease(T0 + 2, &["q"], 10);
+    assert_eq!(next.len(), 1);
+    h.cancel(T0 + 3, first[1]).expect("cancel");
+    assert_eq!(h.lease(T0 + 4, &["q"], 10).0.len(), 1);
+    // Leases expire after the default 30 s timeout; all three slots come back.
+    h.expire(T0 + 60_000);
+    assert_eq!(h.lease(T0 + 60_001, &["q"], 10).0.len(), 3);
+}
+
+#[test]
+fn concurrency_limit_of_one_queue_does_not_hold_back_another() {
+    let mut h = Harness::new();
+    for queue in ["limited", "free"] {
+        for _ in 0..5 {
+            h.enqueue_one(T0, spec_with(queue, |s| s.priority = 1));
+        }
+    }
+    h.set_limits(T0, "limited", concurrency(1));
+    let (ids, _) = h.lease(T0, &["limited", "free"], 10);
+    assert_eq!(ids.len(), 6);
+    assert_eq!(h.count("limited", JobState::Leased), 1);
+    assert_eq!(h.count("free", JobState::Leased), 5);
+}
+
+#[test]
+fn rate_limit_allows_a_burst_then_refills_evenly() {
+    let mut h = Harness::new();
+    for _ in 0..100 {
+        h.enqueue_one(T0, spec("q"));
+    }
+    // 10 leases per second: a burst of 10, then one every 100 ms.
+    h.set_limits(T0, "q", rate(10, 1_000));
+    assert_eq!(h.state.queue("q").and_then(|q| q.tokens(T0)), Some(10));
+    assert_eq!(h.lease(T0, &["q"], 100).0.len(), 10);
+    assert_eq!(h.lease(T0 + 99, &["q"], 100).0.len(), 0);
+    assert_eq!(h.lease(T0 + 100, &["q"], 100).0.len(), 1);
+    assert_eq!(h.lease(T0 + 550, &["q"], 100).0.len(), 4);
+    // Idle time refills the bucket only up to its size.
+    assert_eq!(
+        h.state.queue("q").and_then(|q| q.tokens(T0 + 60_000)),
+        Some(10)
+    );
+    assert_eq!(h.lease(T0 + 60_000, &["q"], 100).0.len(), 10);
+    // Over 5 s of steady polling every 10 ms, exactly 10/s are leased.
+    let mut leased = 0;
+    let mut now = T0 + 60_000;
+    while now < T0 + 65_000 {
+        now += 10;
+        leased += h.lease(now, &["q"], 100).0.len();
+    }
+    assert_eq!(leased, 50, "5 s at 10 per second");
+    assert_eq!(h.count("q", JobState::Ready), 25);
+}
+
+#[test]
+fn limits_survive_replay_and_snapshots_with_their_bucket() {
+    let mut h = Harness::new();
+    for _ in 0..20 {
+        h.enqueue_one(T0, spec("q"));
+    }
+    h.set_limits(
+        T0,
+        "q",
+        QueueLimits {
+            concurrency: Some(8),
+            rate: Some(Rate {
+                limit: 5,
+                per_ms: 1_000,
+            }),
+        },
+    );
+    assert_eq!(h.lease(T0 + 10, &["q"], 3).0.len(), 3);
+
+    let replayed = replay(Config::default(), &h.events);
+    let restored =
+        State::decode_snapshot(Config::default(), &h.state.encode_snapshot()).expect("decode");
+    for state in [&replayed, &restored] {
+        let queue = state.queue("q").expect("queue");
+        assert_eq!(queue.limits, h.state.queue("q").expect("queue").limits);
+        assert_eq!(
+            queue.tokens(T0 + 10),
+            Some(2),
+            "the bucket's level came back too"
+        );
+        assert_eq!(queue.lease_room(T0 + 10), 2);
+    }
+    assert_eq!(restored.encode_snapshot(), h.state.encode_snapshot());
+
+    // Removing the limits: `QueueLimits::default()`.
+    h.set_limits(T0 + 20, "q", QueueLimits::default());
+    assert_eq!(h.state.queue("q").and_then(|q| q.tokens(T0 + 20)), None);
+    assert_eq!(h.lease(T0 + 20, &["q"], 100).0.len(), 17);
+}
+
+#[test]
+fn invalid_limits_are_refused_with_the_field() {
+    let mut state = State::new(Config::default());
+    let cases = [
+        (concurrency(0), "concurrency"),
+        (rate(0, 1_000), "rate.limit"),
+        (rate(1, 0), "rate.per_ms"),
+        (rate(1, 86_400_001), "rate.per_ms"),
+    ];
+    for (limits, field) in cases {
+        let error = state.set_limits(T0, "q", limits).expect_err("refused");
+        assert_eq!(error.kind, ErrorKind::BadInput, "{error:?}");
+        assert!(format!("{error:?}").contains(field), "{field}: {error:?}");
+    }
+    assert!(state.set_limits(T0, "bad name", concurrency(1)).is_err());
+}
+
+#[test]
+fn snapshots_from_before_queue_limits_still_decode() {
+    let mut h = Harness::new();
+    h.enqueue_one(T0, spec("q"));
+    let bytes = h.state.encode_snapshot();
+    // The older format ended after the jobs: without the (empty) limits count.
+    assert_eq!(bytes.last(), Some(&0));
+    let older = &bytes[..bytes.len() - 1];
+    let decoded = State::decode_snapshot(Config::default(), older).expect("older snapshot");
+    assert_eq!(decoded.encode_snapshot(), bytes);
 }

@@ -432,6 +432,36 @@ pub struct QueueInfo {
     pub name: String,
     pub paused: bool,
     pub counts: StateCounts,
+    /// Flow control, when the queue has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<QueueLimits>,
+    /// Leases the rate limit allows right now (whole tokens in its bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_tokens: Option<u64>,
+}
+
+/// A queue's flow control: `POST /v1/queues/{queue}/limits`. Omit a field for no limit
+/// of that kind; `{}` removes every limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueLimits {
+    /// At most this many of the queue's jobs leased at once, across all workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateLimit>,
+}
+
+/// At most `limit` leases per `per_ms`: a token bucket of `limit` tokens, refilled evenly
+/// over `per_ms` (bursts up to `limit`; `limit / per_ms` sustained).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub limit: u32,
+    #[schema(minimum = 1, maximum = 86_400_000)]
+    pub per_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

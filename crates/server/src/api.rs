@@ -253,7 +253,7 @@ fn leased_view(state: &State, job: &CoreJob) -> proto::LeasedJob {
     }
 }
 
-fn queue_view(queue: &sluice_core::Queue) -> proto::QueueInfo {
+fn queue_view(queue: &sluice_core::Queue, now: i64) -> proto::QueueInfo {
     use sluice_proto::JobState as S;
     let count = |s| queue.count(s) as u64;
     proto::QueueInfo {
@@ -268,6 +268,14 @@ fn queue_view(queue: &sluice_core::Queue) -> proto::QueueInfo {
             dead: count(S::Dead),
             cancelled: count(S::Cancelled),
         },
+        limits: (queue.limits != sluice_core::QueueLimits::default()).then(|| proto::QueueLimits {
+            concurrency: queue.limits.concurrency,
+            rate: queue.limits.rate.map(|r| proto::RateLimit {
+                limit: r.limit,
+                per_ms: r.per_ms,
+            }),
+        }),
+        rate_tokens: queue.tokens(now),
     }
 }
 
@@ -796,11 +804,14 @@ pub async fn list_queues(
     let limit = page_limit(query.limit)?;
     let list = app
         .broker()?
-        .read(|s, _| {
+        .read(|s, now| {
             let page = s.queues_page(query.cursor.as_deref(), limit + 1);
             let more = page.len() > limit;
-            let queues: Vec<proto::QueueInfo> =
-                page.into_iter().take(limit).map(queue_view).collect();
+            let queues: Vec<proto::QueueInfo> = page
+                .into_iter()
+                .take(limit)
+                .map(|q| queue_view(q, now))
+                .collect();
             let next_cursor = if more {
                 queues.last().map(|q| q.name.clone())
             } else {
@@ -832,7 +843,7 @@ pub async fn get_queue(
 ) -> Result<Json<proto::QueueInfo>, ApiError> {
     Ok(Json(
         app.broker()?
-            .read(|s, _| queue_or_404(s, &name).map(queue_view))
+            .read(|s, now| queue_or_404(s, &name).map(|q| queue_view(q, now)))
             .await?,
     ))
 }
@@ -889,7 +900,7 @@ async fn set_paused(
     broker.execute(|s, _| s.set_paused(&name, paused)).await?;
     Ok(Json(
         broker
-            .read(|s, _| queue_or_404(s, &name).map(queue_view))
+            .read(|s, now| queue_or_404(s, &name).map(|q| queue_view(q, now)))
             .await?,
     ))
 }
@@ -908,6 +919,30 @@ pub async fn resume_queue(
     Path(name): Path<String>,
 ) -> Result<Json<proto::QueueInfo>, ApiError> {
     set_paused(app.0, name, false).await
+}
+
+#[utoipa::path(post, path = "/v1/queues/{queue}/limits", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = proto::QueueLimits, responses((status = 200, body = proto::QueueInfo), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
+pub async fn set_queue_limits(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<proto::QueueLimits>,
+) -> Result<Json<proto::QueueInfo>, ApiError> {
+    let limits = sluice_core::QueueLimits {
+        concurrency: request.concurrency,
+        rate: request.rate.map(|r| sluice_core::Rate {
+            limit: r.limit,
+            per_ms: r.per_ms,
+        }),
+    };
+    let broker = app.broker()?;
+    broker
+        .execute(|s, now| s.set_limits(now, &name, limits))
+        .await?;
+    Ok(Json(
+        broker
+            .read(|s, now| queue_or_404(s, &name).map(|q| queue_view(q, now)))
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/queues/{queue}/purge", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), responses((status = 200, body = proto::PurgeResponse), (status = 404, body = proto::ErrorResponse)))]

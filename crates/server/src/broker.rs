@@ -159,6 +159,10 @@ impl Broker {
             for queue in state.promote_due(now) {
                 wakes.add(state.queue_name(queue), 1);
             }
+            // Rate buckets refill with time: pollers of those queues may lease again.
+            for (queue, room) in state.rate_limited_ready(now) {
+                wakes.add(queue, room);
+            }
             wakes
         };
         promoted.wake(&self.waiters);
@@ -231,13 +235,16 @@ impl Wakes {
         }
     }
 
-    /// Counts the jobs that `event` (already applied to `state`) made ready.
+    /// Counts the jobs that `event` (already applied to `state`) made leasable: jobs made
+    /// ready, and slots freed in queues with a concurrency limit.
     fn ready_made(&mut self, state: &State, event: &Event) {
+        let mut freed = Vec::new();
         let mut job_ready = |id: &u64| {
             if let Some(job) = state.job(*id) {
                 if job.state == sluice_core::JobState::Ready {
                     self.add(state.queue_name(job.queue), 1);
                 }
+                freed.push(job.queue);
             }
         };
         match event {
@@ -249,6 +256,14 @@ impl Wakes {
             Event::Retried { id, .. } => job_ready(id),
             Event::Expired { jobs, .. } => jobs.iter().for_each(|(id, _)| job_ready(id)),
             Event::Failed { jobs, .. } => jobs.iter().for_each(|item| job_ready(&item.id)),
+            Event::Acked { ids, .. } => ids.iter().for_each(&mut job_ready),
+            Event::Cancelled { id, .. } => job_ready(id),
+            Event::QueueLimitsSet { queue, .. } => {
+                if let Some(q) = state.queue(queue) {
+                    let room = q.lease_room(0).min(q.count(sluice_core::JobState::Ready));
+                    self.add(queue, room);
+                }
+            }
             Event::QueuePaused {
                 queue,
                 paused: false,
@@ -259,6 +274,14 @@ impl Wakes {
                 self.add(queue, ready);
             }
             _ => {}
+        }
+        // A finished lease frees a slot in a concurrency-limited queue.
+        for queue in freed {
+            if let Some(q) = state.queue_by_id(queue) {
+                if q.limits.concurrency.is_some() && q.count(sluice_core::JobState::Ready) > 0 {
+                    self.add(&q.name, 1);
+                }
+            }
         }
     }
 

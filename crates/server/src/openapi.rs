@@ -30,6 +30,7 @@ use crate::api;
         api::pause_queue,
         api::resume_queue,
         api::purge_queue,
+        api::set_queue_limits,
         api::healthz,
         api::readyz
     ),
@@ -61,6 +62,8 @@ use crate::api;
         proto::BatchResultResponse,
         proto::StateCounts,
         proto::QueueInfo,
+        proto::QueueLimits,
+        proto::RateLimit,
         proto::QueueList,
         proto::PurgeResponse,
         proto::JobList,

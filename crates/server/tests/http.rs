@@ -1979,3 +1979,114 @@ async fn a_poll_on_two_queues_woken_for_one_does_not_swallow_the_wake_up_of_the_
     );
     server.stop().await;
 }
+
+// ---- queue limits ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_limits_are_set_shown_and_validated() {
+    let (_dir, server) = fresh().await;
+    let (status, body) = server
+        .post(
+            "/v1/queues/limited/limits",
+            &json!({ "concurrency": 2, "rate": { "limit": 100, "per_ms": 60000 } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "limited");
+    assert_eq!(body["limits"]["concurrency"], 2);
+    assert_eq!(body["limits"]["rate"]["limit"], 100);
+    assert_eq!(body["limits"]["rate"]["per_ms"], 60000);
+    assert_eq!(body["rate_tokens"], 100, "the bucket starts full");
+    let (_, body) = server.get("/v1/queues/limited").await;
+    assert_eq!(body["limits"]["concurrency"], 2);
+
+    let bad = server
+        .post("/v1/queues/limited/limits", &json!({ "concurrency": 0 }))
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("concurrency"));
+    let bad = server
+        .post(
+            "/v1/queues/limited/limits",
+            &json!({ "rate": { "limit": 5, "per_ms": 0 } }),
+        )
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("rate.per_ms"));
+    let bad = server
+        .post("/v1/queues/limited/limits", &json!({ "concurency": 2 }))
+        .await;
+    assert_eq!(bad.0, 400, "unknown fields are refused: {}", bad.1);
+
+    // `{}` removes every limit.
+    let (status, body) = server.post("/v1/queues/limited/limits", &json!({})).await;
+    assert_eq!(status, 200);
+    assert!(body.get("limits").is_none(), "{body}");
+    assert!(body.get("rate_tokens").is_none(), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_holds_across_workers_and_an_ack_wakes_a_parked_poll() {
+    let (dir, server) = fresh().await;
+    for _ in 0..5 {
+        server.enqueue(spec("cl")).await;
+    }
+    let (status, _) = server
+        .post("/v1/queues/cl/limits", &json!({ "concurrency": 2 }))
+        .await;
+    assert_eq!(status, 200);
+    let (_, first) = server
+        .post("/v1/lease", &json!({ "queues": ["cl"], "max_jobs": 10 }))
+        .await;
+    assert_eq!(first["jobs"].as_array().expect("jobs").len(), 2);
+
+    // A second worker's long-poll parks: the queue is at its limit.
+    let client = server.client.clone();
+    let url = server.url("/v1/lease");
+    let poll = tokio::spawn(async move {
+        let reply: Value = client
+            .post(url)
+            .json(&json!({ "queues": ["cl"], "max_jobs": 10, "wait_ms": 10_000 }))
+            .send()
+            .await
+            .expect("lease sent")
+            .json()
+            .await
+            .expect("json");
+        (reply, Instant::now())
+    });
+    let parked = wait_until("the poll to park", || async {
+        let (_, queue) = server.get("/v1/queues/cl").await;
+        !poll.is_finished() && queue["counts"]["leased"] == 2
+    })
+    .await;
+    assert!(parked);
+    let job = &first["jobs"][0];
+    let acked_at = Instant::now();
+    let (status, _) = server
+        .post(
+            &format!("/v1/jobs/{}/ack", job["id"].as_str().expect("id")),
+            &json!({ "lease_id": job["lease_id"] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (reply, answered) = poll.await.expect("poll task");
+    assert_eq!(
+        reply["jobs"].as_array().expect("jobs").len(),
+        1,
+        "one slot was freed: {reply}"
+    );
+    assert!(answered.duration_since(acked_at) < Duration::from_secs(5));
+    let (_, queue) = server.get("/v1/queues/cl").await;
+    assert_eq!(queue["counts"]["leased"], 2);
+    server.stop().await;
+
+    // The limit is in the log: it holds after a restart.
+    let server = TestServer::start(dir.path()).await;
+    let (_, queue) = server.get("/v1/queues/cl").await;
+    assert_eq!(queue["limits"]["concurrency"], 2);
+    let (_, more) = server
+        .post("/v1/lease", &json!({ "queues": ["cl"], "max_jobs": 10 }))
+        .await;
+    assert_eq!(more["jobs"].as_array().expect("jobs").len(), 0, "{more}");
+    server.stop().await;
+}
