@@ -137,6 +137,8 @@ stats! {
     leases_confirmed: "leases confirmed to workers",
     acks_confirmed: "acks confirmed to workers",
     leases_expired: "leases expired",
+    limits_set: "queue limits set (concurrency, rate, or none)",
+    limited_leases: "lease decisions checked against a queue's limits",
     retained: "jobs removed by retention",
     purged: "jobs purged",
     jobs_max: "most jobs at once",

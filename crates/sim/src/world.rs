@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sluice_core::{
     Backoff, Config, EnqueueSpec, Enqueued, Event, FailInput, Job, JobId, JobState, LeaseId,
-    Millis, Settled, State,
+    Millis, QueueLimits, Rate, Settled, State,
 };
 
 use crate::disk::{Disk, Torn};
@@ -66,6 +66,7 @@ enum Request {
     Retry(JobId),
     Pause(usize, bool),
     Purge(usize),
+    Limits(usize, QueueLimits),
 }
 
 type Code = &'static str;
@@ -460,6 +461,13 @@ impl World {
             Request::Lease { queues, max_jobs } => {
                 let names: Vec<String> = queues.iter().map(|&q| QUEUES[q].to_owned()).collect();
                 let worker = Some(self.clients[client].name.clone());
+                let room_before: Vec<(usize, usize)> = queues
+                    .iter()
+                    .filter_map(|&q| {
+                        let queue = self.state.queue(QUEUES[q])?;
+                        Some((q, queue.lease_room(now)))
+                    })
+                    .collect();
                 let (event, ids) = self
                     .state
                     .lease(now, &names, *max_jobs, worker)
@@ -472,6 +480,7 @@ impl World {
                     _ => (0, Vec::new()),
                 };
                 self.check_lease_decision(queues, &ids, lease_id)?;
+                self.check_lease_room(&room_before, &ids)?;
                 (event, Reply::Leased { lease_id, jobs })
             }
             Request::Heartbeat { id, lease_id } => {
@@ -541,6 +550,15 @@ impl World {
                 Ok((event, ())) => (event, Reply::Done(Ok(()))),
                 Err(e) => (None, Reply::Done(Err(e.code))),
             },
+            Request::Limits(queue, limits) => {
+                match self.state.set_limits(now, QUEUES[*queue], *limits) {
+                    Ok((event, ())) => {
+                        self.stats.limits_set += 1;
+                        (event, Reply::Done(Ok(())))
+                    }
+                    Err(e) => return Err(format!("valid limits {limits:?} refused: {e:?}")),
+                }
+            }
             Request::Purge(queue) => {
                 let expected: BTreeSet<JobId> =
                     self.state
@@ -578,6 +596,31 @@ impl World {
 
     /// A lease may only hand out ready jobs of the asked, unpaused queues, and never a
     /// job whose current lease a worker holds and may still use.
+    /// A lease takes no more jobs of a queue than its limits allowed just before.
+    fn check_lease_room(
+        &mut self,
+        room_before: &[(usize, usize)],
+        ids: &[JobId],
+    ) -> Result<(), String> {
+        for &(q, room) in room_before {
+            let taken = ids
+                .iter()
+                .filter_map(|id| self.state.job(*id))
+                .filter(|job| self.state.queue_name(job.queue) == QUEUES[q])
+                .count();
+            if taken > room {
+                return Err(format!(
+                    "lease took {taken} jobs of {} whose limits allowed {room}",
+                    QUEUES[q]
+                ));
+            }
+            if room < usize::MAX {
+                self.stats.limited_leases += 1;
+            }
+        }
+        Ok(())
+    }
+
     fn check_lease_decision(
         &self,
         queues: &[usize],
@@ -1080,6 +1123,21 @@ impl World {
                 let queue = self.rng.index(QUEUES.len());
                 self.send(client, Request::Purge(queue));
             }
+            61..=62 => {
+                let queue = self.rng.index(QUEUES.len());
+                let limits = if self.rng.below(5) == 0 {
+                    QueueLimits::default()
+                } else {
+                    QueueLimits {
+                        concurrency: (self.rng.below(2) == 0).then(|| 1 + self.rng.below(5) as u32),
+                        rate: (self.rng.below(2) == 0).then(|| Rate {
+                            limit: 1 + self.rng.below(20) as u32,
+                            per_ms: 100 + self.rng.below(2_000),
+                        }),
+                    }
+                };
+                self.send(client, Request::Limits(queue, limits));
+            }
             _ => {}
         }
     }
@@ -1184,7 +1242,11 @@ impl World {
                 }
             }
             (
-                Request::Cancel(_) | Request::Retry(_) | Request::Pause(..) | Request::Purge(_),
+                Request::Cancel(_)
+                | Request::Retry(_)
+                | Request::Pause(..)
+                | Request::Purge(_)
+                | Request::Limits(..),
                 Reply::Done(result),
             ) => {
                 if result.is_err() {
