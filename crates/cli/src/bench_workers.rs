@@ -51,7 +51,10 @@ async fn fill(
 }
 
 /// Samples this process's RSS every 200 ms; returns the highest seen when stopped.
-fn rss_sampler() -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<u64>) {
+fn rss_sampler() -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<u64>,
+) {
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let pid = std::process::id();
     let task = tokio::spawn(async move {
@@ -168,7 +171,14 @@ pub async fn worker_sleep(url: &str, args: &BenchArgs, run_id: &str) -> Result<R
                 }
             })
     };
-    let run = run_until(worker, jobs, done, started, Duration::from_secs(args.timeout_s)).await?;
+    let run = run_until(
+        worker,
+        jobs,
+        done,
+        started,
+        Duration::from_secs(args.timeout_s),
+    )
+    .await?;
     check_succeeded(&client, &queue, jobs).await?;
     let rate = sustained(&run.done_at, sleep + Duration::from_secs(1));
     let overall = jobs as f64 / run.elapsed.as_secs_f64();
@@ -215,9 +225,13 @@ pub async fn http_worker(url: &str, args: &BenchArgs, run_id: &str) -> Result<Re
         let _ = axum::serve(listener, app).await;
     });
 
-    let filled = fill(&client, &queue, "webhook", jobs, move |n| {
-        json!({ "url": sink, "body": { "n": n } })
-    })
+    let filled = fill(
+        &client,
+        &queue,
+        "webhook",
+        jobs,
+        move |n| json!({ "url": sink, "body": { "n": n } }),
+    )
     .await?;
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
@@ -240,7 +254,14 @@ pub async fn http_worker(url: &str, args: &BenchArgs, run_id: &str) -> Result<Re
                 }
             })
     };
-    let run = run_until(worker, jobs, done, started, Duration::from_secs(args.timeout_s)).await?;
+    let run = run_until(
+        worker,
+        jobs,
+        done,
+        started,
+        Duration::from_secs(args.timeout_s),
+    )
+    .await?;
     check_succeeded(&client, &queue, jobs).await?;
     let rate = jobs as f64 / run.elapsed.as_secs_f64();
     let hits = hits.load(Ordering::Relaxed);

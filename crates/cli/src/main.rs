@@ -151,6 +151,16 @@ enum QueueAction {
     Purge {
         queue: String,
     },
+    /// Set a queue's flow control (no option removes every limit).
+    Limit {
+        queue: String,
+        /// At most this many of its jobs leased at once, across all workers.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// At most N leases per window, e.g. `100/60s`, `10/1s`, `5000/1h`.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<(u32, u64)>,
+    },
     /// Jobs of a queue in one state.
     Jobs {
         queue: String,
@@ -159,6 +169,37 @@ enum QueueAction {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+}
+
+/// `N/<window>` with a window of `<n>ms`, `<n>s`, `<n>m` or `<n>h`: `(N, window in ms)`.
+fn parse_rate(text: &str) -> Result<(u32, u64), String> {
+    let (limit, window) = text
+        .split_once('/')
+        .ok_or("expected LIMIT/WINDOW, e.g. 100/60s")?;
+    let limit: u32 = limit
+        .trim()
+        .parse()
+        .map_err(|_| format!("{limit:?} is not a number of leases"))?;
+    let window = window.trim();
+    let split = window
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(window.len());
+    let (count, unit) = window.split_at(split);
+    let count: u64 = if count.is_empty() {
+        1
+    } else {
+        count
+            .parse()
+            .map_err(|_| format!("bad window {window:?}"))?
+    };
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("window unit must be ms, s, m or h, not {unit:?}")),
+    };
+    Ok((limit, count.saturating_mul(unit_ms)))
 }
 
 fn main() -> ExitCode {
@@ -340,6 +381,24 @@ async fn run(cli: Cli) -> Result<()> {
                         .post(&format!("/v1/queues/{queue}/resume"), &json!({}))
                         .await?,
                 ),
+                Some(QueueAction::Limit {
+                    queue,
+                    concurrency,
+                    rate,
+                }) => {
+                    let mut body = json!({});
+                    if let Some(concurrency) = concurrency {
+                        body["concurrency"] = json!(concurrency);
+                    }
+                    if let Some((limit, per_ms)) = rate {
+                        body["rate"] = json!({ "limit": limit, "per_ms": per_ms });
+                    }
+                    print(
+                        &client
+                            .post(&format!("/v1/queues/{queue}/limits"), &body)
+                            .await?,
+                    )
+                }
                 Some(QueueAction::Purge { queue }) => print(
                     &client
                         .post(&format!("/v1/queues/{queue}/purge"), &json!({}))
@@ -395,4 +454,21 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates_parse_with_their_window_in_ms() {
+        assert_eq!(parse_rate("100/60s"), Ok((100, 60_000)));
+        assert_eq!(parse_rate("10/s"), Ok((10, 1_000)));
+        assert_eq!(parse_rate("5000/1h"), Ok((5_000, 3_600_000)));
+        assert_eq!(parse_rate("3/250ms"), Ok((3, 250)));
+        assert_eq!(parse_rate("7/2m"), Ok((7, 120_000)));
+        assert!(parse_rate("100").is_err());
+        assert!(parse_rate("x/1s").is_err());
+        assert!(parse_rate("1/1d").unwrap_err().contains("ms, s, m or h"));
+    }
 }

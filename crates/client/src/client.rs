@@ -10,7 +10,7 @@ use sluice_proto::{
     AckBatchRequest, AckItem, Backoff, BatchResultResponse, EnqueueBatchRequest,
     EnqueueBatchResponse, EnqueueResult, ErrorResponse, FailBatchRequest, FailItem,
     HeartbeatRequest, HeartbeatResponse, ItemResult, Job, JobSpec, LeaseRequest, LeaseResponse,
-    QueueInfo,
+    QueueInfo, QueueLimits, RateLimit,
 };
 
 /// What a call can fail with.
@@ -238,6 +238,25 @@ impl Client {
     /// A queue's counts per state and whether it is paused.
     pub async fn queue(&self, name: &str) -> Result<QueueInfo> {
         self.get(&format!("/v1/queues/{name}")).await
+    }
+
+    /// Sets a queue's flow control: at most `concurrency` of its jobs leased at once, and
+    /// at most `rate.0` leases per `rate.1`. `None` for both removes every limit.
+    pub async fn set_limits(
+        &self,
+        queue: &str,
+        concurrency: Option<u32>,
+        rate: Option<(u32, Duration)>,
+    ) -> Result<QueueInfo> {
+        let limits = QueueLimits {
+            concurrency,
+            rate: rate.map(|(limit, per)| RateLimit {
+                limit,
+                per_ms: millis(per),
+            }),
+        };
+        self.post(&format!("/v1/queues/{queue}/limits"), &limits, None)
+            .await
     }
 
     /// Cancels a job that has not finished.
