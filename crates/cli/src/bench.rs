@@ -44,6 +44,10 @@ pub enum Scenario {
     /// `sluice work --kind http`'s handler in this process runs --jobs webhook jobs
     /// against a local sink, --worker-concurrency (128) at once. Not part of `all`.
     HttpWorker,
+    /// A rate-limited queue (--rate per second, default 100) drained by three SDK workers
+    /// for --duration-s (60), and a concurrency-limited queue (5) whose handlers call a
+    /// sink that counts requests in flight. Not part of `all`.
+    Limits,
 }
 
 impl Scenario {
@@ -58,6 +62,7 @@ impl Scenario {
             Scenario::Soak => "soak",
             Scenario::WorkerSleep => "worker-sleep",
             Scenario::HttpWorker => "http-worker",
+            Scenario::Limits => "limits",
         }
     }
 }
@@ -176,6 +181,7 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
             Scenario::Soak => soak(&args, &run_id).await,
             Scenario::WorkerSleep => crate::bench_workers::worker_sleep(url, &args, &run_id).await,
             Scenario::HttpWorker => crate::bench_workers::http_worker(url, &args, &run_id).await,
+            Scenario::Limits => crate::bench_workers::limits(url, &args, &run_id).await,
             Scenario::All => continue,
         };
         match report {

@@ -277,3 +277,143 @@ pub async fn http_worker(url: &str, args: &BenchArgs, run_id: &str) -> Result<Re
     let errors = u64::from(hits != jobs) + run.report.failed + run.report.stale;
     Ok(Report { line, errors })
 }
+
+/// `limits`: a queue rate-limited to `--rate` leases per second, drained by three SDK
+/// workers for `--duration-s` (60) after the first second's burst: the lease rate is
+/// measured from the handlers' start times. Then a queue with a concurrency limit of 5,
+/// drained by three workers of concurrency 10 each whose handlers call a local sink that
+/// counts requests in flight: the most it saw at once must be at most 5.
+pub async fn limits(url: &str, args: &BenchArgs, run_id: &str) -> Result<Report> {
+    let client = Client::new(url)?;
+    let rate = args.rate.unwrap_or(100).max(1);
+    let window = Duration::from_secs(args.duration_s.unwrap_or(60).max(1));
+
+    // Rate: the bucket holds `rate` tokens, so the first second is a burst; measure after.
+    let queue = format!("bench-rl-{run_id}");
+    client
+        .set_limits(&queue, None, Some((rate as u32, Duration::from_secs(1))))
+        .await?;
+    let jobs = rate * (window.as_secs() + 3);
+    fill(&client, &queue, "tick", jobs, |_| Value::Null).await?;
+    let started = Instant::now();
+    let starts = Arc::new(Mutex::new(Vec::with_capacity(jobs as usize)));
+    let mut workers = tokio::task::JoinSet::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for _ in 0..3 {
+        let starts = starts.clone();
+        let mut stop = stop_rx.clone();
+        let worker = Worker::new(client.clone(), [queue.clone()])
+            .concurrency(64)
+            .handle("tick", move |_job: Job<Value>| {
+                let starts = starts.clone();
+                async move {
+                    if let Ok(mut starts) = starts.lock() {
+                        starts.push(started.elapsed());
+                    }
+                    Ok::<(), String>(())
+                }
+            });
+        workers.spawn(worker.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
+    tokio::time::sleep(window + Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    while let Some(done) = workers.join_next().await {
+        done.context("a worker panicked")??;
+    }
+    let mut starts = std::mem::take(&mut *starts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    starts.sort();
+    let first = starts.first().copied().unwrap_or_default();
+    let from = first + Duration::from_secs(1);
+    let in_window = starts
+        .iter()
+        .filter(|t| **t >= from && **t < from + window)
+        .count();
+    let measured = in_window as f64 / window.as_secs_f64();
+    let deviation = (measured - rate as f64) / rate as f64 * 100.0;
+
+    // Concurrency: the sink counts requests in flight.
+    let limited = format!("bench-cl-{run_id}");
+    const CONCURRENCY: u32 = 5;
+    client.set_limits(&limited, Some(CONCURRENCY), None).await?;
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let most = Arc::new(AtomicU64::new(0));
+    let app = axum::Router::new().fallback({
+        let (in_flight, most) = (in_flight.clone(), most.clone());
+        move || {
+            let (in_flight, most) = (in_flight.clone(), most.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                "ok"
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink = format!("http://{}/slow", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let concurrency_jobs = 500u64;
+    fill(
+        &client,
+        &limited,
+        "call",
+        concurrency_jobs,
+        move |_| json!({ "url": sink }),
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let cl_started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let http = http.clone();
+        let client = client.clone();
+        let limited = limited.clone();
+        workers.spawn(async move {
+            let worker = Worker::new(client.clone(), [limited.clone()])
+                .concurrency(10)
+                .poll_wait(Duration::from_millis(500))
+                .handle_any(move |job: Job<crate::work::HttpJob>| {
+                    crate::work::http_job(http.clone(), job)
+                });
+            worker
+                .run(async move {
+                    while client
+                        .queue(&limited)
+                        .await
+                        .map_or(true, |q| q.counts.succeeded < concurrency_jobs)
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+                .await
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.context("a worker panicked")??;
+    }
+    let cl_elapsed = cl_started.elapsed();
+    let most = most.load(Ordering::SeqCst);
+
+    let rate_ok = deviation.abs() <= 2.0;
+    let concurrency_ok = most <= u64::from(CONCURRENCY);
+    let line = format!(
+        "rate limit {rate}/s: {} leases in {} s after the first second's burst = {measured:.2}/s \
+         ({deviation:+.2} %, target within ±2 %: {}) | concurrency limit {CONCURRENCY}, 3 workers \
+         x 10: at most {most} requests in flight at the sink over {concurrency_jobs} jobs in \
+         {:.1} s (target <= {CONCURRENCY}: {})",
+        in_window,
+        window.as_secs(),
+        if rate_ok { "met" } else { "MISSED" },
+        cl_elapsed.as_secs_f64(),
+        if concurrency_ok { "met" } else { "MISSED" },
+    );
+    Ok(Report {
+        line,
+        errors: u64::from(!rate_ok) + u64::from(!concurrency_ok),
+    })
+}
