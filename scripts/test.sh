@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
 # Runs every test: unit, property, simulation, WAL fault, end-to-end HTTP, limits,
 # kill -9 crash and disk-full tests, then schemathesis against the OpenAPI document.
-# Needs the Rust toolchain and python3; schemathesis is installed from PyPI into target/.
+# Needs the Rust toolchain and python3; schemathesis is installed from PyPI into target/,
+# and tmux from Debian's packages when it is missing.
 # The disk-full test mounts a tmpfs, so it needs root (SLUICE_SKIP_MOUNT_TESTS=1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# `sluice top` is tested in a real terminal under tmux (crates/cli/tests/top.rs).
+if ! command -v tmux >/dev/null 2>&1; then
+  echo "installing tmux (for the sluice top test)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q tmux >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q tmux >/dev/null; }
+  else
+    sudo apt-get install -y -q tmux >/dev/null 2>&1 || { sudo apt-get update -q >/dev/null && sudo apt-get install -y -q tmux >/dev/null; }
+  fi
+fi
 cargo test --workspace -j2 "$@"
 # Property-based API test from the OpenAPI document against the real server: schemathesis
 # (needs python3; installed from PyPI into target/ on first use), then about 15 s. A failure

@@ -4,11 +4,13 @@
 mod bench;
 mod bench_workers;
 mod client;
+mod top;
 mod work;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -111,6 +113,12 @@ enum Command {
     Queues {
         #[command(subcommand)]
         action: Option<QueueAction>,
+    },
+    /// A live terminal dashboard of the queues and the workers holding their jobs.
+    Top {
+        /// How often to refresh.
+        #[arg(long, default_value_t = 1_000)]
+        interval_ms: u64,
     },
     /// Run a built-in worker: `http` makes the request each job's payload describes,
     /// `exec` runs a command with the payload on stdin.
@@ -420,6 +428,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { args } => bench::run(&cli.url, args).await,
         Command::Work { args } => work::run(&cli.url, args).await,
+        Command::Top { interval_ms } => {
+            top::run(&cli.url, Duration::from_millis(interval_ms.max(100))).await
+        }
         Command::Repair { data_dir, apply } => {
             let report = sluice_wal::repair(&data_dir, apply)
                 .with_context(|| format!("cannot inspect {}", data_dir.display()))?;
