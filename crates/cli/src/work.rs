@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use sluice_client::{Client, Job, Worker};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Bytes of a response body or of stderr kept in a failed job's error.
 const EXCERPT_BYTES_MAX: usize = 512;
@@ -154,7 +154,15 @@ pub(crate) async fn http_job(http: reqwest::Client, job: Job<HttpJob>) -> Result
     if status.is_success() {
         return Ok(());
     }
-    let body = response.bytes().await.unwrap_or_default();
+    // Only the start of the body is kept: read no more than that.
+    let mut body = Vec::new();
+    let mut response = response;
+    while body.len() <= EXCERPT_BYTES_MAX {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
     Err(format!("HTTP {status}: {}", excerpt(&body)))
 }
 
@@ -173,20 +181,43 @@ async fn exec_job(command: Vec<String>, job: Job<Box<RawValue>>) -> Result<(), S
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A command that does not read its input closes the pipe early: not an error.
-        let _ = stdin.write_all(job.payload.get().as_bytes()).await;
-    }
-    let output = child
-        .wait_with_output()
-        .await
-        .map_err(|e| format!("waiting for {program}: {e}"))?;
-    if output.status.success() {
+    // Feed stdin, read stderr and wait, all at once: a command that writes a lot to
+    // stderr before it reads its input must not deadlock against a full pipe.
+    let stdin = child.stdin.take();
+    let payload = job.payload.get().as_bytes().to_vec();
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            // A command that does not read its input closes the pipe early: not an error.
+            let _ = stdin.write_all(&payload).await;
+        }
+    };
+    let stderr = child.stderr.take();
+    let (_, stderr, status) = tokio::join!(feed, read_start(stderr), child.wait());
+    let status = status.map_err(|e| format!("waiting for {program}: {e}"))?;
+    if status.success() {
         return Ok(());
     }
-    let how = match output.status.code() {
+    let how = match status.code() {
         Some(code) => format!("exited with status {code}"),
-        None => format!("was killed ({})", output.status),
+        None => format!("was killed ({status})"),
     };
-    Err(format!("{program} {how}: {}", excerpt(&output.stderr)))
+    Err(format!("{program} {how}: {}", excerpt(&stderr)))
+}
+
+/// Reads a pipe to its end, keeping only its first bytes (enough for the excerpt).
+async fn read_start(pipe: Option<tokio::process::ChildStderr>) -> Vec<u8> {
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = (EXCERPT_BYTES_MAX + 4).saturating_sub(kept.len());
+                kept.extend_from_slice(&buffer[..n.min(room)]);
+            }
+        }
+    }
 }

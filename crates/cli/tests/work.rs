@@ -232,10 +232,19 @@ async fn exec_worker_pipes_the_payload_to_the_command_and_fails_on_nonzero_exit(
         json!({ "queue": "cmds", "kind": "bad", "max_attempts": 1, "payload": { "n": 2 } }),
     )
     .await;
+    // A 300 KB payload for a command that writes 200 KB to stderr before it reads its
+    // input: both pipes fill up unless the worker feeds and drains them at once.
+    let noisy = enqueue(
+        &http,
+        &base,
+        json!({ "queue": "cmds", "kind": "noisy", "max_attempts": 1,
+                "payload": "x".repeat(300_000) }),
+    )
+    .await;
     // Appends "<kind> <attempt> <payload>" to the file; fails (with a message on stderr)
     // for kind `bad`.
     let script = format!(
-        r#"printf '%s %s %s\n' "$SLUICE_JOB_KIND" "$SLUICE_JOB_ATTEMPT" "$(cat)" >> '{}'; if [ "$SLUICE_JOB_KIND" = bad ]; then echo 'bad job' >&2; exit 3; fi"#,
+        r#"if [ "$SLUICE_JOB_KIND" = noisy ]; then head -c 200000 /dev/zero | tr '\0' e >&2; cat > /dev/null; exit 4; fi; printf '%s %s %s\n' "$SLUICE_JOB_KIND" "$SLUICE_JOB_ATTEMPT" "$(cat)" >> '{}'; if [ "$SLUICE_JOB_KIND" = bad ]; then echo 'bad job' >&2; exit 3; fi"#,
         out.display()
     );
     let worker = start_worker(
@@ -247,6 +256,13 @@ async fn exec_worker_pipes_the_payload_to_the_command_and_fails_on_nonzero_exit(
     wait_state(&http, &base, &good, "succeeded").await;
     let job = wait_state(&http, &base, &bad, "dead").await;
     assert_eq!(error_of(&job), "sh exited with status 3: bad job");
+    let job = wait_state(&http, &base, &noisy, "dead").await;
+    let error = error_of(&job);
+    assert!(
+        error.starts_with("sh exited with status 4: eeee") && error.len() < 600,
+        "only the start of stderr is kept: {} bytes",
+        error.len()
+    );
     let (status, stderr) = stop_worker(worker).await;
     assert!(
         status.success(),

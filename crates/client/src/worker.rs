@@ -94,6 +94,9 @@ pub struct WorkerReport {
     pub stale: u64,
     /// Lease calls that failed (server down or restarting) and were retried.
     pub lease_errors: u64,
+    /// Acks or fails that could not be delivered (the server refused the batch, or stayed
+    /// unreachable): their leases expire and the broker runs those jobs again.
+    pub undelivered: u64,
 }
 
 #[derive(Default)]
@@ -107,6 +110,7 @@ struct Counters {
     released: AtomicU64,
     stale: AtomicU64,
     lease_errors: AtomicU64,
+    undelivered: AtomicU64,
 }
 
 impl Counters {
@@ -122,6 +126,7 @@ impl Counters {
             released: get(&self.released),
             stale: get(&self.stale),
             lease_errors: get(&self.lease_errors),
+            undelivered: get(&self.undelivered),
         }
     }
 }
@@ -289,7 +294,9 @@ impl Worker {
 
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
-        let result = loop {
+        // The shutdown future is never polled again once it has resolved: every branch
+        // that sees it resolve leaves this loop.
+        let result = 'fetch: loop {
             // Wait for room, or for the shutdown.
             loop {
                 let notified = shared.finished.notified();
@@ -298,7 +305,7 @@ impl Worker {
                 }
                 tokio::select! {
                     () = notified => {}
-                    () = &mut shutdown => break,
+                    () = &mut shutdown => break 'fetch Ok(()),
                 }
             }
             let free = capacity.saturating_sub(shared.in_flight.load(Ordering::SeqCst));
@@ -308,7 +315,8 @@ impl Worker {
             let max_jobs = u32::try_from(free.min(1_000)).unwrap_or(1_000);
             // A shutdown during a poll waits for it to return (at most `poll_wait`):
             // dropping it could strand jobs the server already leased into its reply.
-            // Jobs it brings are handed back at once.
+            // Jobs it brings run like the others, within the shutdown timeout (handing
+            // them back would spend an attempt, and kill a job on its last one).
             let lease = self.client.lease(
                 &self.queues,
                 max_jobs,
@@ -333,16 +341,6 @@ impl Worker {
                     failures = 0;
                     for leased in reply.jobs {
                         bump(&shared.counters.leased);
-                        if stopping {
-                            bump(&shared.counters.released);
-                            let _ = done_tx.send(Done::Fail(FailItem {
-                                id: leased.id,
-                                lease_id: leased.lease_id,
-                                error: "worker shut down before the job started".into(),
-                                retry_at: Some(rfc3339::format_ms(now_ms())),
-                            }));
-                            continue;
-                        }
                         shared.in_flight.fetch_add(1, Ordering::SeqCst);
                         tokio::spawn(run_job(Arc::clone(&shared), leased, done_tx.clone()));
                     }
@@ -368,7 +366,10 @@ impl Worker {
         };
 
         // Shutdown: no more leases; running handlers get the deadline.
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(self.shutdown_timeout)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         loop {
             let notified = shared.finished.notified();
             if shared.in_flight.load(Ordering::SeqCst) == 0 {
@@ -434,7 +435,7 @@ fn hostname() -> String {
 /// 100 ms doubling to 5 s, with up to 25% jitter.
 fn backoff(failures: u32) -> Duration {
     let base = 100u64
-        .saturating_mul(1 << failures.min(6).saturating_sub(1))
+        .saturating_mul(1 << failures.clamp(1, 7).saturating_sub(1))
         .min(5_000);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -484,20 +485,20 @@ async fn heartbeat(
     client: Client,
     id: String,
     lease_id: String,
-    mut lease_ms: u64,
+    lease_ms: u64,
     cancel: Arc<watch::Sender<Option<CancelReason>>>,
 ) {
+    // Each heartbeat extends the lease by its length: a third of it leaves two tries.
+    let every = Duration::from_millis((lease_ms / 3).clamp(100, 10_000));
+    let mut wait = every;
     loop {
-        let every = Duration::from_millis((lease_ms / 3).clamp(100, 10_000));
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(wait).await;
         match client.heartbeat(&id, &lease_id, None).await {
-            Ok(reply) => {
-                if let Some(expires) = rfc3339::parse_ms(&reply.lease_expires_at) {
-                    lease_ms = u64::try_from(expires - now_ms()).unwrap_or(1_000).max(300);
-                }
-            }
+            Ok(_) => wait = every,
             Err(error) if error.is_retryable() => {
+                // Try again soon rather than a whole interval later.
                 tracing::debug!(%error, id, "heartbeat failed; retrying");
+                wait = every.min(Duration::from_secs(1));
             }
             Err(error) => {
                 tracing::warn!(%error, id, "lease lost; cancelling the job");
@@ -528,9 +529,14 @@ async fn run_job(shared: Arc<Shared>, leased: LeasedJob, done: mpsc::UnboundedSe
     let _in_flight = InFlight(Arc::clone(&shared));
     let id = leased.id.clone();
     let lease_id = leased.lease_id.clone();
-    let lease_ms = rfc3339::parse_ms(&leased.lease_expires_at).map_or(30_000, |expires| {
-        u64::try_from(expires - now_ms()).unwrap_or(1_000)
-    });
+    // The lease length from the server; an older server does not send it, and then the
+    // time left on the lease (which trusts the local clock) stands in.
+    let lease_ms = match leased.timeout_ms {
+        0 => rfc3339::parse_ms(&leased.lease_expires_at).map_or(30_000, |expires| {
+            u64::try_from(expires - now_ms()).unwrap_or(1_000)
+        }),
+        timeout_ms => timeout_ms,
+    };
     let cancel = Arc::new(watch::channel(None::<CancelReason>).0);
     let beat = tokio::spawn(heartbeat(
         shared.client.clone(),
@@ -573,7 +579,8 @@ async fn run_job(shared: Arc<Shared>, leased: LeasedJob, done: mpsc::UnboundedSe
         Done::Fail(FailItem {
             id: id.clone(),
             lease_id: lease_id.clone(),
-            error,
+            // The server keeps 4 KiB of it; a huge message must not sink the whole batch.
+            error: cut(error, sluice_proto::limits::ERROR_BYTES_MAX),
             retry_at: retry_now.then(|| rfc3339::format_ms(now_ms())),
         })
     };
@@ -666,6 +673,18 @@ async fn run_handler(
     Err(ended)
 }
 
+/// `text` cut to at most `max` bytes at a char boundary.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_owned()
@@ -700,19 +719,29 @@ async fn acker(
         }
         if !acks.is_empty() {
             let results = with_retry("ack", || client.ack_batch(acks.clone())).await;
-            count_stale(&shared, results);
+            count_results(&shared, acks.len(), results);
         }
         if !fails.is_empty() {
             let results = with_retry("fail", || client.fail_batch(fails.clone())).await;
-            count_stale(&shared, results);
+            count_results(&shared, fails.len(), results);
         }
     }
 }
 
-fn count_stale(shared: &Shared, results: Option<Vec<sluice_proto::ItemResult>>) {
-    for result in results.into_iter().flatten() {
-        if result.error.is_some() {
-            bump(&shared.counters.stale);
+fn count_results(shared: &Shared, sent: usize, results: Option<Vec<sluice_proto::ItemResult>>) {
+    match results {
+        Some(results) => {
+            for result in results {
+                if result.error.is_some() {
+                    bump(&shared.counters.stale);
+                }
+            }
+        }
+        None => {
+            shared
+                .counters
+                .undelivered
+                .fetch_add(sent as u64, Ordering::Relaxed);
         }
     }
 }

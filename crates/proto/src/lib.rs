@@ -309,6 +309,10 @@ pub struct LeasedJob {
     pub enqueued_at: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The lease length, which each heartbeat extends the lease by: a worker can pace its
+    /// heartbeats by this without comparing its clock with the server's.
+    #[serde(default)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -74,9 +74,14 @@ pub const LIST_LIMIT_DEFAULT: usize = 100;
 /// Attempts kept in a job's history (the newest ones).
 pub const HISTORY_LEN_MAX: usize = 25;
 
-/// True when `name` is a valid queue name or kind: 1..=max bytes of `[A-Za-z0-9_.:-]`.
+/// True when `name` is a valid queue name or kind: 1..=max bytes of `[A-Za-z0-9_.:-]`,
+/// other than `.` and `..`.
 pub fn is_valid_name(name: &str, max_bytes: usize) -> bool {
+    // `.` and `..` would be path segments that URLs normalise away: such a queue could
+    // never be addressed as `/v1/queues/{queue}`.
     !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= max_bytes
         && name
             .bytes()

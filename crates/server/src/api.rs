@@ -250,6 +250,7 @@ fn leased_view(state: &State, job: &CoreJob) -> proto::LeasedJob {
         tags: job
             .extra()
             .map_or_else(Vec::new, |e| e.tags.iter().map(|t| t.to_string()).collect()),
+        timeout_ms: u64::from(job.timeout_ms),
     }
 }
 
