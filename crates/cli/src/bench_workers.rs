@@ -122,18 +122,6 @@ async fn run_until(
     })
 }
 
-/// Completions per second between the first second (the first jobs are still sleeping)
-/// and the last: the sustained rate.
-fn sustained(done_at: &[Duration], skip: Duration) -> f64 {
-    let steady: Vec<&Duration> = done_at.iter().filter(|t| **t >= skip).collect();
-    match (steady.first(), steady.last()) {
-        (Some(first), Some(last)) if last > first => {
-            (steady.len() - 1) as f64 / (**last - **first).as_secs_f64()
-        }
-        _ => 0.0,
-    }
-}
-
 async fn check_succeeded(client: &Client, queue: &str, jobs: u64) -> Result<()> {
     let info = client.queue(queue).await.context("GET queue")?;
     if info.counts.succeeded != jobs {
@@ -180,15 +168,20 @@ pub async fn worker_sleep(url: &str, args: &BenchArgs, run_id: &str) -> Result<R
     )
     .await?;
     check_succeeded(&client, &queue, jobs).await?;
-    let rate = sustained(&run.done_at, sleep + Duration::from_secs(1));
-    let overall = jobs as f64 / run.elapsed.as_secs_f64();
+    // Jobs over the time from the worker's start to the last completion. With C in flight
+    // and S-second jobs the ceiling is C / S jobs/s (the first completions come after S),
+    // so a run of many S holds the ramp-up to a small share; the shutdown is not counted.
+    let last = run.done_at.last().copied().unwrap_or(run.elapsed);
+    let rate = jobs as f64 / last.as_secs_f64();
+    let ceiling = concurrency as f64 / sleep.as_secs_f64().max(1e-3);
     let mut line = format!(
-        "{jobs} jobs sleeping {} ms, concurrency {concurrency}: sustained {} jobs/s \
-         (overall {} incl. the first sleep and the shutdown) | worker RSS max {:.1} MiB \
-         (target <= 300) | enqueue {:.2} s | report {:?}",
+        "{jobs} jobs sleeping {} ms, concurrency {concurrency}: {} jobs/s from the worker's \
+         start to the last completion in {:.2} s (ceiling {} = concurrency / sleep) | worker \
+         RSS max {:.1} MiB (target <= 300) | enqueue {:.2} s | report {:?}",
         sleep.as_millis(),
         thousands(rate),
-        thousands(overall),
+        last.as_secs_f64(),
+        thousands(ceiling),
         mib(run.rss_max),
         filled.as_secs_f64(),
         run.report
@@ -263,7 +256,9 @@ pub async fn http_worker(url: &str, args: &BenchArgs, run_id: &str) -> Result<Re
     )
     .await?;
     check_succeeded(&client, &queue, jobs).await?;
-    let rate = jobs as f64 / run.elapsed.as_secs_f64();
+    // From the worker's start to the last completion (not the shutdown after it).
+    let last = run.done_at.last().copied().unwrap_or(run.elapsed);
+    let rate = jobs as f64 / last.as_secs_f64();
     let hits = hits.load(Ordering::Relaxed);
     let mut line = format!(
         "{jobs} webhook jobs, concurrency {concurrency}: {} jobs/s (sink got {hits}) | \
