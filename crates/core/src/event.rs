@@ -104,6 +104,13 @@ pub enum Event {
         queue: String,
         limits: QueueLimits,
     },
+    /// Jobs enqueued as a batch: `callback` (its id is the batch's id, reserved now) is
+    /// enqueued once every job of `jobs` has finished.
+    BatchEnqueued {
+        at: Millis,
+        jobs: Vec<NewJob>,
+        callback: NewJob,
+    },
 }
 
 /// Flow control of one queue, enforced when jobs are leased.

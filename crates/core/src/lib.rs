@@ -13,8 +13,8 @@ pub use error::{CoreError, Detail, ErrorKind};
 pub use event::{Backoff, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
 pub use sluice_proto::JobState;
 pub use state::{
-    backoff_delay_ms, Attempt, Config, Decided, EnqueueSpec, Enqueued, FailInput, Job, JobExtra,
-    Outcome, Queue, Settled, State, TICK_BATCH_LEN_MAX,
+    backoff_delay_ms, Attempt, Batch, Config, Decided, EnqueueSpec, Enqueued, FailInput, Job,
+    JobExtra, Outcome, Queue, Settled, State, TICK_BATCH_LEN_MAX,
 };
 
 /// Job ids: milliseconds since the epoch in the high 48 bits, a counter below.

@@ -3,7 +3,7 @@
 //! then applied. Replay applies the same events, so live and replayed state agree.
 
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
@@ -290,6 +290,25 @@ pub struct EnqueueSpec {
 }
 
 impl EnqueueSpec {
+    /// The job as the enqueue event records it, with id `id`, decided at `now`.
+    fn into_new_job(self, id: JobId, now: Millis) -> NewJob {
+        NewJob {
+            id,
+            queue: self.queue,
+            kind: self.kind,
+            payload: self.payload,
+            priority: self.priority,
+            run_at: self.run_at.unwrap_or(now).max(now),
+            max_attempts: self.max_attempts as u16,
+            backoff: self.backoff,
+            timeout_ms: self.timeout_ms as u32,
+            unique: self
+                .unique_key
+                .map(|k| (k, now.saturating_add(self.unique_ttl_ms as Millis))),
+            tags: self.tags,
+        }
+    }
+
     /// A job with every option at its default.
     pub fn new(queue: &str, kind: &str, payload: &str) -> Self {
         EnqueueSpec {
@@ -437,6 +456,44 @@ pub struct State {
     last_lease_id: LeaseId,
     /// Queues with a rate limit (their buckets refill with time).
     rate_limited: BTreeSet<u32>,
+    /// Batches by id (the id of their callback job).
+    batches: BTreeMap<JobId, Batch>,
+    /// Unfinished members of batches: job -> batch.
+    batch_of: FxHashMap<JobId, JobId>,
+    /// Queues that got a batch callback job since the last `take_fired` (not state: a
+    /// side channel for the server to wake their long-polls).
+    fired: Vec<u32>,
+}
+
+/// A group of jobs whose callback job is enqueued exactly once, when every member has
+/// finished (succeeded, dead, cancelled or purged). A member counts once, at its first
+/// finish; retrying a dead member later changes nothing here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The callback job's id.
+    pub id: JobId,
+    pub created_at: Millis,
+    pub total: u32,
+    pub succeeded: u32,
+    pub dead: u32,
+    /// Cancelled, or purged before it ran.
+    pub cancelled: u32,
+    /// When the last member finished and the callback was enqueued.
+    pub finished_at: Option<Millis>,
+    /// The callback as enqueued when the batch finishes (its payload then wrapped with
+    /// the counts).
+    callback: NewJob,
+}
+
+impl Batch {
+    pub fn pending(&self) -> u32 {
+        self.total
+            .saturating_sub(self.succeeded + self.dead + self.cancelled)
+    }
+
+    pub fn callback_queue(&self) -> &str {
+        &self.callback.queue
+    }
 }
 
 /// Deterministic jitter in [0.5, 1.0] from the job and attempt (splitmix64), so a replay
@@ -675,25 +732,86 @@ impl State {
                 id,
                 duplicate: false,
             });
-            jobs.push(NewJob {
-                id,
-                queue: spec.queue,
-                kind: spec.kind,
-                payload: spec.payload,
-                priority: spec.priority,
-                run_at: spec.run_at.unwrap_or(now).max(now),
-                max_attempts: spec.max_attempts as u16,
-                backoff: spec.backoff,
-                timeout_ms: spec.timeout_ms as u32,
-                unique: spec
-                    .unique_key
-                    .map(|k| (k, now.saturating_add(spec.unique_ttl_ms as Millis))),
-                tags: spec.tags,
-            });
+            jobs.push(spec.into_new_job(id, now));
         }
         self.commit(
             replies,
             (!jobs.is_empty()).then_some(Event::Enqueued { at: now, jobs }),
+        )
+    }
+
+    /// Enqueues `specs` as one batch with `callback`, which is enqueued once every job of
+    /// the batch has finished. Replies `(batch id, job ids)`; the batch id is the id the
+    /// callback job will have. All or nothing; unique keys are refused in a batch (a
+    /// duplicate would be a job that is not the batch's).
+    pub fn enqueue_batch_with_callback(
+        &mut self,
+        now: Millis,
+        specs: Vec<EnqueueSpec>,
+        callback: EnqueueSpec,
+    ) -> Result<Decided<(JobId, Vec<JobId>)>, CoreError> {
+        let mut details = Vec::new();
+        if specs.is_empty() {
+            details.push(Detail {
+                path: "jobs".into(),
+                message: "a batch needs at least one job".into(),
+            });
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            let path = format!("jobs[{i}].");
+            spec.validate(&path, now, &mut details);
+            if spec.unique_key.is_some() {
+                details.push(Detail {
+                    path: format!("{path}unique_key"),
+                    message: "unique keys are not supported in a batch".into(),
+                });
+            }
+        }
+        callback.validate("callback.", now, &mut details);
+        if callback.unique_key.is_some() {
+            details.push(Detail {
+                path: "callback.unique_key".into(),
+                message: "unique keys are not supported in a batch".into(),
+            });
+        }
+        if !details.is_empty() {
+            details.truncate(100);
+            return Err(CoreError {
+                kind: ErrorKind::BadInput,
+                code: "invalid_request",
+                message: "the request is invalid".into(),
+                details,
+            });
+        }
+        let new_queues: FxHashSet<&str> = specs
+            .iter()
+            .chain(std::iter::once(&callback))
+            .map(|s| s.queue.as_str())
+            .filter(|q| !self.ix.queue_ids.contains_key(*q))
+            .collect();
+        if self.ix.queues.len() + new_queues.len() > limits::QUEUES_MAX {
+            return Err(CoreError::new(
+                ErrorKind::Limit,
+                "too_many_queues",
+                format!("at most {} queues may exist", limits::QUEUES_MAX),
+            ));
+        }
+        let mut last_id = self.last_id;
+        let mut jobs = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let id = self.next_id(now, last_id).ok_or_else(ids_exhausted)?;
+            last_id = id;
+            jobs.push(spec.into_new_job(id, now));
+        }
+        let batch_id = self.next_id(now, last_id).ok_or_else(ids_exhausted)?;
+        let ids = jobs.iter().map(|j| j.id).collect();
+        self.commit(
+            (batch_id, ids),
+            Some(Event::BatchEnqueued {
+                at: now,
+                jobs,
+                callback: callback.into_new_job(batch_id, now),
+            }),
         )
     }
 
@@ -1110,52 +1228,32 @@ impl State {
         match event {
             Event::Enqueued { at, jobs } => {
                 for new in jobs {
-                    if self.jobs.contains_key(&new.id) {
-                        return Err(format!("job {} enqueued twice", new.id));
-                    }
-                    // The next id is one more than the last: u64::MAX is never decided.
-                    if new.id == JobId::MAX {
-                        return Err(format!("job id {} is out of range", new.id));
-                    }
-                    let queue = self.ix.queue_id_or_create(&new.queue);
-                    let kind = self.intern_kind(&new.kind);
-                    let mut extra = None;
-                    if new.unique.is_some() || !new.tags.is_empty() {
-                        extra = Some(Box::new(JobExtra {
-                            unique_key: new.unique.as_ref().map(|(k, _)| k.as_str().into()),
-                            tags: new.tags.iter().map(|t| t.as_str().into()).collect(),
-                            ..JobExtra::default()
-                        }));
-                    }
-                    if let Some((key, expires_at)) = &new.unique {
-                        self.unique
-                            .insert((queue, key.as_str().into()), (new.id, *expires_at));
-                    }
-                    let job = Job {
-                        id: new.id,
-                        queue,
-                        state: if new.run_at > *at {
-                            JobState::Scheduled
-                        } else {
-                            JobState::Ready
-                        },
-                        priority: new.priority,
-                        attempts: 0,
-                        max_attempts: new.max_attempts,
-                        timeout_ms: new.timeout_ms,
-                        backoff: new.backoff,
-                        run_at: new.run_at,
-                        lease_id: 0,
-                        lease_expires_at: 0,
-                        finished_at: 0,
-                        kind,
-                        payload: new.payload.as_str().into(),
-                        extra,
-                    };
-                    self.ix.insert(&job);
-                    self.last_id = self.last_id.max(new.id);
-                    self.jobs.insert(new.id, job);
+                    self.insert_new_job(*at, new)?;
                 }
+            }
+            Event::BatchEnqueued { at, jobs, callback } => {
+                if callback.id == JobId::MAX || self.jobs.contains_key(&callback.id) {
+                    return Err(format!("batch id {} is taken or out of range", callback.id));
+                }
+                for new in jobs {
+                    self.insert_new_job(*at, new)?;
+                    self.batch_of.insert(new.id, callback.id);
+                }
+                // The callback's id is reserved now, so later ids never take it.
+                self.last_id = self.last_id.max(callback.id);
+                self.batches.insert(
+                    callback.id,
+                    Batch {
+                        id: callback.id,
+                        created_at: *at,
+                        total: u32::try_from(jobs.len()).unwrap_or(u32::MAX),
+                        succeeded: 0,
+                        dead: 0,
+                        cancelled: 0,
+                        finished_at: None,
+                        callback: callback.clone(),
+                    },
+                );
             }
             Event::Leased {
                 at,
@@ -1306,11 +1404,110 @@ impl State {
             }
             Event::Purged { ids, .. } | Event::Removed { ids } => {
                 for id in ids {
-                    self.remove_job(*id);
+                    self.remove_job(*id)?;
                 }
             }
         }
         Ok(())
+    }
+
+    fn insert_new_job(&mut self, at: Millis, new: &NewJob) -> Result<(), String> {
+        if self.jobs.contains_key(&new.id) {
+            return Err(format!("job {} enqueued twice", new.id));
+        }
+        // The next id is one more than the last: u64::MAX is never decided.
+        if new.id == JobId::MAX {
+            return Err(format!("job id {} is out of range", new.id));
+        }
+        let queue = self.ix.queue_id_or_create(&new.queue);
+        let kind = self.intern_kind(&new.kind);
+        let mut extra = None;
+        if new.unique.is_some() || !new.tags.is_empty() {
+            extra = Some(Box::new(JobExtra {
+                unique_key: new.unique.as_ref().map(|(k, _)| k.as_str().into()),
+                tags: new.tags.iter().map(|t| t.as_str().into()).collect(),
+                ..JobExtra::default()
+            }));
+        }
+        if let Some((key, expires_at)) = &new.unique {
+            self.unique
+                .insert((queue, key.as_str().into()), (new.id, *expires_at));
+        }
+        let job = Job {
+            id: new.id,
+            queue,
+            state: if new.run_at > at {
+                JobState::Scheduled
+            } else {
+                JobState::Ready
+            },
+            priority: new.priority,
+            attempts: 0,
+            max_attempts: new.max_attempts,
+            timeout_ms: new.timeout_ms,
+            backoff: new.backoff,
+            run_at: new.run_at,
+            lease_id: 0,
+            lease_expires_at: 0,
+            finished_at: 0,
+            kind,
+            payload: new.payload.as_str().into(),
+            extra,
+        };
+        self.ix.insert(&job);
+        self.last_id = self.last_id.max(new.id);
+        self.jobs.insert(new.id, job);
+        Ok(())
+    }
+
+    /// Counts a batch member's first finish; the last one enqueues the callback job, its
+    /// payload wrapped with the counts: `{"batch":{...},"payload":<the callback's>}`.
+    fn batch_member_finished(
+        &mut self,
+        id: JobId,
+        state: JobState,
+        at: Millis,
+    ) -> Result<(), String> {
+        let Some(batch_id) = self.batch_of.remove(&id) else {
+            return Ok(());
+        };
+        let Some(batch) = self.batches.get_mut(&batch_id) else {
+            return Ok(());
+        };
+        match state {
+            JobState::Succeeded => batch.succeeded += 1,
+            JobState::Dead => batch.dead += 1,
+            _ => batch.cancelled += 1,
+        }
+        if batch.pending() > 0 || batch.finished_at.is_some() {
+            return Ok(());
+        }
+        batch.finished_at = Some(at);
+        let mut callback = batch.callback.clone();
+        callback.payload = format!(
+            r#"{{"batch":{{"id":"{}","total":{},"succeeded":{},"dead":{},"cancelled":{}}},"payload":{}}}"#,
+            sluice_proto::ids::encode(batch.id),
+            batch.total,
+            batch.succeeded,
+            batch.dead,
+            batch.cancelled,
+            callback.payload
+        );
+        callback.run_at = callback.run_at.max(at);
+        self.insert_new_job(at, &callback)?;
+        if let Some(&queue) = self.ix.queue_ids.get(callback.queue.as_str()) {
+            self.fired.push(queue);
+        }
+        Ok(())
+    }
+
+    /// Queues that got a batch callback job since the last call (to wake their polls).
+    pub fn take_fired(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.fired)
+    }
+
+    pub fn batch(&self, id: JobId) -> Option<&Batch> {
+        self.batches.get(&id)
     }
 
     /// Closes the running attempt of a leased job and moves it to `state`.
@@ -1361,6 +1558,7 @@ impl State {
         self.ix.insert(job);
         if state.is_finished() {
             self.release_unique(id);
+            self.batch_member_finished(id, state, at)?;
         }
         Ok(())
     }
@@ -1382,11 +1580,20 @@ impl State {
         }
     }
 
-    fn remove_job(&mut self, id: JobId) {
+    fn remove_job(&mut self, id: JobId) -> Result<(), String> {
         self.release_unique(id);
         if let Some(job) = self.jobs.remove(&id) {
             self.ix.remove(&job);
         }
+        // An unfinished member purged: it will never run, so it counts as cancelled, at
+        // the batch's own creation time (a purge records no time).
+        if let Some(&batch_id) = self.batch_of.get(&id) {
+            let at = self.batches.get(&batch_id).map_or(0, |b| b.created_at);
+            self.batch_member_finished(id, JobState::Cancelled, at)?;
+        }
+        // A batch lives as long as its callback job.
+        self.batches.remove(&id);
+        Ok(())
     }
 
     // ---- snapshots ------------------------------------------------------------------
@@ -1420,6 +1627,20 @@ impl State {
                 .filter(|(_, q)| q.limits != QueueLimits::default())
                 .map(|(i, q)| (i as u32, q.limits, q.bucket.level, q.bucket.at))
                 .collect(),
+            batches: {
+                let mut members: BTreeMap<JobId, Vec<JobId>> = BTreeMap::new();
+                for (&job, &batch) in &self.batch_of {
+                    members.entry(batch).or_default().push(job);
+                }
+                self.batches
+                    .values()
+                    .map(|b| {
+                        let mut pending = members.remove(&b.id).unwrap_or_default();
+                        pending.sort_unstable();
+                        (b, pending)
+                    })
+                    .collect()
+            },
         };
         postcard::to_allocvec(&snapshot).unwrap_or_default()
     }
@@ -1491,6 +1712,18 @@ impl State {
             state.ix.insert(&job);
             state.jobs.insert(job.id, job);
         }
+        for (batch, pending) in snapshot.batches {
+            if batch.id > state.last_id {
+                return Err(format!("batch {} is newer than the last ids", batch.id));
+            }
+            for member in pending {
+                if !state.jobs.contains_key(&member) {
+                    return Err(format!("batch {} names missing job {member}", batch.id));
+                }
+                state.batch_of.insert(member, batch.id);
+            }
+            state.batches.insert(batch.id, batch);
+        }
         Ok(state)
     }
 }
@@ -1513,6 +1746,8 @@ struct SnapshotRef<'a> {
     jobs: JobsSeq<'a>,
     /// `(queue, limits, bucket level, bucket time)` of queues with limits.
     limits: Vec<(u32, QueueLimits, u64, Millis)>,
+    /// Batches with their unfinished members.
+    batches: Vec<(&'a Batch, Vec<JobId>)>,
 }
 
 #[derive(Deserialize)]
@@ -1524,6 +1759,7 @@ struct SnapshotOwned {
     unique: Vec<(u32, String, JobId, Millis)>,
     jobs: Vec<Job>,
     limits: Vec<(u32, QueueLimits, u64, Millis)>,
+    batches: Vec<(Batch, Vec<JobId>)>,
 }
 
 /// A snapshot from before queue limits.
@@ -1547,6 +1783,7 @@ impl From<SnapshotOwnedV1> for SnapshotOwned {
             unique: v1.unique,
             jobs: v1.jobs,
             limits: Vec::new(),
+            batches: Vec::new(),
         }
     }
 }

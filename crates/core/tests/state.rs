@@ -304,6 +304,7 @@ fn variant(event: &Event) -> &'static str {
         Event::Purged { .. } => "Purged",
         Event::Removed { .. } => "Removed",
         Event::QueueLimitsSet { .. } => "QueueLimitsSet",
+        Event::BatchEnqueued { .. } => "BatchEnqueued",
     }
 }
 
@@ -1586,10 +1587,10 @@ fn snapshot_with_a_job_twice_is_refused() {
     let id = h.enqueue_one(T0, spec_with("q", |s| s.run_at = Some(T0 + 60_000)));
     let bytes = h.state.encode_snapshot();
     let job = postcard::to_allocvec(h.state.job(id).expect("job")).expect("encode job");
-    // The jobs come next to last: a count, then each job; then the queue limits (none:
-    // a count of 0). Add a ready copy of the same id after the job.
-    let jobs_end = bytes.len() - 1;
-    assert_eq!(bytes[jobs_end], 0, "no queue limits");
+    // The jobs come before the queue limits and the batches (none: two counts of 0).
+    // Add a ready copy of the same id after the job.
+    let jobs_end = bytes.len() - 2;
+    assert_eq!(&bytes[jobs_end..], &[0, 0], "no queue limits, no batches");
     assert!(bytes[..jobs_end].ends_with(&job) && bytes[jobs_end - job.len() - 1] == 1);
     let mut ready = h.state.job(id).expect("job").clone();
     ready.state = JobState::Ready;
@@ -1597,7 +1598,7 @@ fn snapshot_with_a_job_twice_is_refused() {
     twice.push(2);
     twice.extend_from_slice(&job);
     twice.extend_from_slice(&postcard::to_allocvec(&ready).expect("encode job"));
-    twice.push(0);
+    twice.extend_from_slice(&[0, 0]);
     let error = State::decode_snapshot(Config::default(), &twice).expect_err("refused");
     assert!(error.contains("appears twice"), "{error}");
 }
@@ -1855,9 +1856,160 @@ fn snapshots_from_before_queue_limits_still_decode() {
     let mut h = Harness::new();
     h.enqueue_one(T0, spec("q"));
     let bytes = h.state.encode_snapshot();
-    // The older format ended after the jobs: without the (empty) limits count.
-    assert_eq!(bytes.last(), Some(&0));
-    let older = &bytes[..bytes.len() - 1];
+    // The older format ended after the jobs: without the (empty) limits and batches.
+    assert!(bytes.ends_with(&[0, 0]));
+    let older = &bytes[..bytes.len() - 2];
     let decoded = State::decode_snapshot(Config::default(), older).expect("older snapshot");
     assert_eq!(decoded.encode_snapshot(), bytes);
+}
+
+// ---- batches --------------------------------------------------------------------------
+
+impl Harness {
+    fn enqueue_batch(
+        &mut self,
+        now: Millis,
+        specs: Vec<EnqueueSpec>,
+        callback: EnqueueSpec,
+    ) -> (JobId, Vec<JobId>) {
+        let decided = self
+            .state
+            .enqueue_batch_with_callback(now, specs, callback)
+            .expect("valid batch");
+        self.record(decided)
+    }
+
+    /// The jobs of `queue` in `state`, in id order.
+    fn ids_in(&self, queue: &str, state: JobState) -> Vec<JobId> {
+        let q = self.state.queue(queue).expect("queue");
+        self.state
+            .jobs_page(q, state, None, usize::MAX)
+            .iter()
+            .map(|j| j.id)
+            .collect()
+    }
+}
+
+#[test]
+fn batch_callback_is_enqueued_once_when_every_member_has_finished_with_the_counts() {
+    let mut h = Harness::new();
+    let specs = (0..4)
+        .map(|_| spec_with("work", |s| s.max_attempts = 1))
+        .collect();
+    let callback = EnqueueSpec::new("done", "batch.finished", r#"{"report":7}"#);
+    let (batch, members) = h.enqueue_batch(T0, specs, callback);
+    assert_eq!(members.len(), 4);
+    assert!(batch > members[3], "the batch id is reserved after its members");
+    assert!(h.state.job(batch).is_none(), "no callback before the members finish");
+    let b = h.state.batch(batch).expect("batch");
+    assert_eq!((b.total, b.pending()), (4, 4));
+
+    // Two succeed, one dies, one is cancelled; the callback comes with the last.
+    let (leased, lease_id) = h.lease(T0 + 1, &["work"], 3);
+    assert_eq!(leased.len(), 3);
+    h.ack(T0 + 2, &[(leased[0], lease_id), (leased[1], lease_id)]);
+    assert!(h.state.job(batch).is_none());
+    h.fail_one(T0 + 3, leased[2], lease_id, None);
+    assert_eq!(h.state_of(leased[2]), JobState::Dead);
+    assert!(h.state.job(batch).is_none(), "one member is still pending");
+    let last = members.iter().copied().find(|id| !leased.contains(id)).expect("the fourth");
+    h.cancel(T0 + 4, last).expect("cancel");
+
+    let callback = h.job(batch);
+    assert_eq!(callback.state, JobState::Ready);
+    assert_eq!(h.state.queue_name(callback.queue), "done");
+    let payload: serde_json::Value = serde_json::from_str(&callback.payload).expect("JSON");
+    assert_eq!(payload["payload"], serde_json::json!({ "report": 7 }));
+    assert_eq!(payload["batch"]["id"], sluice_proto::ids::encode(batch));
+    assert_eq!(
+        (
+            &payload["batch"]["total"],
+            &payload["batch"]["succeeded"],
+            &payload["batch"]["dead"],
+            &payload["batch"]["cancelled"]
+        ),
+        (&4.into(), &2.into(), &1.into(), &1.into())
+    );
+    let b = h.state.batch(batch).expect("batch");
+    assert_eq!(b.finished_at, Some(T0 + 4));
+    assert_eq!(h.state.take_fired().len(), 1);
+
+    // Exactly once: retrying the dead member and finishing it again changes nothing.
+    h.retry(T0 + 5, leased[2]).expect("retry");
+    let (again, lease_id) = h.lease(T0 + 6, &["work"], 1);
+    assert_eq!(again, vec![leased[2]]);
+    h.ack(T0 + 7, &[(again[0], lease_id)]);
+    assert_eq!(h.ids_in("done", JobState::Ready), vec![batch]);
+    assert_eq!(h.state.batch(batch).expect("batch").succeeded, 2);
+
+    // Replay and snapshots give the same state.
+    let replayed = replay(Config::default(), &h.events);
+    assert_eq!(replayed.encode_snapshot(), h.state.encode_snapshot());
+    let restored =
+        State::decode_snapshot(Config::default(), &h.state.encode_snapshot()).expect("decode");
+    assert_eq!(restored.encode_snapshot(), h.state.encode_snapshot());
+}
+
+#[test]
+fn batch_state_survives_a_snapshot_taken_while_members_are_pending() {
+    let mut h = Harness::new();
+    let (batch, members) = h.enqueue_batch(
+        T0,
+        vec![spec("work"), spec("work")],
+        EnqueueSpec::new("done", "cb", "null"),
+    );
+    let (first, lease_id) = h.lease_one(T0 + 1, "work");
+    h.ack(T0 + 2, &[(first, lease_id)]);
+    let mut restored =
+        State::decode_snapshot(Config::default(), &h.state.encode_snapshot()).expect("decode");
+    assert_eq!(restored.batch(batch).expect("batch").pending(), 1);
+    // The restored state fires the callback when the other member finishes.
+    let other = if members[0] == first { members[1] } else { members[0] };
+    let (event, leased) = restored
+        .lease(T0 + 3, &["work".to_owned()], 1, None)
+        .expect("lease");
+    assert_eq!(leased, vec![other]);
+    let lease_id = match event {
+        Some(Event::Leased { lease_id, .. }) => lease_id,
+        other => panic!("{other:?}"),
+    };
+    let (event, results) = restored.ack(T0 + 4, &[(other, lease_id)]);
+    assert!(results[0].is_ok() && event.is_some());
+    assert_eq!(restored.job(batch).map(|j| j.state), Some(JobState::Ready));
+}
+
+#[test]
+fn purging_pending_members_counts_them_cancelled_and_finishes_the_batch() {
+    let mut h = Harness::new();
+    let (batch, _) = h.enqueue_batch(
+        T0,
+        vec![spec("work"), spec("work"), spec("work")],
+        EnqueueSpec::new("done", "cb", "null"),
+    );
+    assert_eq!(h.purge("work").expect("purge"), 3);
+    let b = h.state.batch(batch).expect("batch");
+    assert_eq!((b.cancelled, b.pending()), (3, 0));
+    assert_eq!(h.state_of(batch), JobState::Ready);
+    let replayed = replay(Config::default(), &h.events);
+    assert_eq!(replayed.encode_snapshot(), h.state.encode_snapshot());
+}
+
+#[test]
+fn invalid_batches_are_refused_with_paths() {
+    let mut state = State::new(Config::default());
+    let error = state
+        .enqueue_batch_with_callback(T0, vec![], EnqueueSpec::new("done", "cb", "null"))
+        .expect_err("empty");
+    assert!(error.details.iter().any(|d| d.path == "jobs"), "{error:?}");
+    let error = state
+        .enqueue_batch_with_callback(
+            T0,
+            vec![spec("work"), unique_spec("work", "k")],
+            EnqueueSpec::new("bad queue", "cb", "null"),
+        )
+        .expect_err("invalid");
+    let paths: Vec<&str> = error.details.iter().map(|d| d.path.as_str()).collect();
+    assert!(paths.contains(&"jobs[1].unique_key"), "{paths:?}");
+    assert!(paths.contains(&"callback.queue"), "{paths:?}");
+    assert_eq!(state.job_len(), 0, "nothing enqueued");
 }
