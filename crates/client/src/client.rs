@@ -7,10 +7,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sluice_proto::{
-    AckBatchRequest, AckItem, Backoff, BatchResultResponse, EnqueueBatchRequest,
-    EnqueueBatchResponse, EnqueueResult, ErrorResponse, FailBatchRequest, FailItem,
-    HeartbeatRequest, HeartbeatResponse, ItemResult, Job, JobSpec, LeaseRequest, LeaseResponse,
-    QueueInfo, QueueLimits, RateLimit,
+    AckBatchRequest, AckItem, Backoff, BatchCreated, BatchInfo, BatchRequest, BatchResultResponse,
+    EnqueueBatchRequest, EnqueueBatchResponse, EnqueueResult, ErrorResponse, FailBatchRequest,
+    FailItem, HeartbeatRequest, HeartbeatResponse, ItemResult, Job, JobSpec, LeaseRequest,
+    LeaseResponse, QueueInfo, QueueLimits, RateLimit,
 };
 
 /// What a call can fail with.
@@ -228,6 +228,27 @@ impl Client {
             .post("/v1/jobs/batch", &EnqueueBatchRequest { jobs }, None)
             .await?;
         Ok(reply.jobs.into_iter().map(Enqueued::from).collect())
+    }
+
+    /// Enqueues `jobs` as a batch: `callback` is enqueued exactly once, when every one of
+    /// them has finished, with its payload wrapped as
+    /// `{"batch":{"id","total","succeeded","dead","cancelled"},"payload":<callback's>}`.
+    /// Returns the batch id (also the callback job's id) and the jobs' ids.
+    pub async fn enqueue_with_callback<T: Serialize, C: Serialize>(
+        &self,
+        jobs: &[NewJob<T>],
+        callback: &NewJob<C>,
+    ) -> Result<BatchCreated> {
+        let request = BatchRequest {
+            jobs: jobs.iter().map(NewJob::to_spec).collect::<Result<_>>()?,
+            callback: callback.to_spec()?,
+        };
+        self.post("/v1/batches", &request, None).await
+    }
+
+    /// A batch's progress.
+    pub async fn batch(&self, id: &str) -> Result<BatchInfo> {
+        self.get(&format!("/v1/batches/{id}")).await
     }
 
     /// A job as the server has it, with its attempt history.

@@ -626,3 +626,66 @@ async fn worker_reconnects_when_the_server_restarts() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_callback_runs_once_after_its_jobs_with_their_counts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    let members: Vec<_> = (0..5u32)
+        .map(|n| NewJob::new("q", "member", Email { to: "m".into(), n }).max_attempts(1))
+        .collect();
+    let created = client
+        .enqueue_with_callback(&members, &NewJob::new("q", "report", "nightly"))
+        .await
+        .expect("batch");
+    assert_eq!(created.jobs.len(), 5);
+
+    #[derive(Debug, Deserialize)]
+    struct Counts {
+        total: u32,
+        succeeded: u32,
+        dead: u32,
+    }
+    #[derive(Debug, Deserialize)]
+    struct Callback {
+        batch: Counts,
+        payload: String,
+    }
+    let (seen_tx, seen_rx) = oneshot::channel::<(Counts, String)>();
+    let seen_tx = Arc::new(Mutex::new(Some(seen_tx)));
+    let worker = Worker::new(client.clone(), ["q"])
+        .handle("member", |job: Job<Email>| async move {
+            // Member 3 fails (and, with one attempt, dies).
+            if job.payload.n == 3 {
+                Err("no")
+            } else {
+                Ok(())
+            }
+        })
+        .handle("report", move |job: Job<Callback>| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                if let Some(tx) = seen_tx.lock().expect("lock").take() {
+                    let _ = tx.send((job.payload.batch, job.payload.payload));
+                }
+                Ok::<(), String>(())
+            }
+        });
+    let (stop, handle) = spawn_worker(worker);
+    let (counts, payload) = tokio::time::timeout(DEADLINE, seen_rx)
+        .await
+        .expect("the callback ran")
+        .expect("counts");
+    assert_eq!((counts.total, counts.succeeded, counts.dead), (5, 4, 1));
+    assert_eq!(payload, "nightly");
+    wait_state(&client, &created.id, JobState::Succeeded).await;
+    let report = stop_worker(stop, handle).await;
+    assert_eq!(
+        report.succeeded, 5,
+        "4 members and the callback: {report:?}"
+    );
+    let batch = client.batch(&created.id).await.expect("batch");
+    assert_eq!(batch.pending, 0);
+    server.stop().await;
+}

@@ -1899,8 +1899,14 @@ fn batch_callback_is_enqueued_once_when_every_member_has_finished_with_the_count
     let callback = EnqueueSpec::new("done", "batch.finished", r#"{"report":7}"#);
     let (batch, members) = h.enqueue_batch(T0, specs, callback);
     assert_eq!(members.len(), 4);
-    assert!(batch > members[3], "the batch id is reserved after its members");
-    assert!(h.state.job(batch).is_none(), "no callback before the members finish");
+    assert!(
+        batch > members[3],
+        "the batch id is reserved after its members"
+    );
+    assert!(
+        h.state.job(batch).is_none(),
+        "no callback before the members finish"
+    );
     let b = h.state.batch(batch).expect("batch");
     assert_eq!((b.total, b.pending()), (4, 4));
 
@@ -1912,7 +1918,11 @@ fn batch_callback_is_enqueued_once_when_every_member_has_finished_with_the_count
     h.fail_one(T0 + 3, leased[2], lease_id, None);
     assert_eq!(h.state_of(leased[2]), JobState::Dead);
     assert!(h.state.job(batch).is_none(), "one member is still pending");
-    let last = members.iter().copied().find(|id| !leased.contains(id)).expect("the fourth");
+    let last = members
+        .iter()
+        .copied()
+        .find(|id| !leased.contains(id))
+        .expect("the fourth");
     h.cancel(T0 + 4, last).expect("cancel");
 
     let callback = h.job(batch);
@@ -1964,7 +1974,11 @@ fn batch_state_survives_a_snapshot_taken_while_members_are_pending() {
         State::decode_snapshot(Config::default(), &h.state.encode_snapshot()).expect("decode");
     assert_eq!(restored.batch(batch).expect("batch").pending(), 1);
     // The restored state fires the callback when the other member finishes.
-    let other = if members[0] == first { members[1] } else { members[0] };
+    let other = if members[0] == first {
+        members[1]
+    } else {
+        members[0]
+    };
     let (event, leased) = restored
         .lease(T0 + 3, &["work".to_owned()], 1, None)
         .expect("lease");

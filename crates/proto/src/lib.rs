@@ -151,6 +151,45 @@ pub struct EnqueueBatchRequest {
     pub jobs: Vec<JobSpec>,
 }
 
+/// `POST /v1/batches`: jobs enqueued together, and a callback job enqueued exactly once
+/// when every one of them has finished (succeeded, dead or cancelled). The callback's
+/// payload becomes `{"batch":{"id","total","succeeded","dead","cancelled"},"payload":<its
+/// payload>}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to `limits::ENQUEUE_BATCH_LEN_MAX` jobs, without `unique_key`.
+    pub jobs: Vec<JobSpec>,
+    /// Without `unique_key`; its `delay_ms`/`run_at` count from the batch's creation.
+    pub callback: JobSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchCreated {
+    /// The batch's id, which is also the id its callback job will have.
+    pub id: String,
+    /// The jobs' ids, in the order given.
+    pub jobs: Vec<String>,
+}
+
+/// A batch's progress: `GET /v1/batches/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchInfo {
+    pub id: String,
+    pub total: u32,
+    /// Members not finished yet.
+    pub pending: u32,
+    pub succeeded: u32,
+    pub dead: u32,
+    /// Cancelled, or purged before they ran.
+    pub cancelled: u32,
+    pub created_at: String,
+    /// When the last member finished and the callback job (id = `id`) was enqueued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    pub callback_queue: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnqueueResult {
     pub id: String,

@@ -374,6 +374,77 @@ pub async fn enqueue_batch(
         .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/batches", tag = "jobs", request_body = proto::BatchRequest, responses((status = 201, description = "the batch and its jobs are enqueued", body = proto::BatchCreated), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 413, description = "batch, payload or body too large", body = proto::ErrorResponse), (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
+pub async fn create_batch(
+    app: axum::extract::State<AppState>,
+    ApiJson(request): ApiJson<proto::BatchRequest>,
+) -> Result<Response, ApiError> {
+    let broker = app.broker()?;
+    if request.jobs.len() > limits::ENQUEUE_BATCH_LEN_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "{} jobs in one batch; the limit is {}",
+                request.jobs.len(),
+                limits::ENQUEUE_BATCH_LEN_MAX
+            ),
+        )
+        .with_detail("jobs", "too many"));
+    }
+    let now = crate::broker::system_now_ms();
+    let specs = request
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, spec)| to_spec(spec, &format!("jobs[{i}]."), now))
+        .collect::<Result<Vec<_>, _>>()?;
+    let callback = to_spec(request.callback, "callback.", now)?;
+    let (batch, jobs) = broker
+        .execute(|s, now| s.enqueue_batch_with_callback(now, specs, callback))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(proto::BatchCreated {
+            id: ids::encode(batch),
+            jobs: jobs.into_iter().map(ids::encode).collect(),
+        }),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "jobs", params(("id" = String, Path, description = "Batch id: 13 characters of Crockford base32; an unknown or malformed one is 404.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")), responses((status = 200, body = proto::BatchInfo), (status = 404, body = proto::ErrorResponse)))]
+pub async fn get_batch(
+    app: axum::extract::State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<proto::BatchInfo>, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("batch {id} not found"),
+        )
+    };
+    let batch_id = ids::decode(&id).ok_or_else(not_found)?;
+    let info = app
+        .broker()?
+        .read(|s, _| {
+            Ok(s.batch(batch_id).map(|b| proto::BatchInfo {
+                id: ids::encode(b.id),
+                total: b.total,
+                pending: b.pending(),
+                succeeded: b.succeeded,
+                dead: b.dead,
+                cancelled: b.cancelled,
+                created_at: rfc3339::format_ms(b.created_at),
+                finished_at: b.finished_at.map(rfc3339::format_ms),
+                callback_queue: b.callback_queue().to_owned(),
+            }))
+        })
+        .await?;
+    info.map(Json).ok_or_else(not_found)
+}
+
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id: 13 characters of Crockford base32; an unknown or malformed one is 404.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$")), responses((status = 200, body = proto::Job), (status = 404, body = proto::ErrorResponse)))]
 pub async fn get_job(
     app: axum::extract::State<AppState>,

@@ -58,6 +58,8 @@ impl Broker {
             }
             Replayed::Record { bytes, .. } => state.apply(&Event::decode(bytes)?),
         })?;
+        // Callbacks enqueued during replay have no long-polls to wake.
+        state.take_fired();
         let broker = Broker {
             state: Mutex::new(state),
             wal,
@@ -108,6 +110,11 @@ impl Broker {
             let mut wake = Wakes::default();
             for event in &events {
                 wake.ready_made(&state, event);
+            }
+            // Batch callbacks the events enqueued (when a batch's last member finished).
+            for queue in state.take_fired() {
+                let name = state.queue_name(queue).to_owned();
+                wake.add(&name, 1);
             }
             let mut lsn = self.wal.next_lsn().checked_sub(1);
             for event in events {
@@ -248,7 +255,7 @@ impl Wakes {
             }
         };
         match event {
-            Event::Enqueued { at, jobs } => {
+            Event::Enqueued { at, jobs } | Event::BatchEnqueued { at, jobs, .. } => {
                 for job in jobs.iter().filter(|j| j.run_at <= *at) {
                     self.add(&job.queue, 1);
                 }

@@ -92,6 +92,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", post(api::enqueue))
         .route("/v1/jobs/batch", post(api::enqueue_batch))
         .route("/v1/jobs/{id}", get(api::get_job))
+        .route("/v1/batches", post(api::create_batch))
+        .route("/v1/batches/{id}", get(api::get_batch))
         .route("/v1/jobs/{id}/cancel", post(api::cancel_job))
         .route("/v1/jobs/{id}/retry", post(api::retry_job))
         .route("/v1/jobs/{id}/heartbeat", post(api::heartbeat))

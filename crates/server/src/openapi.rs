@@ -31,6 +31,8 @@ use crate::api;
         api::resume_queue,
         api::purge_queue,
         api::set_queue_limits,
+        api::create_batch,
+        api::get_batch,
         api::healthz,
         api::readyz
     ),
@@ -43,6 +45,9 @@ use crate::api;
         proto::EnqueueBatchRequest,
         proto::EnqueueResult,
         proto::EnqueueBatchResponse,
+        proto::BatchRequest,
+        proto::BatchCreated,
+        proto::BatchInfo,
         proto::JobState,
         proto::Attempt,
         proto::Lease,

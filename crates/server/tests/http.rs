@@ -2090,3 +2090,125 @@ async fn concurrency_limit_holds_across_workers_and_an_ack_wakes_a_parked_poll()
     assert_eq!(more["jobs"].as_array().expect("jobs").len(), 0, "{more}");
     server.stop().await;
 }
+
+// ---- batches --------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_callback_is_enqueued_once_with_counts_and_wakes_a_parked_poll() {
+    let (dir, server) = fresh().await;
+    let (status, created) = server
+        .post(
+            "/v1/batches",
+            &json!({
+                "jobs": [spec("import"), spec("import"), { "queue": "import", "kind": "row", "max_attempts": 1 }],
+                "callback": { "queue": "callbacks", "kind": "import.done", "payload": { "file": "a.csv" } }
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let batch = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["jobs"].as_array().expect("jobs").len(), 3);
+    let (status, progress) = server.get(&format!("/v1/batches/{batch}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(progress["total"], 3);
+    assert_eq!(progress["pending"], 3);
+    assert_eq!(progress["callback_queue"], "callbacks");
+    assert!(progress.get("finished_at").is_none());
+    let (status, _) = server.get(&format!("/v1/jobs/{batch}")).await;
+    assert_eq!(status, 404, "no callback job before the batch finishes");
+
+    // A worker of the callback queue parks; it gets the callback when the batch finishes.
+    let client = server.client.clone();
+    let url = server.url("/v1/lease");
+    let poll = tokio::spawn(async move {
+        let reply: Value = client
+            .post(url)
+            .json(&json!({ "queues": ["callbacks"], "wait_ms": 10_000 }))
+            .send()
+            .await
+            .expect("lease sent")
+            .json()
+            .await
+            .expect("json");
+        reply
+    });
+
+    let (_, leased) = server
+        .post("/v1/lease", &json!({ "queues": ["import"], "max_jobs": 3 }))
+        .await;
+    let jobs = leased["jobs"].as_array().expect("jobs").clone();
+    assert_eq!(jobs.len(), 3);
+    for job in &jobs {
+        let (path, body) = if job["max_attempts"] == 1 {
+            (
+                "fail",
+                json!({ "lease_id": job["lease_id"], "error": "bad row" }),
+            )
+        } else {
+            ("ack", json!({ "lease_id": job["lease_id"] }))
+        };
+        let (status, _) = server
+            .post(
+                &format!("/v1/jobs/{}/{path}", job["id"].as_str().expect("id")),
+                &body,
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let reply = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the parked poll got the callback in time")
+        .expect("poll task");
+    let callback = &reply["jobs"][0];
+    assert_eq!(callback["id"], batch.as_str(), "{reply}");
+    assert_eq!(callback["kind"], "import.done");
+    assert_eq!(
+        callback["payload"],
+        json!({ "batch": { "id": batch, "total": 3, "succeeded": 2, "dead": 1, "cancelled": 0 },
+                "payload": { "file": "a.csv" } })
+    );
+    let (_, progress) = server.get(&format!("/v1/batches/{batch}")).await;
+    assert_eq!(progress["pending"], 0);
+    assert_eq!(progress["succeeded"], 2);
+    assert_eq!(progress["dead"], 1);
+    assert!(progress["finished_at"].is_string());
+    server.stop().await;
+
+    // After a restart (snapshot or replay) the batch and its one callback are still there.
+    let server = TestServer::start(dir.path()).await;
+    let (_, progress) = server.get(&format!("/v1/batches/{batch}")).await;
+    assert_eq!(progress["pending"], 0);
+    let (_, queue) = server.get("/v1/queues/callbacks").await;
+    assert_eq!(queue["counts"]["leased"], 1, "{queue}");
+    assert_eq!(queue["counts"]["ready"], 0, "{queue}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_batches_get_field_paths_and_unknown_batches_404() {
+    let (_dir, server) = fresh().await;
+    let reply = server
+        .post(
+            "/v1/batches",
+            &json!({ "jobs": [], "callback": spec("cb") }),
+        )
+        .await;
+    assert_error(&reply, 400, "invalid_request", Some("jobs"));
+    let reply = server
+        .post(
+            "/v1/batches",
+            &json!({ "jobs": [{ "queue": "q", "kind": "k", "unique_key": "u" }], "callback": spec("cb") }),
+        )
+        .await;
+    assert_error(&reply, 400, "invalid_request", Some("jobs[0].unique_key"));
+    let reply = server
+        .post(
+            "/v1/batches",
+            &json!({ "jobs": [spec("q")], "callback": { "queue": "bad name", "kind": "k" } }),
+        )
+        .await;
+    assert_error(&reply, 400, "invalid_request", Some("callback.queue"));
+    let reply = server.get("/v1/batches/0000000000000").await;
+    assert_error(&reply, 404, "not_found", None);
+    server.stop().await;
+}
