@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cron::CronSpec;
 use crate::{JobId, LeaseId, Millis};
 
 /// Retry backoff as stored (the wire form lives in `sluice-proto`).
@@ -111,6 +112,28 @@ pub enum Event {
         jobs: Vec<NewJob>,
         callback: NewJob,
     },
+    /// A cron schedule set (created or replaced); its first occurrence after `at`.
+    CronSet {
+        at: Millis,
+        spec: CronSpec,
+        next_at: Option<Millis>,
+    },
+    CronRemoved {
+        name: String,
+    },
+    /// Schedules whose occurrences came due: the jobs they enqueued and their next ones.
+    CronFired {
+        at: Millis,
+        fired: Vec<CronFire>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CronFire {
+    pub name: String,
+    /// Enqueued now (none when the occurrences were missed and the policy skips them).
+    pub jobs: Vec<NewJob>,
+    pub next_at: Option<Millis>,
 }
 
 /// Flow control of one queue, enforced when jobs are leased.

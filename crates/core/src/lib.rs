@@ -4,16 +4,17 @@
 //! Architecture Invariant: `State::apply` is deterministic and total over events that
 //! `State` itself decided; replaying the log rebuilds the state exactly.
 
+pub mod cron;
 mod error;
 mod event;
 mod state;
 mod table;
 
 pub use error::{CoreError, Detail, ErrorKind};
-pub use event::{Backoff, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
+pub use event::{Backoff, CronFire, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
 pub use sluice_proto::JobState;
 pub use state::{
-    backoff_delay_ms, Attempt, Batch, Config, Decided, EnqueueSpec, Enqueued, FailInput, Job,
+    backoff_delay_ms, Attempt, Batch, Config, Cron, Decided, EnqueueSpec, Enqueued, FailInput, Job,
     JobExtra, Outcome, Queue, Settled, State, TICK_BATCH_LEN_MAX,
 };
 

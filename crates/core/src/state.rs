@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use sluice_proto::limits;
 use sluice_proto::JobState;
 
+use crate::cron::{CronSpec, Missed, Schedule, CATCH_UP_MAX, MISSED_AFTER_MS};
 use crate::error::{CoreError, Detail, ErrorKind};
-use crate::event::{Backoff, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
+use crate::event::{Backoff, CronFire, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
 use crate::table::JobTable;
 use crate::{JobId, LeaseId, Millis};
 
@@ -463,6 +464,18 @@ pub struct State {
     /// Queues that got a batch callback job since the last `take_fired` (not state: a
     /// side channel for the server to wake their long-polls).
     fired: Vec<u32>,
+    /// Cron schedules by name.
+    crons: BTreeMap<String, Cron>,
+}
+
+/// A cron schedule and when it next fires.
+#[derive(Debug, Clone)]
+pub struct Cron {
+    pub spec: CronSpec,
+    schedule: Schedule,
+    /// `None` when the expression has no further occurrence.
+    pub next_at: Option<Millis>,
+    pub last_fired_at: Option<Millis>,
 }
 
 /// A group of jobs whose callback job is enqueued exactly once, when every member has
@@ -813,6 +826,154 @@ impl State {
                 callback: callback.into_new_job(batch_id, now),
             }),
         )
+    }
+
+    /// Sets (creates or replaces) the cron schedule `name`: each occurrence of `schedule`
+    /// (croner syntax, 5 fields or 6 with seconds) in `timezone` enqueues `job`. Replies
+    /// with the first occurrence after `now`.
+    pub fn set_cron(
+        &mut self,
+        now: Millis,
+        name: &str,
+        schedule: &str,
+        timezone: &str,
+        job: EnqueueSpec,
+        missed: Missed,
+    ) -> Result<Decided<Option<Millis>>, CoreError> {
+        let mut details = Vec::new();
+        if !limits::is_valid_name(name, limits::QUEUE_NAME_BYTES_MAX) {
+            details.push(Detail {
+                path: "name".into(),
+                message: "1 to 128 bytes of A-Z a-z 0-9 _ . : -".into(),
+            });
+        }
+        let parsed = match Schedule::parse(schedule, timezone) {
+            Ok(parsed) => Some(parsed),
+            Err((path, message)) => {
+                details.push(Detail {
+                    path: path.into(),
+                    message,
+                });
+                None
+            }
+        };
+        job.validate("job.", now, &mut details);
+        if job.unique_key.is_some() {
+            details.push(Detail {
+                path: "job.unique_key".into(),
+                message: "unique keys are not supported in a cron job".into(),
+            });
+        }
+        if job.run_at.is_some() {
+            details.push(Detail {
+                path: "job.run_at".into(),
+                message: "a cron job runs at its occurrences".into(),
+            });
+        }
+        let (Some(parsed), true) = (parsed, details.is_empty()) else {
+            return Err(CoreError {
+                kind: ErrorKind::BadInput,
+                code: "invalid_request",
+                message: "the request is invalid".into(),
+                details,
+            });
+        };
+        if !self.crons.contains_key(name) && self.crons.len() >= limits::CRONS_MAX {
+            return Err(CoreError::new(
+                ErrorKind::Limit,
+                "too_many_crons",
+                format!("at most {} cron schedules may exist", limits::CRONS_MAX),
+            ));
+        }
+        let next_at = parsed.next_after(now);
+        let spec = CronSpec {
+            name: name.to_owned(),
+            schedule: schedule.to_owned(),
+            timezone: timezone.to_owned(),
+            job: job.into_new_job(0, 0),
+            missed,
+        };
+        self.commit(
+            next_at,
+            Some(Event::CronSet {
+                at: now,
+                spec,
+                next_at,
+            }),
+        )
+    }
+
+    pub fn remove_cron(&mut self, name: &str) -> Result<Decided<()>, CoreError> {
+        if !self.crons.contains_key(name) {
+            return Err(CoreError::not_found("cron schedule", name));
+        }
+        self.commit(
+            (),
+            Some(Event::CronRemoved {
+                name: name.to_owned(),
+            }),
+        )
+    }
+
+    /// Fires every schedule with an occurrence due at `now`: one job per occurrence on time
+    /// (at most [`MISSED_AFTER_MS`] late), and for missed ones what the schedule's
+    /// [`Missed`] policy says. Each schedule's next occurrence moves past `now` in the same
+    /// event, so an occurrence fires once across restarts. Replies with the jobs enqueued.
+    pub fn fire_crons(&mut self, now: Millis) -> Decided<usize> {
+        let mut fired = Vec::new();
+        let mut last_id = self.last_id;
+        let mut enqueued = 0;
+        for cron in self.crons.values() {
+            let Some(first) = cron.next_at.filter(|&at| at <= now) else {
+                continue;
+            };
+            let mut due = vec![first];
+            let mut next = cron.schedule.next_after(first);
+            while let Some(at) = next.filter(|&at| at <= now) {
+                if due.len() < CATCH_UP_MAX {
+                    due.push(at);
+                }
+                next = cron.schedule.next_after(at);
+            }
+            let (missed, on_time): (Vec<Millis>, Vec<Millis>) = due
+                .into_iter()
+                .partition(|&at| now.saturating_sub(at) > MISSED_AFTER_MS);
+            let runs = on_time.len()
+                + match cron.spec.missed {
+                    Missed::Skip => 0,
+                    Missed::RunOnce => usize::from(!missed.is_empty() && on_time.is_empty()),
+                    Missed::RunAll => missed.len(),
+                };
+            let mut jobs = Vec::with_capacity(runs);
+            for _ in 0..runs.min(CATCH_UP_MAX) {
+                let Some(id) = self.next_id(now, last_id) else {
+                    break;
+                };
+                last_id = id;
+                let mut job = cron.spec.job.clone();
+                job.id = id;
+                job.run_at = now;
+                jobs.push(job);
+            }
+            enqueued += jobs.len();
+            fired.push(CronFire {
+                name: cron.spec.name.clone(),
+                jobs,
+                next_at: next,
+            });
+        }
+        if fired.is_empty() {
+            return (None, 0);
+        }
+        self.commit_infallible(enqueued, Some(Event::CronFired { at: now, fired }))
+    }
+
+    pub fn crons(&self) -> impl Iterator<Item = &Cron> {
+        self.crons.values()
+    }
+
+    pub fn cron(&self, name: &str) -> Option<&Cron> {
+        self.crons.get(name)
     }
 
     fn unique_holder(&self, queue: &str, key: &str, now: Millis) -> Option<JobId> {
@@ -1231,6 +1392,34 @@ impl State {
                     self.insert_new_job(*at, new)?;
                 }
             }
+            Event::CronSet { spec, next_at, .. } => {
+                let schedule = Schedule::parse(&spec.schedule, &spec.timezone)
+                    .map_err(|(_, message)| format!("cron {}: {message}", spec.name))?;
+                let last_fired_at = self.crons.get(&spec.name).and_then(|c| c.last_fired_at);
+                self.crons.insert(
+                    spec.name.clone(),
+                    Cron {
+                        spec: spec.clone(),
+                        schedule,
+                        next_at: *next_at,
+                        last_fired_at,
+                    },
+                );
+            }
+            Event::CronRemoved { name } => {
+                self.crons.remove(name);
+            }
+            Event::CronFired { at, fired } => {
+                for fire in fired {
+                    for job in &fire.jobs {
+                        self.insert_new_job(*at, job)?;
+                    }
+                    if let Some(cron) = self.crons.get_mut(&fire.name) {
+                        cron.next_at = fire.next_at;
+                        cron.last_fired_at = Some(*at);
+                    }
+                }
+            }
             Event::BatchEnqueued { at, jobs, callback } => {
                 if callback.id == JobId::MAX || self.jobs.contains_key(&callback.id) {
                     return Err(format!("batch id {} is taken or out of range", callback.id));
@@ -1627,6 +1816,11 @@ impl State {
                 .filter(|(_, q)| q.limits != QueueLimits::default())
                 .map(|(i, q)| (i as u32, q.limits, q.bucket.level, q.bucket.at))
                 .collect(),
+            crons: self
+                .crons
+                .values()
+                .map(|c| (&c.spec, c.next_at, c.last_fired_at))
+                .collect(),
             batches: {
                 let mut members: BTreeMap<JobId, Vec<JobId>> = BTreeMap::new();
                 for (&job, &batch) in &self.batch_of {
@@ -1724,6 +1918,19 @@ impl State {
             }
             state.batches.insert(batch.id, batch);
         }
+        for (spec, next_at, last_fired_at) in snapshot.crons {
+            let schedule = Schedule::parse(&spec.schedule, &spec.timezone)
+                .map_err(|(_, message)| format!("cron {}: {message}", spec.name))?;
+            state.crons.insert(
+                spec.name.clone(),
+                Cron {
+                    spec,
+                    schedule,
+                    next_at,
+                    last_fired_at,
+                },
+            );
+        }
         Ok(state)
     }
 }
@@ -1748,6 +1955,8 @@ struct SnapshotRef<'a> {
     limits: Vec<(u32, QueueLimits, u64, Millis)>,
     /// Batches with their unfinished members.
     batches: Vec<(&'a Batch, Vec<JobId>)>,
+    /// Cron schedules with their next and last firing.
+    crons: Vec<(&'a CronSpec, Option<Millis>, Option<Millis>)>,
 }
 
 #[derive(Deserialize)]
@@ -1760,6 +1969,7 @@ struct SnapshotOwned {
     jobs: Vec<Job>,
     limits: Vec<(u32, QueueLimits, u64, Millis)>,
     batches: Vec<(Batch, Vec<JobId>)>,
+    crons: Vec<(CronSpec, Option<Millis>, Option<Millis>)>,
 }
 
 /// A snapshot from before queue limits.
@@ -1784,6 +1994,7 @@ impl From<SnapshotOwnedV1> for SnapshotOwned {
             jobs: v1.jobs,
             limits: Vec::new(),
             batches: Vec::new(),
+            crons: Vec::new(),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use sluice_core::cron::Missed;
 use sluice_core::{
     backoff_delay_ms, Backoff, Config, CoreError, EnqueueSpec, Enqueued, ErrorKind, Event,
     FailInput, Job, JobId, JobState, LeaseId, Millis, Outcome, QueueLimits, Rate, Settled, State,
@@ -305,6 +306,9 @@ fn variant(event: &Event) -> &'static str {
         Event::Removed { .. } => "Removed",
         Event::QueueLimitsSet { .. } => "QueueLimitsSet",
         Event::BatchEnqueued { .. } => "BatchEnqueued",
+        Event::CronSet { .. } => "CronSet",
+        Event::CronRemoved { .. } => "CronRemoved",
+        Event::CronFired { .. } => "CronFired",
     }
 }
 
@@ -1587,10 +1591,14 @@ fn snapshot_with_a_job_twice_is_refused() {
     let id = h.enqueue_one(T0, spec_with("q", |s| s.run_at = Some(T0 + 60_000)));
     let bytes = h.state.encode_snapshot();
     let job = postcard::to_allocvec(h.state.job(id).expect("job")).expect("encode job");
-    // The jobs come before the queue limits and the batches (none: two counts of 0).
-    // Add a ready copy of the same id after the job.
-    let jobs_end = bytes.len() - 2;
-    assert_eq!(&bytes[jobs_end..], &[0, 0], "no queue limits, no batches");
+    // The jobs come before the queue limits, batches and cron schedules (none: three
+    // counts of 0). Add a ready copy of the same id after the job.
+    let jobs_end = bytes.len() - 3;
+    assert_eq!(
+        &bytes[jobs_end..],
+        &[0, 0, 0],
+        "no limits, batches or crons"
+    );
     assert!(bytes[..jobs_end].ends_with(&job) && bytes[jobs_end - job.len() - 1] == 1);
     let mut ready = h.state.job(id).expect("job").clone();
     ready.state = JobState::Ready;
@@ -1598,7 +1606,7 @@ fn snapshot_with_a_job_twice_is_refused() {
     twice.push(2);
     twice.extend_from_slice(&job);
     twice.extend_from_slice(&postcard::to_allocvec(&ready).expect("encode job"));
-    twice.extend_from_slice(&[0, 0]);
+    twice.extend_from_slice(&[0, 0, 0]);
     let error = State::decode_snapshot(Config::default(), &twice).expect_err("refused");
     assert!(error.contains("appears twice"), "{error}");
 }
@@ -1856,9 +1864,9 @@ fn snapshots_from_before_queue_limits_still_decode() {
     let mut h = Harness::new();
     h.enqueue_one(T0, spec("q"));
     let bytes = h.state.encode_snapshot();
-    // The older format ended after the jobs: without the (empty) limits and batches.
-    assert!(bytes.ends_with(&[0, 0]));
-    let older = &bytes[..bytes.len() - 2];
+    // The older format ended after the jobs: without the (empty) limits, batches and crons.
+    assert!(bytes.ends_with(&[0, 0, 0]));
+    let older = &bytes[..bytes.len() - 3];
     let decoded = State::decode_snapshot(Config::default(), older).expect("older snapshot");
     assert_eq!(decoded.encode_snapshot(), bytes);
 }
@@ -2026,4 +2034,156 @@ fn invalid_batches_are_refused_with_paths() {
     assert!(paths.contains(&"jobs[1].unique_key"), "{paths:?}");
     assert!(paths.contains(&"callback.queue"), "{paths:?}");
     assert_eq!(state.job_len(), 0, "nothing enqueued");
+}
+
+// ---- cron -----------------------------------------------------------------------------
+
+/// 2023-11-14T22:13:20Z: T0 in calendar terms. Minutes start at T0 + 40 s.
+const MINUTE: Millis = 60_000;
+
+impl Harness {
+    fn set_cron(
+        &mut self,
+        now: Millis,
+        name: &str,
+        schedule: &str,
+        tz: &str,
+        missed: Missed,
+    ) -> Option<Millis> {
+        let decided = self
+            .state
+            .set_cron(
+                now,
+                name,
+                schedule,
+                tz,
+                EnqueueSpec::new("cron", name, "null"),
+                missed,
+            )
+            .expect("valid cron");
+        self.record(decided)
+    }
+
+    fn fire(&mut self, now: Millis) -> usize {
+        let decided = self.state.fire_crons(now);
+        self.record(decided)
+    }
+}
+
+/// The first whole minute after `t`.
+fn next_minute(t: Millis) -> Millis {
+    (t / MINUTE + 1) * MINUTE
+}
+
+#[test]
+fn cron_fires_once_per_occurrence_however_often_the_tick_runs() {
+    let mut h = Harness::new();
+    let first = h.set_cron(T0, "every-minute", "* * * * *", "UTC", Missed::Skip);
+    assert_eq!(first, Some(next_minute(T0)));
+    // Ticks every 50 ms for 3 minutes: 3 occurrences, 3 jobs.
+    let mut now = T0;
+    let mut jobs = 0;
+    while now < next_minute(T0) + 2 * MINUTE + 1 {
+        now += 50;
+        jobs += h.fire(now);
+    }
+    assert_eq!(jobs, 3);
+    assert_eq!(h.count("cron", JobState::Ready), 3);
+    let cron = h.state.cron("every-minute").expect("cron");
+    assert_eq!(cron.next_at, Some(next_minute(T0) + 3 * MINUTE));
+    // Replay gives the same schedule state and jobs.
+    let replayed = replay(Config::default(), &h.events);
+    assert_eq!(replayed.encode_snapshot(), h.state.encode_snapshot());
+    let restored =
+        State::decode_snapshot(Config::default(), &h.state.encode_snapshot()).expect("decode");
+    assert_eq!(restored.encode_snapshot(), h.state.encode_snapshot());
+}
+
+#[test]
+fn missed_occurrences_follow_the_policy_after_downtime() {
+    // The server is down for 10 minutes after setting the schedules.
+    let restart = T0 + 10 * MINUTE + 5_000;
+    let mut h = Harness::new();
+    h.set_cron(T0, "skip", "* * * * *", "UTC", Missed::Skip);
+    h.set_cron(T0, "once", "* * * * *", "UTC", Missed::RunOnce);
+    h.set_cron(T0, "all", "* * * * *", "UTC", Missed::RunAll);
+    let mut state = replay(Config::default(), &h.events);
+    let (event, jobs) = state.fire_crons(restart);
+    let Some(Event::CronFired { fired, .. }) = event else {
+        panic!("nothing fired");
+    };
+    let by_name: std::collections::BTreeMap<&str, usize> = fired
+        .iter()
+        .map(|f| (f.name.as_str(), f.jobs.len()))
+        .collect();
+    // 10 occurrences came due; the newest, 5 s ago, is on time and runs in every policy.
+    assert_eq!(by_name["skip"], 1);
+    assert_eq!(by_name["once"], 1, "on time already runs: nothing extra");
+    assert_eq!(by_name["all"], 10);
+    assert_eq!(jobs, 12);
+    // Every schedule now waits for the next minute.
+    for cron in state.crons() {
+        assert_eq!(cron.next_at, Some(next_minute(restart)));
+    }
+    // Down across exactly missed occurrences only (no on-time one): run_once runs one.
+    let mut h = Harness::new();
+    h.set_cron(T0, "once", "0 * * * *", "UTC", Missed::RunOnce);
+    h.set_cron(T0, "skip", "0 * * * *", "UTC", Missed::Skip);
+    let mut state = replay(Config::default(), &h.events);
+    let (_, jobs) = state.fire_crons(T0 + 5 * 60 * MINUTE);
+    assert_eq!(
+        jobs, 1,
+        "run_once: one job for the 5 missed hours; skip: none"
+    );
+}
+
+#[test]
+fn cron_schedules_in_a_time_zone_fire_at_local_times() {
+    let mut h = Harness::new();
+    // 09:00 in New York on 2023-11-15 (EST, UTC-5) is 14:00 UTC.
+    let next = h.set_cron(T0, "ny", "0 9 * * *", "America/New_York", Missed::Skip);
+    assert_eq!(next, Some(1_700_056_800_000));
+    // Six fields: seconds.
+    let next = h.set_cron(T0, "fast", "*/10 * * * * *", "UTC", Missed::Skip);
+    assert_eq!(next, Some(T0 + 10_000));
+}
+
+#[test]
+fn invalid_cron_schedules_are_refused_with_paths_and_removal_works() {
+    let mut state = State::new(Config::default());
+    let error = state
+        .set_cron(
+            T0,
+            "x",
+            "61 * * * *",
+            "Mars/Base",
+            EnqueueSpec::new("bad queue", "k", "null"),
+            Missed::Skip,
+        )
+        .expect_err("invalid");
+    let paths: Vec<&str> = error.details.iter().map(|d| d.path.as_str()).collect();
+    assert!(paths.contains(&"schedule"), "{paths:?}");
+    assert!(paths.contains(&"job.queue"), "{paths:?}");
+    assert!(
+        !paths.contains(&"timezone"),
+        "the schedule error comes first: {paths:?}"
+    );
+    let error = state
+        .set_cron(
+            T0,
+            "x",
+            "* * * * *",
+            "Mars/Base",
+            EnqueueSpec::new("q", "k", "null"),
+            Missed::Skip,
+        )
+        .expect_err("invalid");
+    assert_eq!(error.details[0].path, "timezone");
+    let mut h = Harness::new();
+    h.set_cron(T0, "gone", "* * * * *", "UTC", Missed::Skip);
+    let decided = h.state.remove_cron("gone").expect("remove");
+    h.record(decided);
+    assert!(h.state.cron("gone").is_none());
+    assert_eq!(h.fire(T0 + 5 * MINUTE), 0);
+    assert!(h.state.remove_cron("gone").is_err());
 }
