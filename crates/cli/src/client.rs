@@ -41,6 +41,31 @@ impl Client {
         Self::reply(response).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value> {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        Self::reply(response).await
+    }
+
+    /// DELETE; a 204 answer is `Value::Null`.
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        if response.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        Self::reply(response).await
+    }
+
     async fn reply(response: reqwest::Response) -> Result<Value> {
         let status = response.status();
         let body: Value = response

@@ -114,6 +114,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<QueueAction>,
     },
+    /// Cron schedules: list, set or remove.
+    Cron {
+        #[command(subcommand)]
+        action: Option<CronAction>,
+    },
     /// A live terminal dashboard of the queues and the workers holding their jobs.
     Top {
         /// How often to refresh.
@@ -208,6 +213,33 @@ fn parse_rate(text: &str) -> Result<(u32, u64), String> {
         _ => return Err(format!("window unit must be ms, s, m or h, not {unit:?}")),
     };
     Ok((limit, count.saturating_mul(unit_ms)))
+}
+
+#[derive(Subcommand)]
+enum CronAction {
+    /// Create or replace a schedule: each occurrence enqueues one job.
+    Set {
+        name: String,
+        /// croner syntax: 5 fields, or 6 with seconds first (`0 9 * * MON-FRI`).
+        #[arg(long)]
+        schedule: String,
+        /// IANA time zone.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// Occurrences missed while the server was down: skip, run_once or run_all.
+        #[arg(long, default_value = "skip")]
+        missed: String,
+        #[arg(long)]
+        queue: String,
+        #[arg(long)]
+        kind: String,
+        /// JSON payload of each job.
+        #[arg(long, default_value = "null")]
+        payload: String,
+    },
+    Remove {
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -428,6 +460,36 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { args } => bench::run(&cli.url, args).await,
         Command::Work { args } => work::run(&cli.url, args).await,
+        Command::Cron { action } => {
+            let client = Client::new(&cli.url)?;
+            match action {
+                None => print(&client.get("/v1/cron").await?),
+                Some(CronAction::Set {
+                    name,
+                    schedule,
+                    timezone,
+                    missed,
+                    queue,
+                    kind,
+                    payload,
+                }) => {
+                    let payload: Value =
+                        serde_json::from_str(&payload).context("--payload must be JSON")?;
+                    let body = json!({
+                        "schedule": schedule,
+                        "timezone": timezone,
+                        "missed": missed,
+                        "job": { "queue": queue, "kind": kind, "payload": payload },
+                    });
+                    print(&client.put(&format!("/v1/cron/{name}"), &body).await?)
+                }
+                Some(CronAction::Remove { name }) => {
+                    client.delete(&format!("/v1/cron/{name}")).await?;
+                    println!("removed {name}");
+                }
+            }
+            Ok(())
+        }
         Command::Top { interval_ms } => {
             top::run(&cli.url, Duration::from_millis(interval_ms.max(100))).await
         }

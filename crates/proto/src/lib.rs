@@ -151,6 +151,53 @@ pub struct EnqueueBatchRequest {
     pub jobs: Vec<JobSpec>,
 }
 
+/// `PUT /v1/cron/{name}`: a schedule that enqueues `job` at each occurrence.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronRequest {
+    /// croner syntax: 5 fields (minute hour day month weekday) or 6 with seconds first,
+    /// e.g. `0 9 * * MON-FRI`, `*/10 * * * * *`.
+    pub schedule: String,
+    /// An IANA time zone, e.g. `Europe/Berlin`. Default `UTC`.
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// What occurrences missed while the server was down (more than 60 s late) do:
+    /// `skip` (default), `run_once` (one job for all of them), `run_all` (one each).
+    #[serde(default = "skip")]
+    #[schema(pattern = "^(skip|run_once|run_all)$")]
+    pub missed: String,
+    /// The job each occurrence enqueues (no `unique_key`, `run_at` or `delay_ms`).
+    pub job: JobSpec,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+fn skip() -> String {
+    "skip".to_owned()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CronInfo {
+    pub name: String,
+    pub schedule: String,
+    pub timezone: String,
+    pub missed: String,
+    pub queue: String,
+    pub kind: String,
+    /// The next occurrence; absent when the expression has none left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fired_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CronList {
+    pub schedules: Vec<CronInfo>,
+}
+
 /// `POST /v1/batches`: jobs enqueued together, and a callback job enqueued exactly once
 /// when every one of them has finished (succeeded, dead or cancelled). The callback's
 /// payload becomes `{"batch":{"id","total","succeeded","dead","cancelled"},"payload":<its

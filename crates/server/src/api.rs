@@ -374,6 +374,93 @@ pub async fn enqueue_batch(
         .into_response())
 }
 
+fn cron_view(cron: &sluice_core::Cron) -> proto::CronInfo {
+    proto::CronInfo {
+        name: cron.spec.name.clone(),
+        schedule: cron.spec.schedule.clone(),
+        timezone: cron.spec.timezone.clone(),
+        missed: cron.spec.missed.as_str().to_owned(),
+        queue: cron.spec.job.queue.clone(),
+        kind: cron.spec.job.kind.clone(),
+        next_at: cron.next_at.map(rfc3339::format_ms),
+        last_fired_at: cron.last_fired_at.map(rfc3339::format_ms),
+    }
+}
+
+fn cron_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("cron schedule {name} not found"),
+    )
+}
+
+#[utoipa::path(put, path = "/v1/cron/{name}", tag = "cron", params(("name" = String, Path, description = "Schedule name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = proto::CronRequest, responses((status = 200, body = proto::CronInfo), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 429, description = "too many schedules", body = proto::ErrorResponse)))]
+pub async fn set_cron(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<proto::CronRequest>,
+) -> Result<Json<proto::CronInfo>, ApiError> {
+    let broker = app.broker()?;
+    let missed = sluice_core::cron::Missed::parse(&request.missed)
+        .ok_or_else(|| ApiError::bad_input("missed", "must be skip, run_once or run_all"))?;
+    let now = crate::broker::system_now_ms();
+    let job = to_spec(request.job, "job.", now)?;
+    broker
+        .execute(|s, now| {
+            s.set_cron(
+                now,
+                &name,
+                &request.schedule,
+                &request.timezone,
+                job,
+                missed,
+            )
+        })
+        .await?;
+    broker
+        .read(|s, _| {
+            s.cron(&name)
+                .map(|c| Json(cron_view(c)))
+                .ok_or_else(|| cron_not_found(&name))
+        })
+        .await
+}
+
+#[utoipa::path(get, path = "/v1/cron", tag = "cron", responses((status = 200, body = proto::CronList)))]
+pub async fn list_crons(
+    app: axum::extract::State<AppState>,
+) -> Result<Json<proto::CronList>, ApiError> {
+    let schedules = app
+        .broker()?
+        .read(|s, _| Ok(s.crons().map(cron_view).collect()))
+        .await?;
+    Ok(Json(proto::CronList { schedules }))
+}
+
+#[utoipa::path(get, path = "/v1/cron/{name}", tag = "cron", params(("name" = String, Path, description = "Schedule name", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), responses((status = 200, body = proto::CronInfo), (status = 404, body = proto::ErrorResponse)))]
+pub async fn get_cron(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<proto::CronInfo>, ApiError> {
+    app.broker()?
+        .read(|s, _| {
+            s.cron(&name)
+                .map(|c| Json(cron_view(c)))
+                .ok_or_else(|| cron_not_found(&name))
+        })
+        .await
+}
+
+#[utoipa::path(delete, path = "/v1/cron/{name}", tag = "cron", params(("name" = String, Path, description = "Schedule name", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), responses((status = 204, description = "removed"), (status = 404, body = proto::ErrorResponse)))]
+pub async fn remove_cron(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.broker()?.execute(|s, _| s.remove_cron(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(post, path = "/v1/batches", tag = "jobs", request_body = proto::BatchRequest, responses((status = 201, description = "the batch and its jobs are enqueued", body = proto::BatchCreated), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 413, description = "batch, payload or body too large", body = proto::ErrorResponse), (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
 pub async fn create_batch(
     app: axum::extract::State<AppState>,

@@ -173,6 +173,7 @@ impl Broker {
             wakes
         };
         promoted.wake(&self.waiters);
+        self.execute(|s, now| Ok(s.fire_crons(now))).await?;
         self.execute(|s, now| Ok(s.expire_leases(now))).await?;
         self.execute(|s, now| Ok(s.retain(now))).await?;
         let written = self.wal.next_lsn();
@@ -257,6 +258,11 @@ impl Wakes {
         match event {
             Event::Enqueued { at, jobs } | Event::BatchEnqueued { at, jobs, .. } => {
                 for job in jobs.iter().filter(|j| j.run_at <= *at) {
+                    self.add(&job.queue, 1);
+                }
+            }
+            Event::CronFired { fired, .. } => {
+                for job in fired.iter().flat_map(|f| &f.jobs) {
                     self.add(&job.queue, 1);
                 }
             }

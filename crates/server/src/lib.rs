@@ -94,6 +94,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(api::get_job))
         .route("/v1/batches", post(api::create_batch))
         .route("/v1/batches/{id}", get(api::get_batch))
+        .route("/v1/cron", get(api::list_crons))
+        .route(
+            "/v1/cron/{name}",
+            get(api::get_cron)
+                .put(api::set_cron)
+                .delete(api::remove_cron),
+        )
         .route("/v1/jobs/{id}/cancel", post(api::cancel_job))
         .route("/v1/jobs/{id}/retry", post(api::retry_job))
         .route("/v1/jobs/{id}/heartbeat", post(api::heartbeat))

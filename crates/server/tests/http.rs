@@ -2212,3 +2212,83 @@ async fn invalid_batches_get_field_paths_and_unknown_batches_404() {
     assert_error(&reply, 404, "not_found", None);
     server.stop().await;
 }
+
+// ---- cron -----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_schedule_enqueues_its_job_at_each_occurrence_and_survives_a_restart() {
+    let (dir, server) = fresh().await;
+    let client = server.client.clone();
+    let reply = client
+        .put(server.url("/v1/cron/tick"))
+        .json(&json!({
+            "schedule": "* * * * * *",
+            "job": { "queue": "cronq", "kind": "tick", "payload": { "from": "cron" } }
+        }))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(reply.status(), 200);
+    let info: Value = reply.json().await.expect("json");
+    assert_eq!(info["name"], "tick");
+    assert_eq!(info["timezone"], "UTC");
+    assert_eq!(info["missed"], "skip");
+    assert!(info["next_at"].is_string(), "{info}");
+
+    // An every-second schedule: a parked worker gets its job within the deadline.
+    let (_, leased) = server
+        .post(
+            "/v1/lease",
+            &json!({ "queues": ["cronq"], "wait_ms": 5_000 }),
+        )
+        .await;
+    let job = &leased["jobs"][0];
+    assert_eq!(job["kind"], "tick", "{leased}");
+    assert_eq!(job["payload"], json!({ "from": "cron" }));
+    let (_, listed) = server.get("/v1/cron").await;
+    assert_eq!(listed["schedules"][0]["name"], "tick");
+    assert!(listed["schedules"][0]["last_fired_at"].is_string());
+    server.stop().await;
+
+    let server = TestServer::start(dir.path()).await;
+    let (status, info) = server.get("/v1/cron/tick").await;
+    assert_eq!(status, 200, "the schedule is in the log: {info}");
+    let response = server
+        .client
+        .delete(server.url("/v1/cron/tick"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), 204);
+    let reply = server.get("/v1/cron/tick").await;
+    assert_error(&reply, 404, "not_found", None);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_cron_schedules_get_field_paths() {
+    let (_dir, server) = fresh().await;
+    let put = |body: Value| {
+        let client = server.client.clone();
+        let url = server.url("/v1/cron/bad");
+        async move {
+            let response = client.put(url).json(&body).send().await.expect("put");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    };
+    let reply = put(json!({ "schedule": "61 * * * *", "job": spec("q") })).await;
+    assert_error(&reply, 400, "invalid_request", Some("schedule"));
+    let reply =
+        put(json!({ "schedule": "* * * * *", "timezone": "Mars/Base", "job": spec("q") })).await;
+    assert_error(&reply, 400, "invalid_request", Some("timezone"));
+    let reply =
+        put(json!({ "schedule": "* * * * *", "missed": "sometimes", "job": spec("q") })).await;
+    assert_error(&reply, 400, "invalid_request", Some("missed"));
+    let reply = put(
+        json!({ "schedule": "* * * * *", "job": { "queue": "q", "kind": "k", "delay_ms": 5 } }),
+    )
+    .await;
+    assert_eq!(reply.0, 400, "{}", reply.1);
+    server.stop().await;
+}
