@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use sluice_client::{Client, Job, Worker};
+use sluice_client::{Client, Job, QueueOrder, Worker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Bytes of a response body or of stderr kept in a failed job's error.
@@ -29,9 +29,14 @@ pub enum WorkKind {
 
 #[derive(Args)]
 pub struct WorkArgs {
-    /// Queue to lease from (repeat for several; the highest priority across them wins).
+    /// Queue to lease from; repeat for several. By default the highest job priority across
+    /// them wins; `NAME:WEIGHT` on every queue makes the choice weighted (Sidekiq-style),
+    /// `--strict` takes them in the order given.
     #[arg(long = "queue", required = true)]
     queues: Vec<String>,
+    /// Take the queues in the order given: a later one only when the earlier are empty.
+    #[arg(long)]
+    strict: bool,
     #[arg(long, value_enum)]
     kind: WorkKind,
     /// Jobs run at once.
@@ -73,9 +78,38 @@ fn post() -> String {
     "POST".to_owned()
 }
 
+/// `--queue` values as names, and the order they ask for.
+fn queue_order(queues: &[String], strict: bool) -> Result<(Vec<String>, QueueOrder)> {
+    let mut names = Vec::with_capacity(queues.len());
+    let mut weights = Vec::new();
+    for queue in queues {
+        match queue.rsplit_once(':') {
+            Some((name, weight)) if weight.chars().all(|c| c.is_ascii_digit()) => {
+                names.push(name.to_owned());
+                weights.push(
+                    weight
+                        .parse::<u32>()
+                        .with_context(|| format!("bad weight in --queue {queue}"))?,
+                );
+            }
+            _ => names.push(queue.clone()),
+        }
+    }
+    let order = match (strict, weights.len()) {
+        (true, 0) => QueueOrder::Strict,
+        (true, _) => bail!("--strict and NAME:WEIGHT queues do not go together"),
+        (false, 0) => QueueOrder::Priority,
+        (false, n) if n == names.len() => QueueOrder::Weighted(weights),
+        (false, _) => bail!("give every --queue a weight (NAME:WEIGHT), or none"),
+    };
+    Ok((names, order))
+}
+
 pub async fn run(url: &str, args: WorkArgs) -> Result<()> {
     let client = Client::new(url)?;
-    let mut worker = Worker::new(client, args.queues.clone())
+    let (queues, order) = queue_order(&args.queues, args.strict)?;
+    let mut worker = Worker::new(client, queues.clone())
+        .order(order)
         .concurrency(args.concurrency)
         .prefetch(args.prefetch)
         .shutdown_timeout(Duration::from_millis(args.shutdown_timeout_ms));
@@ -106,7 +140,7 @@ pub async fn run(url: &str, args: WorkArgs) -> Result<()> {
     };
     eprintln!(
         "working on {} ({} at once); SIGINT or SIGTERM stops gracefully",
-        args.queues.join(", "),
+        queues.join(", "),
         args.concurrency
     );
     let report = worker.run(crate::shutdown_signal()).await?;
@@ -219,5 +253,33 @@ async fn read_start(pipe: Option<tokio::process::ChildStderr>) -> Vec<u8> {
                 kept.extend_from_slice(&buffer[..n.min(room)]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::queue_order;
+    use sluice_client::QueueOrder;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn queue_flags_give_the_order() {
+        let (queues, order) = queue_order(&names(&["a", "b"]), false).expect("plain");
+        assert_eq!((queues, order), (names(&["a", "b"]), QueueOrder::Priority));
+        let (queues, order) = queue_order(&names(&["a:6", "b:1"]), false).expect("weighted");
+        assert_eq!(
+            (queues, order),
+            (names(&["a", "b"]), QueueOrder::Weighted(vec![6, 1]))
+        );
+        let (_, order) = queue_order(&names(&["a", "b"]), true).expect("strict");
+        assert_eq!(order, QueueOrder::Strict);
+        // A name with a colon that is not a weight stays a name.
+        let (queues, _) = queue_order(&names(&["ns:emails"]), false).expect("name");
+        assert_eq!(queues, names(&["ns:emails"]));
+        assert!(queue_order(&names(&["a:6", "b"]), false).is_err());
+        assert!(queue_order(&names(&["a:6"]), true).is_err());
     }
 }

@@ -170,6 +170,19 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How a lease from several queues chooses among them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum QueueOrder {
+    /// Across all the queues, the highest job priority first (the server's default).
+    #[default]
+    Priority,
+    /// The queues in the order given: a later one only when the earlier have nothing.
+    Strict,
+    /// Each lease orders the queues at random in proportion to these weights (one per
+    /// queue, in the same order, 1 to 1,000), as Sidekiq's weighted queues do.
+    Weighted(Vec<u32>),
+}
+
 /// What an enqueue returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enqueued {
@@ -300,12 +313,33 @@ impl Client {
         worker: Option<&str>,
         acks: Vec<AckItem>,
     ) -> Result<LeaseResponse> {
+        self.lease_in_order(queues, &QueueOrder::Priority, max_jobs, wait, worker, acks)
+            .await
+    }
+
+    /// [`Client::lease`] choosing among the queues as `order` says.
+    pub async fn lease_in_order(
+        &self,
+        queues: &[String],
+        order: &QueueOrder,
+        max_jobs: u32,
+        wait: Duration,
+        worker: Option<&str>,
+        acks: Vec<AckItem>,
+    ) -> Result<LeaseResponse> {
+        let (order, weights) = match order {
+            QueueOrder::Priority => (None, Vec::new()),
+            QueueOrder::Strict => (Some("strict".to_owned()), Vec::new()),
+            QueueOrder::Weighted(weights) => (Some("weighted".to_owned()), weights.clone()),
+        };
         let request = LeaseRequest {
             queues: queues.to_vec(),
             max_jobs,
             wait_ms: millis(wait),
             worker: worker.map(str::to_owned),
             acks,
+            order,
+            weights,
         };
         self.post("/v1/lease", &request, Some(wait)).await
     }

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use sluice_proto::{rfc3339, AckItem, FailItem, LeasedJob};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
-use crate::client::{Client, Error};
+use crate::client::{Client, Error, QueueOrder};
 
 /// Why a handler's job was cancelled; see [`Job::cancelled`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +168,7 @@ pub struct Worker {
     ack_batch_max: usize,
     handlers: HashMap<String, ErasedHandler>,
     fallback: Option<ErasedHandler>,
+    order: QueueOrder,
 }
 
 impl Worker {
@@ -188,7 +189,15 @@ impl Worker {
             ack_batch_max: 1_000,
             handlers: HashMap::new(),
             fallback: None,
+            order: QueueOrder::Priority,
         }
+    }
+
+    /// How leases choose among the worker's queues (default: by job priority across all).
+    /// `QueueOrder::Weighted(vec![6, 2, 1])` gives one weight per queue, in order.
+    pub fn order(mut self, order: QueueOrder) -> Self {
+        self.order = order;
+        self
     }
 
     /// Handlers running at once.
@@ -317,8 +326,9 @@ impl Worker {
             // dropping it could strand jobs the server already leased into its reply.
             // Jobs it brings run like the others, within the shutdown timeout (handing
             // them back would spend an attempt, and kill a job on its last one).
-            let lease = self.client.lease(
+            let lease = self.client.lease_in_order(
                 &self.queues,
+                &self.order,
                 max_jobs,
                 self.poll_wait,
                 Some(&self.name),

@@ -509,6 +509,48 @@ impl Batch {
     }
 }
 
+/// How a lease from several queues chooses among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueOrder {
+    /// Across all the queues, the highest job priority first, then the earliest run_at.
+    Priority,
+    /// The queues in the order given: a later queue only when the earlier ones have no
+    /// ready job (or no room under their limits).
+    Strict,
+    /// Each lease orders the queues at random, a queue coming first with a chance
+    /// proportional to its weight (Sidekiq's weighted queues), then takes them strictly in
+    /// that order. `weights[i]` belongs to `queues[i]`; the `seed` makes the draw
+    /// repeatable (the server passes a random one).
+    Weighted { weights: Vec<u32>, seed: u64 },
+}
+
+/// Orders `queues` (`(index into weights, queue)`) by repeated weighted draws.
+fn weighted_shuffle(queues: &mut [(usize, &Queue)], weights: &[u32], seed: u64) {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let weight = |i: usize| u64::from(weights.get(i).copied().unwrap_or(1).max(1));
+    for start in 0..queues.len() {
+        let total: u64 = queues[start..].iter().map(|(i, _)| weight(*i)).sum();
+        let mut pick = next() % total.max(1);
+        let mut chosen = start;
+        for (offset, (i, _)) in queues[start..].iter().enumerate() {
+            let w = weight(*i);
+            if pick < w {
+                chosen = start + offset;
+                break;
+            }
+            pick -= w;
+        }
+        queues.swap(start, chosen);
+    }
+}
+
 /// Deterministic jitter in [0.5, 1.0] from the job and attempt (splitmix64), so a replay
 /// or a simulation computes the same retry time.
 fn jitter(id: JobId, attempt: u16) -> f64 {
@@ -983,6 +1025,7 @@ impl State {
         (expires_at > now && !job.state.is_finished()).then_some(id)
     }
 
+    /// Leases from `queues` in [`QueueOrder::Priority`] order.
     pub fn lease(
         &mut self,
         now: Millis,
@@ -990,21 +1033,54 @@ impl State {
         max_jobs: usize,
         worker: Option<String>,
     ) -> Result<Decided<Vec<JobId>>, CoreError> {
+        self.lease_ordered(now, queues, &QueueOrder::Priority, max_jobs, worker)
+    }
+
+    /// Leases up to `max_jobs` ready jobs from `queues` (paused ones skipped, each queue
+    /// within its limits), choosing across queues as `order` says.
+    pub fn lease_ordered(
+        &mut self,
+        now: Millis,
+        queues: &[String],
+        order: &QueueOrder,
+        max_jobs: usize,
+        worker: Option<String>,
+    ) -> Result<Decided<Vec<JobId>>, CoreError> {
         self.promote_due(now);
-        let mut candidates: Vec<(Reverse<i16>, Millis, JobId)> = Vec::new();
         let mut seen = FxHashSet::default();
-        for name in queues {
+        let mut open: Vec<(usize, &Queue)> = Vec::new();
+        for (i, name) in queues.iter().enumerate() {
             let Some(queue) = self.queue(name) else {
                 continue;
             };
             if queue.paused || !seen.insert(name.as_str()) {
                 continue;
             }
-            let room = max_jobs.min(queue.lease_room(now));
-            candidates.extend(queue.ready.iter().take(room).copied());
+            open.push((i, queue));
         }
-        candidates.sort_unstable();
-        candidates.truncate(max_jobs);
+        let mut candidates: Vec<(Reverse<i16>, Millis, JobId)> = Vec::new();
+        match order {
+            QueueOrder::Priority => {
+                for (_, queue) in &open {
+                    let room = max_jobs.min(queue.lease_room(now));
+                    candidates.extend(queue.ready.iter().take(room).copied());
+                }
+                candidates.sort_unstable();
+                candidates.truncate(max_jobs);
+            }
+            QueueOrder::Strict | QueueOrder::Weighted { .. } => {
+                if let QueueOrder::Weighted { weights, seed } = order {
+                    weighted_shuffle(&mut open, weights, *seed);
+                }
+                for (_, queue) in &open {
+                    let room = (max_jobs - candidates.len()).min(queue.lease_room(now));
+                    candidates.extend(queue.ready.iter().take(room).copied());
+                    if candidates.len() >= max_jobs {
+                        break;
+                    }
+                }
+            }
+        }
         if candidates.is_empty() {
             return Ok((None, Vec::new()));
         }

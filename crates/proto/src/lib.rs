@@ -373,6 +373,16 @@ pub struct LeaseRequest {
     /// does not stop the lease. At most `limits::ACK_BATCH_LEN_MAX`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acks: Vec<AckItem>,
+    /// How to choose among `queues`: `priority` (default: across all of them the highest
+    /// job priority, then the earliest run_at), `strict` (in the order given: a later queue
+    /// only when the earlier ones have nothing ready) or `weighted` (each lease orders the
+    /// queues at random, in proportion to `weights`, then takes them in that order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(priority|strict|weighted)$")]
+    pub order: Option<String>,
+    /// With `order: weighted`: one weight (1 to 1,000) per queue, in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<u32>,
 }
 
 fn one() -> u32 {

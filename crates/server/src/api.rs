@@ -789,6 +789,65 @@ pub async fn fail_batch(
     Ok(Json(batch_results(texts, parsed, settled)))
 }
 
+/// The lease request's `order` and `weights`, checked.
+fn queue_order(request: &proto::LeaseRequest) -> Result<sluice_core::QueueOrder, ApiError> {
+    let weighted = match request.order.as_deref() {
+        None | Some("priority") => false,
+        Some("strict") => {
+            if !request.weights.is_empty() {
+                return Err(ApiError::bad_input(
+                    "weights",
+                    "weights go with order: weighted",
+                ));
+            }
+            return Ok(sluice_core::QueueOrder::Strict);
+        }
+        Some("weighted") => true,
+        Some(_) => {
+            return Err(ApiError::bad_input(
+                "order",
+                "must be priority, strict or weighted",
+            ))
+        }
+    };
+    if !weighted {
+        if !request.weights.is_empty() {
+            return Err(ApiError::bad_input(
+                "weights",
+                "weights go with order: weighted",
+            ));
+        }
+        return Ok(sluice_core::QueueOrder::Priority);
+    }
+    if request.weights.len() != request.queues.len() {
+        return Err(ApiError::bad_input(
+            "weights",
+            "one weight per queue, in the same order",
+        ));
+    }
+    if let Some(i) = request
+        .weights
+        .iter()
+        .position(|&w| w == 0 || w > limits::QUEUE_WEIGHT_MAX)
+    {
+        return Err(ApiError::bad_input(
+            format!("weights[{i}]"),
+            format!("must be 1 to {}", limits::QUEUE_WEIGHT_MAX),
+        ));
+    }
+    // Any seed will do: it only has to differ between leases.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ LEASE_SEED.fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed);
+    Ok(sluice_core::QueueOrder::Weighted {
+        weights: request.weights.clone(),
+        seed,
+    })
+}
+
+static LEASE_SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[utoipa::path(post, path = "/v1/lease", tag = "workers", request_body = proto::LeaseRequest, responses(
     (status = 200, description = "leased jobs, possibly none", body = proto::LeaseResponse, links(
         ("heartbeat" = (operation_id = "heartbeat", description = "Heartbeat the first leased job.",
@@ -848,6 +907,7 @@ pub async fn lease(
             format!("at most {} bytes", limits::WORKER_BYTES_MAX),
         ));
     }
+    let order = queue_order(&request)?;
     check_batch_len(request.acks.len(), "acks")?;
     let (ack_texts, ack_parsed, ack_items) = parse_batch(request.acks, |i, item| {
         let lease_id = parse_lease_id(&item.lease_id, &format!("acks[{i}].lease_id"))?;
@@ -881,8 +941,13 @@ pub async fn lease(
                     events.extend(event);
                     settled = Some(results);
                 }
-                let (event, ids) =
-                    s.lease(now, &request.queues, request.max_jobs as usize, worker)?;
+                let (event, ids) = s.lease_ordered(
+                    now,
+                    &request.queues,
+                    &order,
+                    request.max_jobs as usize,
+                    worker,
+                )?;
                 events.extend(event);
                 let mut cascade = Wakes::default();
                 if !ids.is_empty() || request.wait_ms == 0 || stopping {

@@ -2292,3 +2292,54 @@ async fn invalid_cron_schedules_get_field_paths() {
     assert_eq!(reply.0, 400, "{}", reply.1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_order_strict_and_weighted_are_validated_and_honoured() {
+    let (_dir, server) = fresh().await;
+    let low = server
+        .enqueue(json!({ "queue": "low", "kind": "k", "priority": 100 }))
+        .await;
+    let high = server.enqueue(spec("high")).await;
+    let (_, strict) = server
+        .post(
+            "/v1/lease",
+            &json!({ "queues": ["high", "low"], "order": "strict" }),
+        )
+        .await;
+    assert_eq!(strict["jobs"][0]["id"], high.as_str(), "{strict}");
+    let (_, weighted) = server
+        .post(
+            "/v1/lease",
+            &json!({ "queues": ["high", "low"], "order": "weighted", "weights": [1, 1] }),
+        )
+        .await;
+    assert_eq!(
+        weighted["jobs"][0]["id"],
+        low.as_str(),
+        "the only job left: {weighted}"
+    );
+
+    let bad = server
+        .post("/v1/lease", &json!({ "queues": ["a"], "order": "random" }))
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("order"));
+    let bad = server
+        .post(
+            "/v1/lease",
+            &json!({ "queues": ["a", "b"], "order": "weighted", "weights": [1] }),
+        )
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("weights"));
+    let bad = server
+        .post(
+            "/v1/lease",
+            &json!({ "queues": ["a"], "order": "weighted", "weights": [0] }),
+        )
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("weights[0]"));
+    let bad = server
+        .post("/v1/lease", &json!({ "queues": ["a"], "weights": [2] }))
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("weights"));
+    server.stop().await;
+}
