@@ -138,12 +138,39 @@ pub async fn run(url: &str, args: WorkArgs) -> Result<()> {
             worker.handle_any(move |job: Job<Box<RawValue>>| exec_job(command.clone(), job))
         }
     };
+    // Sidekiq's TSTP: quiet (stop leasing, finish what runs, stay up); CONT resumes.
+    let control = worker.controller();
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut tstp), Ok(mut cont)) = (
+            signal(SignalKind::from_raw(rustix::process::Signal::TSTP.as_raw())),
+            signal(SignalKind::from_raw(rustix::process::Signal::CONT.as_raw())),
+        ) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                Some(()) = tstp.recv() => {
+                    control.quiet();
+                    eprintln!("quiet: no new jobs are leased until SIGCONT");
+                }
+                Some(()) = cont.recv() => {
+                    control.resume();
+                    eprintln!("resumed");
+                }
+                else => return,
+            }
+        }
+    });
     eprintln!(
-        "working on {} ({} at once); SIGINT or SIGTERM stops gracefully",
+        "working on {} ({} at once); SIGINT or SIGTERM stops gracefully, SIGTSTP quiets, \
+         SIGCONT resumes",
         queues.join(", "),
         args.concurrency
     );
-    let report = worker.run(crate::shutdown_signal()).await?;
+    let report = worker.run(crate::shutdown_signal()).await;
+    signals.abort();
+    let report = report?;
     eprintln!("stopped: {report:?}");
     Ok(())
 }

@@ -12,4 +12,4 @@ mod worker;
 
 pub use client::{Client, Enqueued, Error, NewJob, QueueOrder, Result};
 pub use sluice_proto::{Backoff, JobState};
-pub use worker::{CancelReason, Job, Worker, WorkerReport};
+pub use worker::{CancelReason, Job, Worker, WorkerController, WorkerReport};

@@ -169,6 +169,29 @@ pub struct Worker {
     handlers: HashMap<String, ErasedHandler>,
     fallback: Option<ErasedHandler>,
     order: QueueOrder,
+    quiet: Arc<watch::Sender<bool>>,
+}
+
+/// Quiets and resumes a running [`Worker`]; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WorkerController {
+    quiet: Arc<watch::Sender<bool>>,
+}
+
+impl WorkerController {
+    /// Stop leasing: jobs already leased (and a poll in flight) run to the end; the
+    /// worker keeps its connection and waits for [`WorkerController::resume`] or shutdown.
+    pub fn quiet(&self) {
+        self.quiet.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.quiet.send_replace(false);
+    }
+
+    pub fn is_quiet(&self) -> bool {
+        *self.quiet.borrow()
+    }
 }
 
 impl Worker {
@@ -190,6 +213,15 @@ impl Worker {
             handlers: HashMap::new(),
             fallback: None,
             order: QueueOrder::Priority,
+            quiet: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// A handle to quiet the worker (stop leasing, let running jobs finish, stay up) and
+    /// to resume it — Sidekiq's TSTP. Take it before [`Worker::run`].
+    pub fn controller(&self) -> WorkerController {
+        WorkerController {
+            quiet: Arc::clone(&self.quiet),
         }
     }
 
@@ -305,9 +337,21 @@ impl Worker {
         let mut failures = 0u32;
         // The shutdown future is never polled again once it has resolved: every branch
         // that sees it resolve leaves this loop.
+        let mut quiet = self.quiet.subscribe();
         let result = 'fetch: loop {
-            // Wait for room, or for the shutdown.
+            // Wait until not quieted and there is room, or for the shutdown.
             loop {
+                if *quiet.borrow_and_update() {
+                    tokio::select! {
+                        changed = quiet.changed() => {
+                            if changed.is_err() {
+                                break 'fetch Ok(());
+                            }
+                            continue;
+                        }
+                        () = &mut shutdown => break 'fetch Ok(()),
+                    }
+                }
                 let notified = shared.finished.notified();
                 if shared.in_flight.load(Ordering::SeqCst) < capacity {
                     break;

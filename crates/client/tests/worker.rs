@@ -689,3 +689,46 @@ async fn a_batch_callback_runs_once_after_its_jobs_with_their_counts() {
     assert_eq!(batch.pending, 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quieted_worker_stops_leasing_until_resumed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    let worker = Worker::new(client.clone(), ["q"])
+        .poll_wait(Duration::from_millis(100))
+        .handle("k", |_job: Job<()>| async move { Ok::<(), String>(()) });
+    let control = worker.controller();
+    let (stop, handle) = spawn_worker(worker);
+    let first = client
+        .enqueue(&NewJob::new("q", "k", ()))
+        .await
+        .expect("enqueue")
+        .id;
+    wait_state(&client, &first, JobState::Succeeded).await;
+
+    control.quiet();
+    assert!(control.is_quiet());
+    // A poll in flight when the worker was quieted still runs to its end (100 ms); after
+    // that no lease may be sent. Let it end, then enqueue and watch the job stay ready.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = client
+        .enqueue(&NewJob::new("q", "k", ()))
+        .await
+        .expect("enqueue")
+        .id;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(500) {
+        assert_eq!(
+            state_of(&client, &second).await,
+            JobState::Ready,
+            "the job was leased while the worker was quiet"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    control.resume();
+    wait_state(&client, &second, JobState::Succeeded).await;
+    let report = stop_worker(stop, handle).await;
+    assert_eq!(report.succeeded, 2);
+    server.stop().await;
+}
