@@ -164,6 +164,17 @@ enum QueueAction {
     Purge {
         queue: String,
     },
+    /// Move jobs of one state (oldest first) to another queue.
+    Move {
+        queue: String,
+        #[arg(long)]
+        to: String,
+        /// scheduled, ready, failed or dead.
+        #[arg(long, default_value = "ready")]
+        state: String,
+        #[arg(long, default_value_t = 10_000)]
+        limit: u32,
+    },
     /// Set a queue's flow control (no option removes every limit).
     Limit {
         queue: String,
@@ -419,6 +430,19 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(QueueAction::Resume { queue }) => print(
                     &client
                         .post(&format!("/v1/queues/{queue}/resume"), &json!({}))
+                        .await?,
+                ),
+                Some(QueueAction::Move {
+                    queue,
+                    to,
+                    state,
+                    limit,
+                }) => print(
+                    &client
+                        .post(
+                            &format!("/v1/queues/{queue}/move"),
+                            &json!({ "to": to, "state": state, "limit": limit }),
+                        )
                         .await?,
                 ),
                 Some(QueueAction::Limit {

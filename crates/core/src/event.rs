@@ -126,6 +126,11 @@ pub enum Event {
         at: Millis,
         fired: Vec<CronFire>,
     },
+    /// Jobs moved to queue `to`, keeping their state, attempts and history.
+    Moved {
+        to: String,
+        ids: Vec<JobId>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1430,6 +1430,55 @@ impl State {
         Ok(self.commit_infallible(len, event))
     }
 
+    /// Moves up to `limit` jobs of `from` in `state` (scheduled, ready, failed or dead:
+    /// not leased, not finished otherwise) to the queue `to`, oldest first. They keep
+    /// their state, attempts, history and unique key (now held in `to`). Replies with the
+    /// number moved.
+    pub fn move_jobs(
+        &mut self,
+        from: &str,
+        to: &str,
+        state: JobState,
+        limit: usize,
+    ) -> Result<Decided<usize>, CoreError> {
+        if !limits::is_valid_name(to, limits::QUEUE_NAME_BYTES_MAX) {
+            return Err(CoreError::bad_input("to", "not a valid queue name"));
+        }
+        if from == to {
+            return Err(CoreError::bad_input("to", "is the queue the jobs are in"));
+        }
+        if !matches!(
+            state,
+            JobState::Scheduled | JobState::Ready | JobState::Failed | JobState::Dead
+        ) {
+            return Err(CoreError::bad_input(
+                "state",
+                "only scheduled, ready, failed and dead jobs can be moved",
+            ));
+        }
+        let q = self
+            .queue(from)
+            .ok_or_else(|| CoreError::not_found("queue", from))?;
+        if self.queue(to).is_none() && self.ix.queues.len() >= limits::QUEUES_MAX {
+            return Err(CoreError::new(
+                ErrorKind::Limit,
+                "too_many_queues",
+                format!("at most {} queues may exist", limits::QUEUES_MAX),
+            ));
+        }
+        let ids: Vec<JobId> = q.by_state[state_index(state)]
+            .iter()
+            .take(limit)
+            .copied()
+            .collect();
+        let len = ids.len();
+        let event = (len > 0).then(|| Event::Moved {
+            to: to.to_owned(),
+            ids,
+        });
+        self.commit(len, event)
+    }
+
     fn commit<T>(&mut self, reply: T, event: Option<Event>) -> Result<Decided<T>, CoreError> {
         Ok(self.commit_infallible(reply, event))
     }
@@ -1493,6 +1542,29 @@ impl State {
                     if let Some(cron) = self.crons.get_mut(&fire.name) {
                         cron.next_at = fire.next_at;
                         cron.last_fired_at = Some(*at);
+                    }
+                }
+            }
+            Event::Moved { to, ids } => {
+                let to = self.ix.queue_id_or_create(to);
+                for id in ids {
+                    let job = self
+                        .jobs
+                        .get_mut(id)
+                        .ok_or_else(|| format!("moved job {id} does not exist"))?;
+                    let from = job.queue;
+                    self.ix.remove(job);
+                    job.queue = to;
+                    self.ix.insert(job);
+                    // A unique key is held per queue: it moves with its holder.
+                    if let Some(key) = job.extra().and_then(|e| e.unique_key.clone()) {
+                        if let Some(entry) = self.unique.remove(&(from, key.clone())) {
+                            if entry.0 == *id {
+                                self.unique.insert((to, key), entry);
+                            } else {
+                                self.unique.insert((from, key), entry);
+                            }
+                        }
                     }
                 }
             }

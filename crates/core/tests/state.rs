@@ -309,6 +309,7 @@ fn variant(event: &Event) -> &'static str {
         Event::CronSet { .. } => "CronSet",
         Event::CronRemoved { .. } => "CronRemoved",
         Event::CronFired { .. } => "CronFired",
+        Event::Moved { .. } => "Moved",
     }
 }
 
@@ -2241,4 +2242,62 @@ fn weighted_order_takes_queues_in_proportion_to_their_weights() {
     // 3:1 -> 75 % from a; 3,000 draws put it within a couple of points.
     let share = f64::from(from_a) / 3_000.0;
     assert!((0.72..=0.78).contains(&share), "share from a: {share}");
+}
+
+// ---- moving jobs ----------------------------------------------------------------------
+
+#[test]
+fn moving_jobs_keeps_their_state_history_and_unique_key() {
+    let mut h = Harness::new();
+    let unique = h.enqueue_one(T0, unique_spec("old", "k1"));
+    let plain = h.enqueue_one(T0, spec("old"));
+    let dead = h.enqueue_one(T0, spec_with("old", |s| s.max_attempts = 1));
+    let leased_one = h.enqueue_one(T0, spec("old"));
+    // `dead` dies; `leased_one` stays leased.
+    let (ids, lease_id) = h.lease(T0 + 1, &["old"], 4);
+    assert_eq!(ids.len(), 4);
+    h.fail_one(T0 + 2, dead, lease_id, None);
+    for id in [unique, plain] {
+        h.fail_one(T0 + 2, id, lease_id, Some(T0 + 2));
+    }
+    let _ = leased_one;
+    let decided = h
+        .state
+        .move_jobs("old", "new", JobState::Ready, 10)
+        .expect("move");
+    assert_eq!(h.record(decided), 2);
+    assert_eq!(h.count("new", JobState::Ready), 2);
+    assert_eq!(h.count("old", JobState::Ready), 0);
+    assert_eq!(h.count("old", JobState::Leased), 1, "leased jobs stay");
+    assert_eq!(h.job(unique).attempts, 1, "attempts and history move along");
+    // The unique key is now held in `new`: a duplicate there is refused, `old` is free.
+    let again = h.enqueue(T0 + 3, vec![unique_spec("new", "k1")]);
+    assert_eq!(again[0].id, unique);
+    assert!(again[0].duplicate);
+    let fresh = h.enqueue(T0 + 3, vec![unique_spec("old", "k1")]);
+    assert!(!fresh[0].duplicate);
+    // Dead jobs move as dead; a retry then runs them in the new queue.
+    let decided = h
+        .state
+        .move_jobs("old", "new", JobState::Dead, 10)
+        .expect("move");
+    assert_eq!(h.record(decided), 1);
+    h.retry(T0 + 4, dead).expect("retry");
+    assert_eq!(h.lease(T0 + 5, &["new"], 10).0.len(), 3);
+    // Replay agrees.
+    let replayed = replay(Config::default(), &h.events);
+    assert_eq!(replayed.encode_snapshot(), h.state.encode_snapshot());
+    // Leased and finished jobs cannot be moved; nor into the same queue.
+    assert!(h
+        .state
+        .move_jobs("old", "new", JobState::Leased, 10)
+        .is_err());
+    assert!(h
+        .state
+        .move_jobs("old", "old", JobState::Ready, 10)
+        .is_err());
+    assert!(h
+        .state
+        .move_jobs("nope", "new", JobState::Ready, 10)
+        .is_err());
 }

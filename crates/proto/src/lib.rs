@@ -571,6 +571,34 @@ pub struct QueueList {
     pub next_cursor: Option<String>,
 }
 
+/// `POST /v1/queues/{queue}/move`: move jobs of one state to another queue.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    pub to: String,
+    /// `scheduled`, `ready` (default), `failed` or `dead`.
+    #[serde(default = "ready_state")]
+    pub state: JobState,
+    /// Oldest first, at most this many (default and maximum 10,000).
+    #[serde(default = "move_limit")]
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub limit: u32,
+}
+
+fn ready_state() -> JobState {
+    JobState::Ready
+}
+
+fn move_limit() -> u32 {
+    10_000
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MoveResponse {
+    pub moved: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PurgeResponse {
     /// Ready, scheduled and failed jobs removed.

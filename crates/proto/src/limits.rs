@@ -43,6 +43,8 @@ pub const QUEUE_CONCURRENCY_MAX: u32 = 1_000_000;
 /// A queue's rate limit: leases per window, and the window (at most a day).
 pub const RATE_LIMIT_MAX: u32 = 1_000_000;
 pub const RATE_PER_MS_MAX: u64 = 24 * 3_600_000;
+/// Jobs one move request may move.
+pub const MOVE_LEN_MAX: usize = 10_000;
 /// A queue's weight in a weighted lease.
 pub const QUEUE_WEIGHT_MAX: u32 = 1_000;
 /// Cron schedules that may exist.

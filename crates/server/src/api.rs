@@ -1169,6 +1169,27 @@ pub async fn set_queue_limits(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/queues/{queue}/move", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = proto::MoveRequest, responses((status = 200, body = proto::MoveResponse), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, description = "unknown queue", body = proto::ErrorResponse), (status = 429, description = "queue limit", body = proto::ErrorResponse)))]
+pub async fn move_jobs(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<proto::MoveRequest>,
+) -> Result<Json<proto::MoveResponse>, ApiError> {
+    if request.limit == 0 || request.limit as usize > limits::MOVE_LEN_MAX {
+        return Err(ApiError::bad_input(
+            "limit",
+            format!("must be 1 to {}", limits::MOVE_LEN_MAX),
+        ));
+    }
+    let moved = app
+        .broker()?
+        .execute(|s, _| s.move_jobs(&name, &request.to, request.state, request.limit as usize))
+        .await?;
+    Ok(Json(proto::MoveResponse {
+        moved: moved as u64,
+    }))
+}
+
 #[utoipa::path(post, path = "/v1/queues/{queue}/purge", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), responses((status = 200, body = proto::PurgeResponse), (status = 404, body = proto::ErrorResponse)))]
 pub async fn purge_queue(
     app: axum::extract::State<AppState>,

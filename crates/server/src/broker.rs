@@ -261,6 +261,7 @@ impl Wakes {
                     self.add(&job.queue, 1);
                 }
             }
+            Event::Moved { ids, .. } => ids.iter().for_each(|id| job_ready(id)),
             Event::CronFired { fired, .. } => {
                 for job in fired.iter().flat_map(|f| &f.jobs) {
                     self.add(&job.queue, 1);

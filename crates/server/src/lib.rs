@@ -115,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{queue}/pause", post(api::pause_queue))
         .route("/v1/queues/{queue}/resume", post(api::resume_queue))
         .route("/v1/queues/{queue}/purge", post(api::purge_queue))
+        .route("/v1/queues/{queue}/move", post(api::move_jobs))
         .route("/v1/queues/{queue}/limits", post(api::set_queue_limits))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

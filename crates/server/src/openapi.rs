@@ -30,6 +30,7 @@ use crate::api;
         api::pause_queue,
         api::resume_queue,
         api::purge_queue,
+        api::move_jobs,
         api::set_queue_limits,
         api::create_batch,
         api::get_batch,
@@ -78,6 +79,8 @@ use crate::api;
         proto::RateLimit,
         proto::QueueList,
         proto::PurgeResponse,
+        proto::MoveRequest,
+        proto::MoveResponse,
         proto::JobList,
     ))
 )]

@@ -2343,3 +2343,44 @@ async fn lease_order_strict_and_weighted_are_validated_and_honoured() {
     assert_error(&bad, 400, "invalid_request", Some("weights"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_takes_jobs_of_one_state_to_another_queue() {
+    let (_dir, server) = fresh().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(server.enqueue(spec("from")).await);
+    }
+    let (status, body) = server
+        .post("/v1/queues/from/move", &json!({ "to": "to", "limit": 2 }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["moved"], 2);
+    let (_, job) = server.get(&format!("/v1/jobs/{}", ids[0])).await;
+    assert_eq!(job["queue"], "to", "oldest first");
+    let (_, leased) = server
+        .post("/v1/lease", &json!({ "queues": ["to"], "max_jobs": 10 }))
+        .await;
+    assert_eq!(leased["jobs"].as_array().expect("jobs").len(), 2);
+
+    let bad = server
+        .post(
+            "/v1/queues/from/move",
+            &json!({ "to": "to", "state": "leased" }),
+        )
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("state"));
+    let bad = server
+        .post("/v1/queues/from/move", &json!({ "to": "from" }))
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("to"));
+    let bad = server
+        .post("/v1/queues/from/move", &json!({ "to": "x", "limit": 0 }))
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("limit"));
+    let bad = server
+        .post("/v1/queues/nowhere/move", &json!({ "to": "x" }))
+        .await;
+    assert_error(&bad, 404, "not_found", None);
+    server.stop().await;
+}
