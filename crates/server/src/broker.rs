@@ -261,7 +261,7 @@ impl Wakes {
                     self.add(&job.queue, 1);
                 }
             }
-            Event::Moved { ids, .. } => ids.iter().for_each(|id| job_ready(id)),
+            Event::Moved { ids, .. } => ids.iter().for_each(&mut job_ready),
             Event::CronFired { fired, .. } => {
                 for job in fired.iter().flat_map(|f| &f.jobs) {
                     self.add(&job.queue, 1);
