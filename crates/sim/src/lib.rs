@@ -139,6 +139,8 @@ stats! {
     leases_expired: "leases expired",
     limits_set: "queue limits set (concurrency, rate, or none)",
     limited_leases: "lease decisions checked against a queue's limits",
+    jobs_moved: "jobs moved between queues",
+    cron_jobs: "jobs enqueued by cron schedules",
     retained: "jobs removed by retention",
     purged: "jobs purged",
     jobs_max: "most jobs at once",

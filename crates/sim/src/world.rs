@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use sluice_core::cron::Missed;
 use sluice_core::{
     Backoff, Config, EnqueueSpec, Enqueued, Event, FailInput, Job, JobId, JobState, LeaseId,
     Millis, QueueLimits, Rate, Settled, State,
@@ -58,8 +59,14 @@ struct JobOrder {
 #[derive(Debug, Clone)]
 enum Request {
     Enqueue(Vec<JobOrder>),
-    Lease { queues: Vec<usize>, max_jobs: usize },
-    Heartbeat { id: JobId, lease_id: LeaseId },
+    Lease {
+        queues: Vec<usize>,
+        max_jobs: usize,
+    },
+    Heartbeat {
+        id: JobId,
+        lease_id: LeaseId,
+    },
     Ack(Vec<(JobId, LeaseId)>),
     Fail(Vec<(JobId, LeaseId, Option<Millis>)>),
     Cancel(JobId),
@@ -67,7 +74,14 @@ enum Request {
     Pause(usize, bool),
     Purge(usize),
     Limits(usize, QueueLimits),
+    /// Move up to `limit` jobs of a state from one queue to another.
+    Move(usize, usize, JobState, usize),
+    /// Set (with a schedule and missed policy) or remove (`None`) cron schedule `n`.
+    Cron(usize, Option<(usize, &'static str, Missed)>),
 }
+
+/// Cron schedules the admin sets: every few seconds, so they fire within a run.
+const CRON_SCHEDULES: [&str; 3] = ["*/5 * * * * *", "*/13 * * * * *", "0 * * * * *"];
 
 type Code = &'static str;
 
@@ -267,6 +281,14 @@ impl World {
                 self.state.promote_due(self.now);
             }
             900..=909 => self.snapshot()?,
+            910..=929 => {
+                let (event, _) = self.state.fire_crons(self.now);
+                if let Some(Event::CronFired { fired, .. }) = &event {
+                    self.stats.cron_jobs += fired.iter().map(|f| f.jobs.len() as u64).sum::<u64>();
+                }
+                self.trace(|| format!("fire_crons: {event:?}"));
+                self.log(event.as_ref())?;
+            }
             _ => {}
         }
         if self.rng.chance(1_500) {
@@ -550,6 +572,39 @@ impl World {
                 Ok((event, ())) => (event, Reply::Done(Ok(()))),
                 Err(e) => (None, Reply::Done(Err(e.code))),
             },
+            Request::Move(from, to, state, limit) => {
+                match self
+                    .state
+                    .move_jobs(QUEUES[*from], QUEUES[*to], *state, *limit)
+                {
+                    Ok((event, moved)) => {
+                        self.stats.jobs_moved += moved as u64;
+                        (event, Reply::Done(Ok(())))
+                    }
+                    Err(e) => (None, Reply::Done(Err(e.code))),
+                }
+            }
+            Request::Cron(n, set) => {
+                let name = format!("cron-{n}");
+                let decided = match set {
+                    Some((queue, schedule, missed)) => self
+                        .state
+                        .set_cron(
+                            now,
+                            &name,
+                            schedule,
+                            "UTC",
+                            EnqueueSpec::new(QUEUES[*queue], "cron.tick", "null"),
+                            *missed,
+                        )
+                        .map(|(event, _)| (event, ())),
+                    None => self.state.remove_cron(&name),
+                };
+                match decided {
+                    Ok((event, ())) => (event, Reply::Done(Ok(()))),
+                    Err(e) => (None, Reply::Done(Err(e.code))),
+                }
+            }
             Request::Limits(queue, limits) => {
                 match self.state.set_limits(now, QUEUES[*queue], *limits) {
                     Ok((event, ())) => {
@@ -1123,6 +1178,31 @@ impl World {
                 let queue = self.rng.index(QUEUES.len());
                 self.send(client, Request::Purge(queue));
             }
+            63..=64 => {
+                let from = self.rng.index(QUEUES.len());
+                let to = (from + 1 + self.rng.index(QUEUES.len() - 1)) % QUEUES.len();
+                let state = *self.rng.pick(&[
+                    JobState::Ready,
+                    JobState::Scheduled,
+                    JobState::Failed,
+                    JobState::Dead,
+                ]);
+                let limit = 1 + self.rng.index(5);
+                self.send(client, Request::Move(from, to, state, limit));
+            }
+            65..=66 => {
+                let n = self.rng.index(3);
+                let set = (self.rng.below(4) != 0).then(|| {
+                    (
+                        self.rng.index(QUEUES.len()),
+                        *self.rng.pick(&CRON_SCHEDULES),
+                        *self
+                            .rng
+                            .pick(&[Missed::Skip, Missed::RunOnce, Missed::RunAll]),
+                    )
+                });
+                self.send(client, Request::Cron(n, set));
+            }
             61..=62 => {
                 let queue = self.rng.index(QUEUES.len());
                 let limits = if self.rng.below(5) == 0 {
@@ -1246,7 +1326,9 @@ impl World {
                 | Request::Retry(_)
                 | Request::Pause(..)
                 | Request::Purge(_)
-                | Request::Limits(..),
+                | Request::Limits(..)
+                | Request::Move(..)
+                | Request::Cron(..),
                 Reply::Done(result),
             ) => {
                 if result.is_err() {
