@@ -2,7 +2,7 @@
 # Runs every test: unit, property, simulation, WAL fault, end-to-end HTTP, limits,
 # kill -9 crash and disk-full tests, then schemathesis against the OpenAPI document.
 # Needs the Rust toolchain and python3; schemathesis is installed from PyPI into target/,
-# and tmux from Debian's packages when it is missing.
+# tmux and postgresql from Debian's packages when they are missing.
 # The disk-full test mounts a tmpfs, so it needs root (SLUICE_SKIP_MOUNT_TESTS=1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,18 @@ if ! command -v tmux >/dev/null 2>&1; then
   else
     sudo apt-get install -y -q tmux >/dev/null 2>&1 || { sudo apt-get update -q >/dev/null && sudo apt-get install -y -q tmux >/dev/null; }
   fi
+fi
+# The sqlx example writes to a real PostgreSQL (examples/tests/pg.rs): start a throwaway
+# one (scripts/pg.sh installs Debian's postgresql if missing; needs root to run it as the
+# postgres user), and stop it on exit.
+if [ "$(id -u)" = 0 ]; then
+  pg_env="$(bash scripts/pg.sh)"
+  export SLUICE_TEST_PG_URL="$(echo "$pg_env" | sed -n 's/^SLUICE_TEST_PG_URL=//p')"
+  pg_dir="$(echo "$pg_env" | sed -n 's/^SLUICE_TEST_PG_DIR=//p')"
+  export SLUICE_REQUIRE_PG=1
+  trap 'bash scripts/pg.sh stop "$pg_dir"' EXIT
+else
+  echo "not root: the PostgreSQL example test is skipped (scripts/pg.sh needs root)"
 fi
 cargo test --workspace -j2 "$@"
 # Property-based API test from the OpenAPI document against the real server: schemathesis
