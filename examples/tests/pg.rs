@@ -70,8 +70,8 @@ async fn pg_worker_writes_each_job_once_to_postgresql() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let pid = rustix::process::Pid::from_raw(i32::try_from(worker.id()).expect("pid"))
-        .expect("a pid");
+    let pid =
+        rustix::process::Pid::from_raw(i32::try_from(worker.id()).expect("pid")).expect("a pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
     let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
         .await
@@ -91,7 +91,9 @@ async fn pg_worker_writes_each_job_once_to_postgresql() {
             .expect("select");
     let written: BTreeSet<String> = rows.iter().map(|r| r.0.clone()).collect();
     assert_eq!(written, ids, "one row per job");
-    assert!(rows.iter().all(|r| r.1.ends_with("@example.com") && r.2 == 1));
+    assert!(rows
+        .iter()
+        .all(|r| r.1.ends_with("@example.com") && r.2 == 1));
 
     let _ = stop.send(());
     server

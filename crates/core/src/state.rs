@@ -1569,7 +1569,11 @@ impl State {
                 }
             }
             Event::BatchEnqueued { at, jobs, callback } => {
-                if callback.id == JobId::MAX || self.jobs.contains_key(&callback.id) {
+                if callback.id == JobId::MAX
+                    || self.jobs.contains_key(&callback.id)
+                    || self.batches.contains_key(&callback.id)
+                    || jobs.iter().any(|j| j.id == callback.id)
+                {
                     return Err(format!("batch id {} is taken or out of range", callback.id));
                 }
                 for new in jobs {
@@ -1751,6 +1755,15 @@ impl State {
     fn insert_new_job(&mut self, at: Millis, new: &NewJob) -> Result<(), String> {
         if self.jobs.contains_key(&new.id) {
             return Err(format!("job {} enqueued twice", new.id));
+        }
+        // An unfinished batch holds its callback's id until it fires (the callback is
+        // inserted after `finished_at` is set).
+        if self
+            .batches
+            .get(&new.id)
+            .is_some_and(|b| b.finished_at.is_none())
+        {
+            return Err(format!("job id {} is reserved by a batch", new.id));
         }
         // The next id is one more than the last: u64::MAX is never decided.
         if new.id == JobId::MAX {
@@ -2057,6 +2070,15 @@ impl State {
         for (batch, pending) in snapshot.batches {
             if batch.id > state.last_id {
                 return Err(format!("batch {} is newer than the last ids", batch.id));
+            }
+            if batch.finished_at.is_none() && state.jobs.contains_key(&batch.id) {
+                return Err(format!(
+                    "job {} has the id of an unfinished batch",
+                    batch.id
+                ));
+            }
+            if state.batches.contains_key(&batch.id) {
+                return Err(format!("batch {} appears twice", batch.id));
             }
             for member in pending {
                 if !state.jobs.contains_key(&member) {

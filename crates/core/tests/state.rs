@@ -2301,3 +2301,43 @@ fn moving_jobs_keeps_their_state_history_and_unique_key() {
         .move_jobs("nope", "new", JobState::Ready, 10)
         .is_err());
 }
+
+/// fuzz `event`: a logged batch whose member had the batch's own id, or a later job taking
+/// an unfinished batch's reserved id, left a state whose snapshot refused to decode (and
+/// whose callback could not be inserted). Such events are now refused.
+#[test]
+fn events_that_would_reuse_a_batch_id_are_refused() {
+    let new_job = |id: JobId| sluice_core::NewJob {
+        id,
+        queue: "q".into(),
+        kind: "k".into(),
+        payload: "null".into(),
+        priority: 0,
+        run_at: T0,
+        max_attempts: 1,
+        backoff: Backoff::Fixed { delay_ms: 0 },
+        timeout_ms: 30_000,
+        unique: None,
+        tags: Vec::new(),
+    };
+    let mut state = State::new(Config::default());
+    let own_id = Event::BatchEnqueued {
+        at: T0,
+        jobs: vec![new_job(5)],
+        callback: new_job(5),
+    };
+    assert!(state.apply(&own_id).is_err());
+    let mut state = State::new(Config::default());
+    let batch = Event::BatchEnqueued {
+        at: T0,
+        jobs: vec![new_job(5)],
+        callback: new_job(6),
+    };
+    state.apply(&batch).expect("a well-formed batch applies");
+    let taken = Event::Enqueued {
+        at: T0,
+        jobs: vec![new_job(6)],
+    };
+    assert!(state.apply(&taken).is_err(), "id 6 is the batch's");
+    State::decode_snapshot(Config::default(), &state.encode_snapshot()).expect("decodes");
+}

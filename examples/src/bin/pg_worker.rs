@@ -43,7 +43,9 @@ async fn record(pool: PgPool, job: Job<Email>) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let pool = PgPoolOptions::new()
         .max_connections(u32::try_from(args.concurrency).unwrap_or(16).clamp(1, 32))
