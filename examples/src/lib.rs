@@ -13,3 +13,16 @@ pub struct Email {
 pub const QUEUE: &str = "emails";
 /// The job kind the examples use.
 pub const KIND: &str = "email.send";
+
+/// Resolves on Ctrl-C or SIGTERM: what the example workers pass to `Worker::run`.
+pub async fn shutdown_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

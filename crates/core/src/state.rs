@@ -574,6 +574,17 @@ pub fn backoff_delay_ms(backoff: Backoff, id: JobId, attempt: u16) -> u64 {
     }
 }
 
+/// 400 `invalid_request` with every problem found (at most 100).
+fn invalid_request(mut details: Vec<Detail>) -> CoreError {
+    details.truncate(100);
+    CoreError {
+        kind: ErrorKind::BadInput,
+        code: "invalid_request",
+        message: "the request is invalid".into(),
+        details,
+    }
+}
+
 /// Only a state restored from a corrupt or foreign log gets here (2^64 ids at one a
 /// nanosecond last 584 years).
 fn ids_exhausted() -> CoreError {
@@ -736,26 +747,9 @@ impl State {
             spec.validate(&path, now, &mut details);
         }
         if !details.is_empty() {
-            details.truncate(100);
-            return Err(CoreError {
-                kind: ErrorKind::BadInput,
-                code: "invalid_request",
-                message: "the request is invalid".into(),
-                details,
-            });
+            return Err(invalid_request(details));
         }
-        let new_queues: FxHashSet<&str> = specs
-            .iter()
-            .map(|s| s.queue.as_str())
-            .filter(|q| !self.ix.queue_ids.contains_key(*q))
-            .collect();
-        if self.ix.queues.len() + new_queues.len() > limits::QUEUES_MAX {
-            return Err(CoreError::new(
-                ErrorKind::Limit,
-                "too_many_queues",
-                format!("at most {} queues may exist", limits::QUEUES_MAX),
-            ));
-        }
+        self.check_new_queues(specs.iter().map(|s| s.queue.as_str()))?;
         let mut replies = Vec::with_capacity(specs.len());
         let mut jobs = Vec::with_capacity(specs.len());
         // Owned keys: the specs are moved into the event below.
@@ -830,27 +824,14 @@ impl State {
             });
         }
         if !details.is_empty() {
-            details.truncate(100);
-            return Err(CoreError {
-                kind: ErrorKind::BadInput,
-                code: "invalid_request",
-                message: "the request is invalid".into(),
-                details,
-            });
+            return Err(invalid_request(details));
         }
-        let new_queues: FxHashSet<&str> = specs
-            .iter()
-            .chain(std::iter::once(&callback))
-            .map(|s| s.queue.as_str())
-            .filter(|q| !self.ix.queue_ids.contains_key(*q))
-            .collect();
-        if self.ix.queues.len() + new_queues.len() > limits::QUEUES_MAX {
-            return Err(CoreError::new(
-                ErrorKind::Limit,
-                "too_many_queues",
-                format!("at most {} queues may exist", limits::QUEUES_MAX),
-            ));
-        }
+        self.check_new_queues(
+            specs
+                .iter()
+                .chain(std::iter::once(&callback))
+                .map(|s| s.queue.as_str()),
+        )?;
         let mut last_id = self.last_id;
         let mut jobs = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -913,12 +894,7 @@ impl State {
             });
         }
         let (Some(parsed), true) = (parsed, details.is_empty()) else {
-            return Err(CoreError {
-                kind: ErrorKind::BadInput,
-                code: "invalid_request",
-                message: "the request is invalid".into(),
-                details,
-            });
+            return Err(invalid_request(details));
         };
         if !self.crons.contains_key(name) && self.crons.len() >= limits::CRONS_MAX {
             return Err(CoreError::new(
@@ -1016,6 +992,22 @@ impl State {
 
     pub fn cron(&self, name: &str) -> Option<&Cron> {
         self.crons.get(name)
+    }
+
+    /// 429 `too_many_queues` if the queues among `names` that do not exist yet would take
+    /// the count past `QUEUES_MAX`.
+    fn check_new_queues<'a>(&self, names: impl Iterator<Item = &'a str>) -> Result<(), CoreError> {
+        let new_queues: FxHashSet<&str> = names
+            .filter(|q| !self.ix.queue_ids.contains_key(*q))
+            .collect();
+        if self.ix.queues.len() + new_queues.len() > limits::QUEUES_MAX {
+            return Err(CoreError::new(
+                ErrorKind::Limit,
+                "too_many_queues",
+                format!("at most {} queues may exist", limits::QUEUES_MAX),
+            ));
+        }
+        Ok(())
     }
 
     fn unique_holder(&self, queue: &str, key: &str, now: Millis) -> Option<JobId> {

@@ -331,34 +331,37 @@ pub async fn enqueue(
         .into_response())
 }
 
+/// The jobs of a batch request as specs (paths `jobs[i].…`); 413 past the batch limit.
+fn batch_specs(jobs: Vec<proto::JobSpec>, now: i64) -> Result<Vec<EnqueueSpec>, ApiError> {
+    if jobs.len() > limits::ENQUEUE_BATCH_LEN_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "{} jobs in one batch; the limit is {}",
+                jobs.len(),
+                limits::ENQUEUE_BATCH_LEN_MAX
+            ),
+        )
+        .with_detail("jobs", "too many"));
+    }
+    jobs.into_iter()
+        .enumerate()
+        .map(|(i, spec)| to_spec(spec, &format!("jobs[{i}]."), now))
+        .collect()
+}
+
 #[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = proto::EnqueueBatchRequest, responses((status = 201, description = "all enqueued (or matched by unique key)", body = proto::EnqueueBatchResponse), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 413, description = "batch, payload or body too large", body = proto::ErrorResponse)))]
 pub async fn enqueue_batch(
     app: axum::extract::State<AppState>,
     ApiJson(request): ApiJson<proto::EnqueueBatchRequest>,
 ) -> Result<Response, ApiError> {
     let broker = app.broker()?;
-    if request.jobs.len() > limits::ENQUEUE_BATCH_LEN_MAX {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!(
-                "{} jobs in one batch; the limit is {}",
-                request.jobs.len(),
-                limits::ENQUEUE_BATCH_LEN_MAX
-            ),
-        )
-        .with_detail("jobs", "too many"));
-    }
     if request.jobs.is_empty() {
         return Err(ApiError::bad_input("jobs", "must hold at least one job"));
     }
     let now = crate::broker::system_now_ms();
-    let specs = request
-        .jobs
-        .into_iter()
-        .enumerate()
-        .map(|(i, spec)| to_spec(spec, &format!("jobs[{i}]."), now))
-        .collect::<Result<Vec<_>, _>>()?;
+    let specs = batch_specs(request.jobs, now)?;
     let results = broker.execute(|s, now| s.enqueue(now, specs, true)).await?;
     let jobs = results
         .into_iter()
@@ -467,25 +470,8 @@ pub async fn create_batch(
     ApiJson(request): ApiJson<proto::BatchRequest>,
 ) -> Result<Response, ApiError> {
     let broker = app.broker()?;
-    if request.jobs.len() > limits::ENQUEUE_BATCH_LEN_MAX {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!(
-                "{} jobs in one batch; the limit is {}",
-                request.jobs.len(),
-                limits::ENQUEUE_BATCH_LEN_MAX
-            ),
-        )
-        .with_detail("jobs", "too many"));
-    }
     let now = crate::broker::system_now_ms();
-    let specs = request
-        .jobs
-        .into_iter()
-        .enumerate()
-        .map(|(i, spec)| to_spec(spec, &format!("jobs[{i}]."), now))
-        .collect::<Result<Vec<_>, _>>()?;
+    let specs = batch_specs(request.jobs, now)?;
     let callback = to_spec(request.callback, "callback.", now)?;
     let (batch, jobs) = broker
         .execute(|s, now| s.enqueue_batch_with_callback(now, specs, callback))

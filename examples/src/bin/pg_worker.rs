@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use sluice_client::{Client, Job, Worker};
-use sluice_examples::{Email, KIND, QUEUE};
+use sluice_examples::{shutdown_signal, Email, KIND, QUEUE};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
@@ -70,13 +70,4 @@ async fn main() -> Result<()> {
         .await?;
     eprintln!("stopped: {report:?}");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 use sluice_client::{Client, Job, Worker};
-use sluice_examples::{Email, KIND, QUEUE};
+use sluice_examples::{shutdown_signal, Email, KIND, QUEUE};
 
 #[derive(Parser)]
 struct Args {
@@ -44,13 +44,4 @@ async fn main() -> Result<()> {
         .await?;
     eprintln!("stopped: {report:?}");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
