@@ -141,6 +141,8 @@ stats! {
     limited_leases: "lease decisions checked against a queue's limits",
     jobs_moved: "jobs moved between queues",
     cron_jobs: "jobs enqueued by cron schedules",
+    batches: "batches enqueued (their callbacks fire as members finish)",
+    batch_callbacks: "batch callbacks enqueued",
     retained: "jobs removed by retention",
     purged: "jobs purged",
     jobs_max: "most jobs at once",

@@ -78,6 +78,8 @@ enum Request {
     Move(usize, usize, JobState, usize),
     /// Set (with a schedule and missed policy) or remove (`None`) cron schedule `n`.
     Cron(usize, Option<(usize, &'static str, Missed)>),
+    /// A batch of jobs (queue, max_attempts each) with a callback in a queue.
+    Batch(Vec<(usize, u32)>, usize),
 }
 
 /// Cron schedules the admin sets: every few seconds, so they fire within a run.
@@ -422,6 +424,7 @@ impl World {
         }
         let lsn = self.disk.append(&bytes);
         self.stats.events += 1;
+        self.stats.batch_callbacks += self.state.take_fired().len() as u64;
         match event {
             Event::Removed { ids } | Event::Purged { ids, .. } => {
                 for &id in ids {
@@ -579,6 +582,24 @@ impl World {
                 {
                     Ok((event, moved)) => {
                         self.stats.jobs_moved += moved as u64;
+                        (event, Reply::Done(Ok(())))
+                    }
+                    Err(e) => (None, Reply::Done(Err(e.code))),
+                }
+            }
+            Request::Batch(jobs, callback) => {
+                let specs = jobs
+                    .iter()
+                    .map(|&(queue, attempts)| {
+                        let mut spec = EnqueueSpec::new(QUEUES[queue], "batch.member", "null");
+                        spec.max_attempts = attempts;
+                        spec
+                    })
+                    .collect();
+                let callback = EnqueueSpec::new(QUEUES[*callback], "batch.done", "null");
+                match self.state.enqueue_batch_with_callback(now, specs, callback) {
+                    Ok((event, _)) => {
+                        self.stats.batches += 1;
                         (event, Reply::Done(Ok(())))
                     }
                     Err(e) => (None, Reply::Done(Err(e.code))),
@@ -1190,6 +1211,13 @@ impl World {
                 let limit = 1 + self.rng.index(5);
                 self.send(client, Request::Move(from, to, state, limit));
             }
+            67..=68 => {
+                let jobs = (0..1 + self.rng.index(3))
+                    .map(|_| (self.rng.index(QUEUES.len()), 1 + self.rng.below(3) as u32))
+                    .collect();
+                let callback = self.rng.index(QUEUES.len());
+                self.send(client, Request::Batch(jobs, callback));
+            }
             65..=66 => {
                 let n = self.rng.index(3);
                 let set = (self.rng.below(4) != 0).then(|| {
@@ -1328,7 +1356,8 @@ impl World {
                 | Request::Purge(_)
                 | Request::Limits(..)
                 | Request::Move(..)
-                | Request::Cron(..),
+                | Request::Cron(..)
+                | Request::Batch(..),
                 Reply::Done(result),
             ) => {
                 if result.is_err() {
