@@ -194,6 +194,8 @@ fn restore(disk: &Disk) -> Result<State, String> {
             .apply(&Event::decode(disk.payload(lsn))?)
             .map_err(|e| format!("record {lsn} does not apply after the snapshot: {e}"))?;
     }
+    // Callbacks re-enqueued by the replay were counted when they first fired.
+    state.take_fired();
     Ok(state)
 }
 
