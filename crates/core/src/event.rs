@@ -1,8 +1,14 @@
 //! Events: the facts the state machine writes to the log. Applying an event never fails
 //! and never looks at a clock, so replaying the log rebuilds exactly the same state.
 //!
-//! Events are encoded with postcard (a compact, non-self-describing serde format); fields
-//! are only ever appended to the end of a variant, and variants only to the end of `Event`.
+//! Events are encoded with postcard (a compact, non-self-describing serde format), so the
+//! log's compatibility rule is: variants are only ever appended to the end of `Event`, and
+//! the fields of an existing variant (and of the structs inside it, like `NewJob`) never
+//! change — not even by appending one: postcard is positional, and a record written
+//! without the new field would fail to decode (`DeserializeUnexpectedEnd`). A new field
+//! means a new variant. `State` snapshots follow the same rule for their nested types and
+//! may only grow at their end, with a fallback decoder for the shorter form
+//! (`decode_snapshot`).
 
 use serde::{Deserialize, Serialize};
 
