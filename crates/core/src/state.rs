@@ -2063,6 +2063,12 @@ impl State {
             if batch.id > state.last_id {
                 return Err(format!("batch {} is newer than the last ids", batch.id));
             }
+            if batch.callback.id != batch.id {
+                return Err(format!(
+                    "batch {} has a callback with id {}",
+                    batch.id, batch.callback.id
+                ));
+            }
             if batch.finished_at.is_none() && state.jobs.contains_key(&batch.id) {
                 return Err(format!(
                     "job {} has the id of an unfinished batch",
