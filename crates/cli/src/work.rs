@@ -178,14 +178,12 @@ pub async fn run(url: &str, args: WorkArgs) -> Result<()> {
 fn excerpt(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim();
-    if text.len() <= EXCERPT_BYTES_MAX {
-        return text.to_owned();
+    let start = sluice_proto::limits::truncate_utf8(text, EXCERPT_BYTES_MAX);
+    if start.len() == text.len() {
+        text.to_owned()
+    } else {
+        format!("{start}…")
     }
-    let mut end = EXCERPT_BYTES_MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 pub(crate) async fn http_job(http: reqwest::Client, job: Job<HttpJob>) -> Result<(), String> {

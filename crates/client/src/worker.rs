@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
+use sluice_proto::limits::{self, truncate_utf8};
 use sluice_proto::{rfc3339, AckItem, FailItem, LeasedJob};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
@@ -634,7 +635,7 @@ async fn run_job(shared: Arc<Shared>, leased: LeasedJob, done: mpsc::UnboundedSe
             id: id.clone(),
             lease_id: lease_id.clone(),
             // The server keeps 4 KiB of it; a huge message must not sink the whole batch.
-            error: cut(error, sluice_proto::limits::ERROR_BYTES_MAX),
+            error: truncate_utf8(&error, limits::ERROR_BYTES_MAX).to_owned(),
             retry_at: retry_now.then(|| rfc3339::format_ms(now_ms())),
         })
     };
@@ -725,18 +726,6 @@ async fn run_handler(
         task.abort();
     }
     Err(ended)
-}
-
-/// `text` cut to at most `max` bytes at a char boundary.
-fn cut(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits;
+use sluice_proto::limits::truncate_utf8;
 use sluice_proto::JobState;
 
 use crate::cron::{CronSpec, Missed, Schedule, CATCH_UP_MAX, MISSED_AFTER_MS};
@@ -593,17 +594,6 @@ fn ids_exhausted() -> CoreError {
         "ids_exhausted",
         "no job or lease id is left",
     )
-}
-
-fn truncate_utf8(text: &str, bytes_max: usize) -> &str {
-    if text.len() <= bytes_max {
-        return text;
-    }
-    let mut end = bytes_max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 impl State {

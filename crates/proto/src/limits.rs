@@ -80,6 +80,19 @@ pub const LIST_LIMIT_DEFAULT: usize = 100;
 /// Attempts kept in a job's history (the newest ones).
 pub const HISTORY_LEN_MAX: usize = 25;
 
+/// `text` cut to at most `bytes_max` bytes, at a char boundary: how every limit on text
+/// that is cut rather than refused (a fail's `error`, a worker name, an excerpt) is applied.
+pub fn truncate_utf8(text: &str, bytes_max: usize) -> &str {
+    if text.len() <= bytes_max {
+        return text;
+    }
+    let mut end = bytes_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// True when `name` is a valid queue name or kind: 1..=max bytes of `[A-Za-z0-9_.:-]`,
 /// other than `.` and `..`.
 pub fn is_valid_name(name: &str, max_bytes: usize) -> bool {

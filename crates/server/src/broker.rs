@@ -272,9 +272,9 @@ impl Wakes {
             Event::Failed { jobs, .. } => jobs.iter().for_each(|item| job_ready(&item.id)),
             Event::Acked { ids, .. } => ids.iter().for_each(&mut job_ready),
             Event::Cancelled { id, .. } => job_ready(id),
-            Event::QueueLimitsSet { queue, .. } => {
+            Event::QueueLimitsSet { at, queue, .. } => {
                 if let Some(q) = state.queue(queue) {
-                    let room = q.lease_room(0).min(q.count(sluice_core::JobState::Ready));
+                    let room = q.lease_room(*at).min(q.count(sluice_core::JobState::Ready));
                     self.add(queue, room);
                 }
             }
