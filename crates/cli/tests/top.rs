@@ -206,14 +206,14 @@ async fn top_shows_queues_and_workers_and_its_keys_pause_retry_and_filter() {
     assert_eq!(queue["counts"]["dead"], 0, "{queue}");
     assert_eq!(queue["counts"]["ready"], 1, "{queue}");
 
-    // / filters by name.
+    // / filters by name. The keys arrive one by one ("r" alone already hides emails), so
+    // wait for the whole filter to be on screen before judging the rows.
     tmux.keys(&["/", "rep", "Enter"]);
     let screen = tmux
-        .wait_screen("only reports", |s| {
-            row(s, "reports").is_some() && row(s, "emails").is_none()
-        })
+        .wait_screen("the filter \"rep\"", |s| s.contains("matching \"rep\""))
         .await;
-    assert!(screen.contains("matching \"rep\""), "{screen}");
+    assert!(row(&screen, "reports").is_some(), "{screen}");
+    assert!(row(&screen, "emails").is_none(), "{screen}");
 
     // q quits: the session (whose only command is sluice top) ends.
     tmux.keys(&["q"]);
