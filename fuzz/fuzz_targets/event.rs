@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice_core::{Backoff, Config, EnqueueSpec, Event, FailInput, State};
+use sluice_core::{Backoff, Config, EnqueueSpec, Event, FailInput, QueueLimits, Rate, State};
 
 const NOW: i64 = 1_764_000_000_000;
 const CONFIG: Config = Config {
@@ -34,6 +34,9 @@ fn scripted_state() -> State {
     }
     specs[0].unique_key = Some("user-1".into());
     specs[3].backoff = Backoff::Fixed { delay_ms: 5_000 };
+    specs[2].limit_key = Some("acme".into());
+    specs[4].limit_key = Some("acme".into());
+    specs[5].limit_key = Some("globex".into());
     let mut later = EnqueueSpec::new("reports", "build", "[]");
     later.run_at = Some(NOW + 3_600_000);
     specs.push(later);
@@ -64,6 +67,16 @@ fn scripted_state() -> State {
     state.fail(NOW + 3, fails);
     state.cancel(NOW + 4, leased[3]).expect("script cancel");
     state.set_paused("reports", true).expect("script pause");
+    let per_key = QueueLimits {
+        concurrency: Some(1),
+        rate: Some(Rate {
+            limit: 2,
+            per_ms: 1_000,
+        }),
+    };
+    state
+        .set_limits(NOW + 5, "emails", QueueLimits::default(), per_key)
+        .expect("script limits");
     let _ = ids;
     state
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use sluice_client::{Client, Job, NewJob, Worker};
+use sluice_client::{Client, Job, Limits, NewJob, Worker};
 
 use crate::bench::{finish_plain, mib, rss_bytes, thousands, BenchArgs, Report};
 
@@ -287,7 +287,13 @@ pub async fn limits(url: &str, args: &BenchArgs, run_id: &str) -> Result<Report>
     // Rate: the bucket holds `rate` tokens, so the first second is a burst; measure after.
     let queue = format!("bench-rl-{run_id}");
     client
-        .set_limits(&queue, None, Some((rate as u32, Duration::from_secs(1))))
+        .set_limits(
+            &queue,
+            Limits {
+                rate: Some((rate as u32, Duration::from_secs(1))),
+                ..Limits::default()
+            },
+        )
         .await?;
     let jobs = rate * (window.as_secs() + 3);
     fill(&client, &queue, "tick", jobs, |_| Value::Null).await?;
@@ -332,7 +338,15 @@ pub async fn limits(url: &str, args: &BenchArgs, run_id: &str) -> Result<Report>
     // Concurrency: the sink counts requests in flight.
     let limited = format!("bench-cl-{run_id}");
     const CONCURRENCY: u32 = 5;
-    client.set_limits(&limited, Some(CONCURRENCY), None).await?;
+    client
+        .set_limits(
+            &limited,
+            Limits {
+                concurrency: Some(CONCURRENCY),
+                ..Limits::default()
+            },
+        )
+        .await?;
     let in_flight = Arc::new(AtomicU64::new(0));
     let most = Arc::new(AtomicU64::new(0));
     let app = axum::Router::new().fallback({

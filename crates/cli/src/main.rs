@@ -103,6 +103,9 @@ enum Command {
         unique_ttl_ms: Option<u64>,
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// The key the queue's per-key limits count this job under (a customer, a token).
+        #[arg(long)]
+        limit_key: Option<String>,
     },
     /// Look at or act on one job.
     Job {
@@ -155,6 +158,15 @@ enum JobAction {
 
 #[derive(Subcommand)]
 enum QueueAction {
+    /// One queue: counts per state, limits, rate tokens.
+    Show {
+        queue: String,
+    },
+    /// How one limit key of a queue stands: its jobs, leases and rate tokens.
+    Key {
+        queue: String,
+        key: String,
+    },
     Pause {
         queue: String,
     },
@@ -184,6 +196,12 @@ enum QueueAction {
         /// At most N leases per window, e.g. `100/60s`, `10/1s`, `5000/1h`.
         #[arg(long, value_parser = parse_rate)]
         rate: Option<(u32, u64)>,
+        /// At most this many jobs of any one limit key leased at once.
+        #[arg(long)]
+        key_concurrency: Option<u32>,
+        /// At most N leases per window for each limit key, e.g. `100/60s`.
+        #[arg(long, value_parser = parse_rate)]
+        key_rate: Option<(u32, u64)>,
     },
     /// Jobs of a queue in one state.
     Jobs {
@@ -343,6 +361,7 @@ async fn run(cli: Cli) -> Result<()> {
             unique_key,
             unique_ttl_ms,
             tags,
+            limit_key,
         } => {
             let payload: Value =
                 serde_json::from_str(&payload).context("--payload must be JSON")?;
@@ -355,6 +374,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ("timeout_ms", timeout_ms.map(Value::from)),
                 ("unique_key", unique_key.map(Value::from)),
                 ("unique_ttl_ms", unique_ttl_ms.map(Value::from)),
+                ("limit_key", limit_key.map(Value::from)),
             ];
             for (name, value) in fields {
                 if let Some(value) = value {
@@ -449,17 +469,37 @@ async fn run(cli: Cli) -> Result<()> {
                     queue,
                     concurrency,
                     rate,
+                    key_concurrency,
+                    key_rate,
                 }) => {
                     let mut body = json!({});
-                    if let Some(concurrency) = concurrency {
-                        body["concurrency"] = json!(concurrency);
+                    for (name, concurrency) in [
+                        ("concurrency", concurrency),
+                        ("key_concurrency", key_concurrency),
+                    ] {
+                        if let Some(concurrency) = concurrency {
+                            body[name] = json!(concurrency);
+                        }
                     }
-                    if let Some((limit, per_ms)) = rate {
-                        body["rate"] = json!({ "limit": limit, "per_ms": per_ms });
+                    for (name, rate) in [("rate", rate), ("key_rate", key_rate)] {
+                        if let Some((limit, per_ms)) = rate {
+                            body[name] = json!({ "limit": limit, "per_ms": per_ms });
+                        }
                     }
                     print(
                         &client
                             .post(&format!("/v1/queues/{queue}/limits"), &body)
+                            .await?,
+                    )
+                }
+                Some(QueueAction::Show { queue }) => {
+                    print(&client.get(&format!("/v1/queues/{queue}")).await?)
+                }
+                Some(QueueAction::Key { queue, key }) => {
+                    let key = sluice_proto::encode_path_segment(&key);
+                    print(
+                        &client
+                            .get(&format!("/v1/queues/{queue}/keys/{key}"))
                             .await?,
                     )
                 }

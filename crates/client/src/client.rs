@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use sluice_proto::{
     AckBatchRequest, AckItem, Backoff, BatchCreated, BatchInfo, BatchRequest, BatchResultResponse,
     EnqueueBatchRequest, EnqueueBatchResponse, EnqueueResult, ErrorResponse, FailBatchRequest,
-    FailItem, HeartbeatRequest, HeartbeatResponse, ItemResult, Job, JobSpec, LeaseRequest,
+    FailItem, HeartbeatRequest, HeartbeatResponse, ItemResult, Job, JobSpec, KeyInfo, LeaseRequest,
     LeaseResponse, QueueInfo, QueueLimits, RateLimit,
 };
 
@@ -60,6 +60,20 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A queue's flow control, enforced by the server when jobs are leased. Unset fields mean
+/// no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// At most this many of the queue's jobs leased at once, across all workers.
+    pub concurrency: Option<u32>,
+    /// At most `.0` leases per `.1` (a token bucket: bursts up to `.0`).
+    pub rate: Option<(u32, Duration)>,
+    /// At most this many jobs of any one limit key leased at once.
+    pub key_concurrency: Option<u32>,
+    /// At most `.0` leases per `.1` for each limit key.
+    pub key_rate: Option<(u32, Duration)>,
+}
+
 /// A job to enqueue: queue, kind, a payload of any `Serialize` type, and options with
 /// the server's defaults unless set (25 attempts, exponential backoff from 1 s to 1 h,
 /// a 30 s lease per attempt, priority 0, no delay).
@@ -76,6 +90,7 @@ pub struct NewJob<T> {
     timeout: Option<Duration>,
     unique: Option<(String, Option<Duration>)>,
     tags: Vec<String>,
+    limit_key: Option<String>,
 }
 
 impl<T: Serialize> NewJob<T> {
@@ -92,6 +107,7 @@ impl<T: Serialize> NewJob<T> {
             timeout: None,
             unique: None,
             tags: Vec::new(),
+            limit_key: None,
         }
     }
 
@@ -142,6 +158,13 @@ impl<T: Serialize> NewJob<T> {
         self
     }
 
+    /// The key the queue's per-key limits count this job under: a customer, an API
+    /// token (see [`Limits::key_concurrency`] and [`Limits::key_rate`]).
+    pub fn limit_key(mut self, key: impl Into<String>) -> Self {
+        self.limit_key = Some(key.into());
+        self
+    }
+
     /// The wire form.
     pub fn to_spec(&self) -> Result<JobSpec> {
         let payload = RawValue::from_string(serde_json::to_string(&self.payload)?)?;
@@ -162,6 +185,7 @@ impl<T: Serialize> NewJob<T> {
             unique_key,
             unique_ttl_ms,
             tags: self.tags.clone(),
+            limit_key: self.limit_key.clone(),
         })
     }
 }
@@ -274,23 +298,26 @@ impl Client {
         self.get(&format!("/v1/queues/{name}")).await
     }
 
-    /// Sets a queue's flow control: at most `concurrency` of its jobs leased at once, and
-    /// at most `rate.0` leases per `rate.1`. `None` for both removes every limit.
-    pub async fn set_limits(
-        &self,
-        queue: &str,
-        concurrency: Option<u32>,
-        rate: Option<(u32, Duration)>,
-    ) -> Result<QueueInfo> {
+    /// Sets (replaces) a queue's flow control; `Limits::default()` removes every limit.
+    pub async fn set_limits(&self, queue: &str, limits: Limits) -> Result<QueueInfo> {
+        let rate = |(limit, per): (u32, Duration)| RateLimit {
+            limit,
+            per_ms: millis(per),
+        };
         let limits = QueueLimits {
-            concurrency,
-            rate: rate.map(|(limit, per)| RateLimit {
-                limit,
-                per_ms: millis(per),
-            }),
+            concurrency: limits.concurrency,
+            rate: limits.rate.map(rate),
+            key_concurrency: limits.key_concurrency,
+            key_rate: limits.key_rate.map(rate),
         };
         self.post(&format!("/v1/queues/{queue}/limits"), &limits, None)
             .await
+    }
+
+    /// How one limit key of a queue stands (jobs, leased, tokens left).
+    pub async fn queue_key(&self, queue: &str, key: &str) -> Result<KeyInfo> {
+        let key = sluice_proto::encode_path_segment(key);
+        self.get(&format!("/v1/queues/{queue}/keys/{key}")).await
     }
 
     /// Cancels a job that has not finished.

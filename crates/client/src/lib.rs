@@ -10,6 +10,6 @@
 mod client;
 mod worker;
 
-pub use client::{Client, Enqueued, Error, NewJob, QueueOrder, Result};
+pub use client::{Client, Enqueued, Error, Limits, NewJob, QueueOrder, Result};
 pub use sluice_proto::{Backoff, JobState};
 pub use worker::{CancelReason, Job, Worker, WorkerController, WorkerReport};

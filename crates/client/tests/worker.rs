@@ -732,3 +732,79 @@ async fn a_quieted_worker_stops_leasing_until_resumed() {
     assert_eq!(report.succeeded, 2);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_concurrency_holds_for_each_customer_across_a_wide_worker() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    const PER_KEY: u32 = 2;
+    let info = client
+        .set_limits(
+            "api",
+            sluice_client::Limits {
+                key_concurrency: Some(PER_KEY),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("limits");
+    assert_eq!(info.limits.and_then(|l| l.key_concurrency), Some(PER_KEY));
+    let customers = ["acme", "globex", "initech"];
+    let batch: Vec<_> = (0..60)
+        .map(|n: usize| {
+            let customer = customers[n % customers.len()];
+            NewJob::new("api", "call", customer).limit_key(customer)
+        })
+        .collect();
+    client.enqueue_batch(&batch).await.expect("enqueue");
+    assert_eq!(client.queue_key("api", "acme").await.expect("key").jobs, 20);
+
+    // Running handlers per customer, and the most seen at once.
+    type Running = Arc<Mutex<std::collections::HashMap<String, (u32, u32)>>>;
+    let running: Running = Arc::default();
+    let worker = {
+        let running = running.clone();
+        Worker::new(client.clone(), ["api"]).concurrency(16).handle(
+            "call",
+            move |job: Job<String>| {
+                let running = running.clone();
+                async move {
+                    {
+                        let mut map = running.lock().expect("lock");
+                        let entry = map.entry(job.payload.clone()).or_default();
+                        entry.0 += 1;
+                        entry.1 = entry.1.max(entry.0);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    running
+                        .lock()
+                        .expect("lock")
+                        .entry(job.payload)
+                        .or_default()
+                        .0 -= 1;
+                    Ok::<(), String>(())
+                }
+            },
+        )
+    };
+    let (stop, handle) = spawn_worker(worker);
+    wait_for("every job to succeed", || async {
+        client.queue("api").await.expect("queue").counts.succeeded == 60
+    })
+    .await;
+    stop_worker(stop, handle).await;
+    let seen = running.lock().expect("lock").clone();
+    for customer in customers {
+        let most = seen.get(customer).map_or(0, |&(_, most)| most);
+        assert!(
+            (1..=PER_KEY).contains(&most),
+            "{customer}: {most} at once; the per-key limit is {PER_KEY}"
+        );
+    }
+    assert!(
+        seen.values().any(|&(_, most)| most == PER_KEY),
+        "no customer ever ran {PER_KEY} at once: {seen:?}"
+    );
+    server.stop().await;
+}

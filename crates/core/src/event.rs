@@ -137,6 +137,22 @@ pub enum Event {
         to: String,
         ids: Vec<JobId>,
     },
+    /// Jobs enqueued where some carry a limit key (per-key flow control): `limit_keys`
+    /// names those, in the order of `jobs`.
+    EnqueuedKeyed {
+        at: Millis,
+        jobs: Vec<NewJob>,
+        limit_keys: Vec<(JobId, String)>,
+    },
+    /// A queue's flow control set, for the queue as a whole and for each limit key in
+    /// it; every rate bucket starts full. Replaces `QueueLimitsSet` (which, replayed,
+    /// leaves no per-key limits).
+    LimitsSet {
+        at: Millis,
+        queue: String,
+        limits: QueueLimits,
+        key_limits: QueueLimits,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,10 +163,11 @@ pub struct CronFire {
     pub next_at: Option<Millis>,
 }
 
-/// Flow control of one queue, enforced when jobs are leased.
+/// Flow control of one queue, or of each limit key within it, enforced when jobs are
+/// leased.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueLimits {
-    /// At most this many of the queue's jobs leased at once, across all workers.
+    /// At most this many of the queue's (or key's) jobs leased at once, across all workers.
     pub concurrency: Option<u32>,
     /// At most `limit` leases per `per_ms`: a token bucket of `limit` tokens refilled
     /// evenly over `per_ms` (so bursts up to `limit`, and `limit / per_ms` sustained).
@@ -164,6 +181,31 @@ pub struct Rate {
 }
 
 impl Event {
+    /// When the event was decided, for events that record it.
+    pub fn at(&self) -> Option<Millis> {
+        match self {
+            Event::Enqueued { at, .. }
+            | Event::Leased { at, .. }
+            | Event::Heartbeat { at, .. }
+            | Event::Acked { at, .. }
+            | Event::Failed { at, .. }
+            | Event::Expired { at, .. }
+            | Event::Cancelled { at, .. }
+            | Event::Retried { at, .. }
+            | Event::QueueLimitsSet { at, .. }
+            | Event::BatchEnqueued { at, .. }
+            | Event::CronSet { at, .. }
+            | Event::CronFired { at, .. }
+            | Event::EnqueuedKeyed { at, .. }
+            | Event::LimitsSet { at, .. } => Some(*at),
+            Event::QueuePaused { .. }
+            | Event::Purged { .. }
+            | Event::Removed { .. }
+            | Event::CronRemoved { .. }
+            | Event::Moved { .. } => None,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain data into a Vec cannot fail.
         postcard::to_allocvec(self).unwrap_or_default()

@@ -15,7 +15,8 @@ pub use event::{Backoff, CronFire, Event, FailedItem, LeasedItem, NewJob, QueueL
 pub use sluice_proto::JobState;
 pub use state::{
     backoff_delay_ms, Attempt, Batch, Config, Cron, Decided, EnqueueSpec, Enqueued, FailInput, Job,
-    JobExtra, Outcome, Queue, QueueOrder, Settled, State, TICK_BATCH_LEN_MAX,
+    JobExtra, KeyStatus, Outcome, Queue, QueueOrder, Settled, State, KEY_SCAN_MAX,
+    TICK_BATCH_LEN_MAX,
 };
 
 /// Job ids: milliseconds since the epoch in the high 48 bits, a counter below.

@@ -3,7 +3,9 @@
 //! then applied. Replay applies the same events, so live and replayed state agree.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,13 @@ use crate::{JobId, LeaseId, Millis};
 const ID_COUNTER_BITS: u32 = 16;
 /// Leases expired or finished jobs removed per tick, so that one tick stays short.
 pub const TICK_BATCH_LEN_MAX: usize = 10_000;
+/// Ready jobs a lease passes over because their limit key is at its limit, before it
+/// gives up on the queue: only each key's first ready job is a candidate, so this many
+/// keys blocked at once ahead of a free one is what it takes to miss it.
+pub const KEY_SCAN_MAX: usize = 10_000;
+
+/// A ready job's place in lease order: highest priority, then earliest run_at, then oldest.
+type ReadyEntry = (Reverse<i16>, Millis, JobId);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -132,8 +141,13 @@ pub struct Queue {
     pub limits: QueueLimits,
     /// The rate limit's token bucket (unused without one).
     bucket: Bucket,
-    /// Ready jobs in lease order: highest priority, then earliest run_at, then oldest.
-    ready: BTreeSet<(Reverse<i16>, Millis, JobId)>,
+    /// Flow control of each limit key of the queue (each key on its own).
+    pub key_limits: QueueLimits,
+    /// Limit keys that jobs of the queue carry (or that still hold a refilling bucket).
+    keys: FxHashMap<Arc<str>, KeySlot>,
+    /// Ready jobs in lease order, except that of the jobs with a limit key only each
+    /// key's first is here (the rest wait in the key's own `ready`).
+    ready: BTreeSet<ReadyEntry>,
     /// Every job of the queue by state, in id (enqueue) order: counts and listing.
     by_state: [BTreeSet<JobId>; STATE_COUNT],
 }
@@ -148,6 +162,29 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// Full whatever the rate (levels are capped at the capacity when read).
+    const FULL: Bucket = Bucket {
+        level: u64::MAX,
+        at: 0,
+    };
+
+    /// When the bucket will be full again if nothing is taken.
+    fn full_at(self, rate: Rate) -> Millis {
+        let missing = Bucket::capacity(rate).saturating_sub(self.level);
+        let limit = u64::from(rate.limit).max(1);
+        let ms = missing.div_ceil(limit);
+        self.at
+            .saturating_add(Millis::try_from(ms).unwrap_or(Millis::MAX))
+    }
+
+    /// The bucket after one lease at `at`.
+    fn take(self, rate: Rate, at: Millis) -> Bucket {
+        Bucket {
+            level: self.level_at(rate, at).saturating_sub(rate.per_ms),
+            at: at.max(self.at),
+        }
+    }
+
     fn capacity(rate: Rate) -> u64 {
         u64::from(rate.limit).saturating_mul(rate.per_ms)
     }
@@ -184,14 +221,125 @@ impl Queue {
         room
     }
 
-    /// Takes one token for a lease at `at` (a no-op without a rate limit).
-    fn take_token(&mut self, at: Millis) {
+    /// Takes one token for a lease at `at` of a job with limit key `key` (no-ops without
+    /// rate limits).
+    fn take_token(&mut self, at: Millis, key: Option<&str>) {
         if let Some(rate) = self.limits.rate {
-            let level = self.bucket.level_at(rate, at);
-            self.bucket = Bucket {
-                level: level.saturating_sub(rate.per_ms),
-                at: at.max(self.bucket.at),
+            self.bucket = self.bucket.take(rate, at);
+        }
+        if let (Some(rate), Some(slot)) =
+            (self.key_limits.rate, key.and_then(|k| self.keys.get_mut(k)))
+        {
+            slot.bucket = slot.bucket.take(rate, at);
+        }
+    }
+
+    /// Limit keys the queue tracks.
+    pub fn key_len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The limit keys the queue tracks, in no order.
+    pub fn key_names(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(|k| &**k)
+    }
+
+    /// How limit key `key` stands at `now`: `None` when no job of the queue carries it
+    /// (and its bucket, if any, is full).
+    pub fn key(&self, key: &str, now: Millis) -> Option<KeyStatus> {
+        let slot = self.keys.get(key)?;
+        Some(KeyStatus {
+            jobs: slot.jobs,
+            ready: slot.ready.len(),
+            leased: slot.leased,
+            tokens: self
+                .key_limits
+                .rate
+                .map(|rate| slot.bucket.level_at(rate, now) / rate.per_ms.max(1)),
+        })
+    }
+
+    /// Up to `room` of the queue's ready jobs in lease order, passing over those whose
+    /// limit key is at its limits at `now`.
+    fn pick(
+        &self,
+        job_keys: &FxHashMap<JobId, Arc<str>>,
+        now: Millis,
+        room: usize,
+        out: &mut Vec<ReadyEntry>,
+    ) {
+        if room == 0 {
+            return;
+        }
+        if self.keys.is_empty() {
+            out.extend(self.ready.iter().take(room).copied());
+            return;
+        }
+        let limited = self.key_limits != QueueLimits::default();
+        // The queue's own order merged with each taken key's next job, so a key whose
+        // limits allow it gives more than one job to a lease.
+        let mut heads = self.ready.iter().copied().peekable();
+        let mut next: BinaryHeap<Reverse<ReadyEntry>> = BinaryHeap::new();
+        let mut taken: FxHashMap<&str, u32> = FxHashMap::default();
+        let mut picked = 0;
+        let mut passed = 0;
+        while picked < room {
+            let from_heads = match (heads.peek(), next.peek()) {
+                (Some(head), Some(Reverse(queued))) => head < queued,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
             };
+            let entry = if from_heads {
+                heads.next()
+            } else {
+                next.pop().map(|Reverse(e)| e)
+            };
+            let Some(entry) = entry else { break };
+            let Some((key, slot)) = job_keys
+                .get(&entry.2)
+                .and_then(|k| self.keys.get_key_value(&**k))
+            else {
+                out.push(entry);
+                picked += 1;
+                continue;
+            };
+            let count = taken.entry(&**key).or_default();
+            if limited && !slot.allows(self.key_limits, now, *count) {
+                passed += 1;
+                if passed >= KEY_SCAN_MAX {
+                    break;
+                }
+                continue;
+            }
+            *count += 1;
+            out.push(entry);
+            picked += 1;
+            if let Some(&after) = slot
+                .ready
+                .range((Bound::Excluded(entry), Bound::Unbounded))
+                .next()
+            {
+                next.push(Reverse(after));
+            }
+        }
+    }
+
+    /// Forgets key `key` once no job carries it and its bucket (if any) is full;
+    /// otherwise returns when that will be, for a later sweep.
+    fn forget_key_if_idle(&mut self, key: &str) -> Option<Millis> {
+        let slot = self.keys.get(key)?;
+        if slot.jobs > 0 {
+            return None;
+        }
+        match self.key_limits.rate {
+            Some(rate) if slot.bucket.level_at(rate, slot.bucket.at) < Bucket::capacity(rate) => {
+                Some(slot.bucket.full_at(rate))
+            }
+            _ => {
+                self.keys.remove(key);
+                None
+            }
         }
     }
 
@@ -200,6 +348,58 @@ impl Queue {
             + self.count(JobState::Dead)
             + self.count(JobState::Cancelled)
     }
+}
+
+/// One limit key of a queue.
+#[derive(Debug)]
+struct KeySlot {
+    /// Jobs of the queue (in any state) that carry the key.
+    jobs: u32,
+    leased: u32,
+    /// The per-key rate limit's token bucket.
+    bucket: Bucket,
+    /// The key's ready jobs in lease order; only the first is in the queue's `ready`.
+    ready: BTreeSet<ReadyEntry>,
+}
+
+impl KeySlot {
+    fn new() -> Self {
+        KeySlot {
+            jobs: 0,
+            leased: 0,
+            bucket: Bucket::FULL,
+            ready: BTreeSet::new(),
+        }
+    }
+
+    /// Whether one more job of the key may be leased at `now`, `taken` being leased by
+    /// the same lease already.
+    fn allows(&self, limits: QueueLimits, now: Millis, taken: u32) -> bool {
+        let leased = self.leased.saturating_add(taken);
+        if limits.concurrency.is_some_and(|c| leased >= c) {
+            return false;
+        }
+        match limits.rate {
+            Some(rate) => {
+                let need = u64::from(taken)
+                    .saturating_add(1)
+                    .saturating_mul(rate.per_ms);
+                self.bucket.level_at(rate, now) >= need
+            }
+            None => true,
+        }
+    }
+}
+
+/// How one limit key of a queue stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// Jobs of the queue, in any state, that carry the key.
+    pub jobs: u32,
+    pub ready: usize,
+    pub leased: u32,
+    /// Whole tokens in the key's rate bucket; `None` without a per-key rate limit.
+    pub tokens: Option<u64>,
 }
 
 /// The indexes over `jobs`, apart from the map so both can be borrowed at once.
@@ -213,23 +413,53 @@ struct Indexes {
     lease_expiry: BTreeSet<(Millis, JobId)>,
     /// Finished jobs by finish time, for retention.
     finished: BTreeSet<(Millis, JobId)>,
+    /// The limit key of each job that has one.
+    job_keys: FxHashMap<JobId, Arc<str>>,
+    /// Keys no job carries any more whose bucket is refilling: `(full at, queue, key)`.
+    idle_keys: BTreeSet<(Millis, u32, Arc<str>)>,
 }
 
 impl Indexes {
     fn insert(&mut self, job: &Job) {
         let queue = &mut self.queues[job.queue as usize];
         queue.by_state[state_index(job.state)].insert(job.id);
+        let slot = match self.job_keys.is_empty() {
+            true => None,
+            false => self
+                .job_keys
+                .get(&job.id)
+                .map(|key| queue.keys.entry(key.clone()).or_insert_with(KeySlot::new)),
+        };
         match job.state {
             JobState::Ready => {
-                queue
-                    .ready
-                    .insert((Reverse(job.priority), job.run_at, job.id));
+                let entry = (Reverse(job.priority), job.run_at, job.id);
+                match slot {
+                    None => {
+                        queue.ready.insert(entry);
+                    }
+                    Some(slot) => {
+                        match slot.ready.first() {
+                            Some(&head) if head < entry => {}
+                            Some(&head) => {
+                                queue.ready.remove(&head);
+                                queue.ready.insert(entry);
+                            }
+                            None => {
+                                queue.ready.insert(entry);
+                            }
+                        }
+                        slot.ready.insert(entry);
+                    }
+                }
             }
             JobState::Scheduled | JobState::Failed => {
                 self.delayed.insert((job.run_at, job.id));
             }
             JobState::Leased => {
                 self.lease_expiry.insert((job.lease_expires_at, job.id));
+                if let Some(slot) = slot {
+                    slot.leased += 1;
+                }
             }
             JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
                 self.finished.insert((job.finished_at, job.id));
@@ -241,20 +471,90 @@ impl Indexes {
         let queue = &mut self.queues[job.queue as usize];
         let removed = queue.by_state[state_index(job.state)].remove(&job.id);
         debug_assert!(removed, "job {} missing from its state index", job.id);
+        let slot = match self.job_keys.is_empty() {
+            true => None,
+            false => self
+                .job_keys
+                .get(&job.id)
+                .and_then(|key| queue.keys.get_mut(&**key)),
+        };
         match job.state {
             JobState::Ready => {
-                queue
-                    .ready
-                    .remove(&(Reverse(job.priority), job.run_at, job.id));
+                let entry = (Reverse(job.priority), job.run_at, job.id);
+                match slot {
+                    None => {
+                        queue.ready.remove(&entry);
+                    }
+                    Some(slot) => {
+                        let was_head = slot.ready.first() == Some(&entry);
+                        slot.ready.remove(&entry);
+                        if was_head {
+                            queue.ready.remove(&entry);
+                            if let Some(&head) = slot.ready.first() {
+                                queue.ready.insert(head);
+                            }
+                        }
+                    }
+                }
             }
             JobState::Scheduled | JobState::Failed => {
                 self.delayed.remove(&(job.run_at, job.id));
             }
             JobState::Leased => {
                 self.lease_expiry.remove(&(job.lease_expires_at, job.id));
+                if let Some(slot) = slot {
+                    slot.leased = slot.leased.saturating_sub(1);
+                }
             }
             JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
                 self.finished.remove(&(job.finished_at, job.id));
+            }
+        }
+    }
+
+    /// Counts a job of `queue` carrying `key` (call before indexing the job).
+    fn hold_key(&mut self, queue: u32, key: &Arc<str>) {
+        let slot = self.queues[queue as usize]
+            .keys
+            .entry(key.clone())
+            .or_insert_with(KeySlot::new);
+        slot.jobs += 1;
+    }
+
+    /// Uncounts a job of `queue` carrying `key` (after unindexing it); an idle key goes,
+    /// at once or when its bucket has refilled.
+    fn release_key(&mut self, queue: u32, key: &Arc<str>) {
+        let queue_ref = &mut self.queues[queue as usize];
+        if let Some(slot) = queue_ref.keys.get_mut(&**key) {
+            slot.jobs = slot.jobs.saturating_sub(1);
+        }
+        if let Some(full_at) = queue_ref.forget_key_if_idle(key) {
+            self.idle_keys.insert((full_at, queue, key.clone()));
+        }
+    }
+
+    /// Forgets idle keys whose buckets are full by `at`.
+    fn sweep_idle_keys(&mut self, at: Millis) {
+        while let Some((full_at, _, _)) = self.idle_keys.first() {
+            if *full_at > at {
+                break;
+            }
+            let Some((_, queue, key)) = self.idle_keys.pop_first() else {
+                break;
+            };
+            // A key may have come back and gone again since: then a later entry is due.
+            if let Some(queue) = self.queues.get_mut(queue as usize) {
+                let rate = queue.key_limits.rate;
+                let full = |slot: &KeySlot| {
+                    rate.is_none_or(|r| slot.bucket.level_at(r, at) >= Bucket::capacity(r))
+                };
+                if queue
+                    .keys
+                    .get(&*key)
+                    .is_some_and(|slot| slot.jobs == 0 && full(slot))
+                {
+                    queue.keys.remove(&*key);
+                }
             }
         }
     }
@@ -289,6 +589,8 @@ pub struct EnqueueSpec {
     pub unique_key: Option<String>,
     pub unique_ttl_ms: u64,
     pub tags: Vec<String>,
+    /// The key the queue's per-key limits count this job under (e.g. a customer id).
+    pub limit_key: Option<String>,
 }
 
 impl EnqueueSpec {
@@ -327,6 +629,7 @@ impl EnqueueSpec {
             timeout_ms: limits::TIMEOUT_MS_DEFAULT,
             unique_key: None,
             unique_ttl_ms: limits::UNIQUE_TTL_MS_DEFAULT,
+            limit_key: None,
             tags: Vec::new(),
         }
     }
@@ -406,6 +709,17 @@ impl EnqueueSpec {
                 "unique_ttl_ms",
                 format!("must be 1 to {}", limits::UNIQUE_TTL_MS_MAX),
             );
+        }
+        if let Some(key) = &self.limit_key {
+            if !limits::is_valid_limit_key(key) {
+                bad(
+                    "limit_key",
+                    format!(
+                        "must be 1 to {} bytes, not . or ..",
+                        limits::LIMIT_KEY_BYTES_MAX
+                    ),
+                );
+            }
         }
         if self.tags.len() > limits::TAGS_LEN_MAX {
             bad("tags", format!("at most {} tags", limits::TAGS_LEN_MAX));
@@ -576,6 +890,37 @@ pub fn backoff_delay_ms(backoff: Backoff, id: JobId, attempt: u16) -> u64 {
 }
 
 /// 400 `invalid_request` with every problem found (at most 100).
+/// Checks one set of limits; `prefix` names their fields (`key_` for per-key limits).
+fn check_limits(prefix: &str, limits: QueueLimits) -> Result<(), CoreError> {
+    if limits
+        .concurrency
+        .is_some_and(|c| c == 0 || c > limits::QUEUE_CONCURRENCY_MAX)
+    {
+        return Err(CoreError::bad_input(
+            format!("{prefix}concurrency"),
+            format!(
+                "must be 1 to {} (pause the queue to stop it)",
+                limits::QUEUE_CONCURRENCY_MAX
+            ),
+        ));
+    }
+    if let Some(rate) = limits.rate {
+        if rate.limit == 0 || rate.limit > limits::RATE_LIMIT_MAX {
+            return Err(CoreError::bad_input(
+                format!("{prefix}rate.limit"),
+                format!("must be 1 to {}", limits::RATE_LIMIT_MAX),
+            ));
+        }
+        if rate.per_ms == 0 || rate.per_ms > limits::RATE_PER_MS_MAX {
+            return Err(CoreError::bad_input(
+                format!("{prefix}rate.per_ms"),
+                format!("must be 1 to {} (one day)", limits::RATE_PER_MS_MAX),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn invalid_request(mut details: Vec<Detail>) -> CoreError {
     details.truncate(100);
     CoreError {
@@ -621,18 +966,29 @@ impl State {
         self.ix.queues.get(id as usize)
     }
 
-    /// Queues with a rate limit whose bucket now allows leases and that have ready jobs:
-    /// `(name, how many could be leased now)`, for waking long-polls as tokens refill.
+    /// Queues with a rate limit (of the queue or per key) whose buckets now allow leases
+    /// of ready jobs: `(name, how many could be leased now)`, for waking long-polls as
+    /// tokens refill.
     pub fn rate_limited_ready(&self, now: Millis) -> Vec<(&str, usize)> {
         self.rate_limited
             .iter()
             .filter_map(|&id| {
                 let queue = self.ix.queues.get(id as usize)?;
                 let ready = queue.count(JobState::Ready);
-                let room = queue.lease_room(now).min(ready);
+                let mut room = queue.lease_room(now).min(ready);
+                if queue.key_limits.rate.is_some() && room > 0 && !queue.paused {
+                    let mut picked = Vec::new();
+                    queue.pick(&self.ix.job_keys, now, room.min(KEY_SCAN_MAX), &mut picked);
+                    room = picked.len();
+                }
                 (room > 0 && !queue.paused).then_some((&*queue.name, room))
             })
             .collect()
+    }
+
+    /// The limit key job `id` carries, if any.
+    pub fn limit_key(&self, id: JobId) -> Option<&str> {
+        self.ix.job_keys.get(&id).map(|k| &**k)
     }
 
     pub fn queue_by_id(&self, id: u32) -> Option<&Queue> {
@@ -745,7 +1101,8 @@ impl State {
         // Owned keys: the specs are moved into the event below.
         let mut batch_keys: FxHashMap<(String, String), JobId> = FxHashMap::default();
         let mut last_id = self.last_id;
-        for spec in specs {
+        let mut limit_keys = Vec::new();
+        for mut spec in specs {
             if let Some(key) = spec.unique_key.as_deref() {
                 if let Some(&id) = batch_keys.get(&(spec.queue.clone(), key.to_owned())) {
                     replies.push(Enqueued {
@@ -771,12 +1128,21 @@ impl State {
                 id,
                 duplicate: false,
             });
+            if let Some(key) = spec.limit_key.take() {
+                limit_keys.push((id, key));
+            }
             jobs.push(spec.into_new_job(id, now));
         }
-        self.commit(
-            replies,
-            (!jobs.is_empty()).then_some(Event::Enqueued { at: now, jobs }),
-        )
+        let event = match (jobs.is_empty(), limit_keys.is_empty()) {
+            (true, _) => None,
+            (false, true) => Some(Event::Enqueued { at: now, jobs }),
+            (false, false) => Some(Event::EnqueuedKeyed {
+                at: now,
+                jobs,
+                limit_keys,
+            }),
+        };
+        self.commit(replies, event)
     }
 
     /// Enqueues `specs` as one batch with `callback`, which is enqueued once every job of
@@ -805,12 +1171,24 @@ impl State {
                     message: "unique keys are not supported in a batch".into(),
                 });
             }
+            if spec.limit_key.is_some() {
+                details.push(Detail {
+                    path: format!("{path}limit_key"),
+                    message: "limit keys are not supported in a batch".into(),
+                });
+            }
         }
         callback.validate("callback.", now, &mut details);
         if callback.unique_key.is_some() {
             details.push(Detail {
                 path: "callback.unique_key".into(),
                 message: "unique keys are not supported in a batch".into(),
+            });
+        }
+        if callback.limit_key.is_some() {
+            details.push(Detail {
+                path: "callback.limit_key".into(),
+                message: "limit keys are not supported in a batch".into(),
             });
         }
         if !details.is_empty() {
@@ -871,6 +1249,12 @@ impl State {
             }
         };
         job.validate("job.", now, &mut details);
+        if job.limit_key.is_some() {
+            details.push(Detail {
+                path: "job.limit_key".into(),
+                message: "limit keys are not supported in a cron job".into(),
+            });
+        }
         if job.unique_key.is_some() {
             details.push(Detail {
                 path: "job.unique_key".into(),
@@ -1040,12 +1424,12 @@ impl State {
             }
             open.push((i, queue));
         }
-        let mut candidates: Vec<(Reverse<i16>, Millis, JobId)> = Vec::new();
+        let mut candidates: Vec<ReadyEntry> = Vec::new();
         match order {
             QueueOrder::Priority => {
                 for (_, queue) in &open {
                     let room = max_jobs.min(queue.lease_room(now));
-                    candidates.extend(queue.ready.iter().take(room).copied());
+                    queue.pick(&self.ix.job_keys, now, room, &mut candidates);
                 }
                 candidates.sort_unstable();
                 candidates.truncate(max_jobs);
@@ -1056,7 +1440,7 @@ impl State {
                 }
                 for (_, queue) in &open {
                     let room = (max_jobs - candidates.len()).min(queue.lease_room(now));
-                    candidates.extend(queue.ready.iter().take(room).copied());
+                    queue.pick(&self.ix.job_keys, now, room, &mut candidates);
                     if candidates.len() >= max_jobs {
                         break;
                     }
@@ -1314,43 +1698,21 @@ impl State {
         self.commit((), Some(Event::Retried { at: now, id }))
     }
 
-    /// Sets a queue's flow control (creating the queue if needed); the rate bucket starts
-    /// full. `QueueLimits::default()` removes every limit.
+    /// Sets a queue's flow control (creating the queue if needed): `limits` for the queue
+    /// as a whole, `key_limits` for each limit key in it. Every rate bucket starts full.
+    /// `QueueLimits::default()` for both removes every limit.
     pub fn set_limits(
         &mut self,
         now: Millis,
         queue: &str,
         limits: QueueLimits,
+        key_limits: QueueLimits,
     ) -> Result<Decided<()>, CoreError> {
         if !limits::is_valid_name(queue, limits::QUEUE_NAME_BYTES_MAX) {
             return Err(CoreError::bad_input("queue", "not a valid queue name"));
         }
-        if limits
-            .concurrency
-            .is_some_and(|c| c == 0 || c > limits::QUEUE_CONCURRENCY_MAX)
-        {
-            return Err(CoreError::bad_input(
-                "concurrency",
-                format!(
-                    "must be 1 to {} (pause the queue to stop it)",
-                    limits::QUEUE_CONCURRENCY_MAX
-                ),
-            ));
-        }
-        if let Some(rate) = limits.rate {
-            if rate.limit == 0 || rate.limit > limits::RATE_LIMIT_MAX {
-                return Err(CoreError::bad_input(
-                    "rate.limit",
-                    format!("must be 1 to {}", limits::RATE_LIMIT_MAX),
-                ));
-            }
-            if rate.per_ms == 0 || rate.per_ms > limits::RATE_PER_MS_MAX {
-                return Err(CoreError::bad_input(
-                    "rate.per_ms",
-                    format!("must be 1 to {} (one day)", limits::RATE_PER_MS_MAX),
-                ));
-            }
-        }
+        check_limits("", limits)?;
+        check_limits("key_", key_limits)?;
         if self.queue(queue).is_none() && self.ix.queues.len() >= limits::QUEUES_MAX {
             return Err(CoreError::new(
                 ErrorKind::Limit,
@@ -1360,10 +1722,11 @@ impl State {
         }
         self.commit(
             (),
-            Some(Event::QueueLimitsSet {
+            Some(Event::LimitsSet {
                 at: now,
                 queue: queue.to_owned(),
                 limits,
+                key_limits,
             }),
         )
     }
@@ -1493,12 +1856,42 @@ impl State {
     /// Applies one event. An error means the log does not fit the state (a corrupt or
     /// foreign log); the state is then unusable and start-up must stop.
     pub fn apply(&mut self, event: &Event) -> Result<(), String> {
+        if let Some(at) = event.at() {
+            self.ix.sweep_idle_keys(at);
+        }
         match event {
             Event::Enqueued { at, jobs } => {
                 for new in jobs {
-                    self.insert_new_job(*at, new)?;
+                    self.insert_new_job(*at, new, None)?;
                 }
             }
+            Event::EnqueuedKeyed {
+                at,
+                jobs,
+                limit_keys,
+            } => {
+                let mut keys = limit_keys.iter().peekable();
+                for new in jobs {
+                    let key = keys
+                        .next_if(|(id, _)| *id == new.id)
+                        .map(|(_, k)| k.as_str());
+                    if key.is_some_and(|k| !limits::is_valid_limit_key(k)) {
+                        return Err(format!("job {} has an invalid limit key", new.id));
+                    }
+                    self.insert_new_job(*at, new, key)?;
+                }
+                if let Some((id, _)) = keys.next() {
+                    return Err(format!(
+                        "limit key for job {id} which is not enqueued there"
+                    ));
+                }
+            }
+            Event::LimitsSet {
+                at,
+                queue,
+                limits,
+                key_limits,
+            } => self.set_queue_limits(*at, queue, *limits, *key_limits),
             Event::CronSet { spec, next_at, .. } => {
                 let schedule = Schedule::parse(&spec.schedule, &spec.timezone)
                     .map_err(|(_, message)| format!("cron {}: {message}", spec.name))?;
@@ -1519,7 +1912,7 @@ impl State {
             Event::CronFired { at, fired } => {
                 for fire in fired {
                     for job in &fire.jobs {
-                        self.insert_new_job(*at, job)?;
+                        self.insert_new_job(*at, job, None)?;
                     }
                     if let Some(cron) = self.crons.get_mut(&fire.name) {
                         cron.next_at = fire.next_at;
@@ -1536,6 +1929,11 @@ impl State {
                         .ok_or_else(|| format!("moved job {id} does not exist"))?;
                     let from = job.queue;
                     self.ix.remove(job);
+                    // A limit key counts per queue: it moves with its job.
+                    if let Some(key) = self.ix.job_keys.get(id).cloned() {
+                        self.ix.release_key(from, &key);
+                        self.ix.hold_key(to, &key);
+                    }
                     job.queue = to;
                     self.ix.insert(job);
                     // A unique key is held per queue: it moves with its holder.
@@ -1559,7 +1957,7 @@ impl State {
                     return Err(format!("batch id {} is taken or out of range", callback.id));
                 }
                 for new in jobs {
-                    self.insert_new_job(*at, new)?;
+                    self.insert_new_job(*at, new, None)?;
                     self.batch_of.insert(new.id, callback.id);
                 }
                 // The callback's id is reserved now, so later ids never take it.
@@ -1593,8 +1991,9 @@ impl State {
                         .jobs
                         .get_mut(&item.id)
                         .ok_or_else(|| format!("leased job {} does not exist", item.id))?;
+                    let key = self.ix.job_keys.get(&item.id);
                     if let Some(queue) = self.ix.queues.get_mut(job.queue as usize) {
-                        queue.take_token(*at);
+                        queue.take_token(*at, key.map(|k| &**k));
                     }
                     self.ix.remove(job);
                     job.state = JobState::Leased;
@@ -1712,18 +2111,7 @@ impl State {
                 self.ix.queues[id as usize].paused = *paused;
             }
             Event::QueueLimitsSet { at, queue, limits } => {
-                let id = self.ix.queue_id_or_create(queue);
-                let queue = &mut self.ix.queues[id as usize];
-                queue.limits = *limits;
-                queue.bucket = Bucket {
-                    level: limits.rate.map_or(0, Bucket::capacity),
-                    at: *at,
-                };
-                if limits.rate.is_some() {
-                    self.rate_limited.insert(id);
-                } else {
-                    self.rate_limited.remove(&id);
-                }
+                self.set_queue_limits(*at, queue, *limits, QueueLimits::default());
             }
             Event::Purged { ids, .. } | Event::Removed { ids } => {
                 for id in ids {
@@ -1734,7 +2122,39 @@ impl State {
         Ok(())
     }
 
-    fn insert_new_job(&mut self, at: Millis, new: &NewJob) -> Result<(), String> {
+    fn set_queue_limits(
+        &mut self,
+        at: Millis,
+        queue: &str,
+        limits: QueueLimits,
+        key_limits: QueueLimits,
+    ) {
+        let id = self.ix.queue_id_or_create(queue);
+        let queue = &mut self.ix.queues[id as usize];
+        queue.limits = limits;
+        queue.bucket = Bucket {
+            level: limits.rate.map_or(0, Bucket::capacity),
+            at,
+        };
+        queue.key_limits = key_limits;
+        // Every key's bucket starts full; keys no job carries go.
+        queue.keys.retain(|_, slot| slot.jobs > 0);
+        for slot in queue.keys.values_mut() {
+            slot.bucket = Bucket::FULL;
+        }
+        if limits.rate.is_some() || key_limits.rate.is_some() {
+            self.rate_limited.insert(id);
+        } else {
+            self.rate_limited.remove(&id);
+        }
+    }
+
+    fn insert_new_job(
+        &mut self,
+        at: Millis,
+        new: &NewJob,
+        limit_key: Option<&str>,
+    ) -> Result<(), String> {
         if self.jobs.contains_key(&new.id) {
             return Err(format!("job {} enqueued twice", new.id));
         }
@@ -1786,6 +2206,15 @@ impl State {
             payload: new.payload.as_str().into(),
             extra,
         };
+        if let Some(key) = limit_key {
+            // Jobs of a key share one copy of it.
+            let key: Arc<str> = self.ix.queues[queue as usize]
+                .keys
+                .get_key_value(key)
+                .map_or_else(|| Arc::from(key), |(k, _)| k.clone());
+            self.ix.hold_key(queue, &key);
+            self.ix.job_keys.insert(new.id, key);
+        }
         self.ix.insert(&job);
         self.last_id = self.last_id.max(new.id);
         self.jobs.insert(new.id, job);
@@ -1826,7 +2255,7 @@ impl State {
             callback.payload
         );
         callback.run_at = callback.run_at.max(at);
-        self.insert_new_job(at, &callback)?;
+        self.insert_new_job(at, &callback, None)?;
         if let Some(&queue) = self.ix.queue_ids.get(callback.queue.as_str()) {
             self.fired.push(queue);
         }
@@ -1916,6 +2345,9 @@ impl State {
         self.release_unique(id);
         if let Some(job) = self.jobs.remove(&id) {
             self.ix.remove(&job);
+            if let Some(key) = self.ix.job_keys.remove(&id) {
+                self.ix.release_key(job.queue, &key);
+            }
         }
         // An unfinished member purged: it will never run, so it counts as cancelled, at
         // the batch's own creation time (a purge records no time).
@@ -1939,6 +2371,19 @@ impl State {
             .map(|((q, k), &(id, at))| (*q, &**k, id, at))
             .collect();
         unique.sort_unstable();
+        let mut keys: Vec<(u32, &str, u64, Millis)> = Vec::new();
+        for (queue_id, queue) in self.ix.queues.iter().enumerate() {
+            keys.extend(
+                queue
+                    .keys
+                    .iter()
+                    .map(|(k, slot)| (queue_id as u32, &**k, slot.bucket.level, slot.bucket.at)),
+            );
+        }
+        keys.sort_unstable();
+        let mut job_keys: Vec<(JobId, &str)> =
+            self.ix.job_keys.iter().map(|(&id, k)| (id, &**k)).collect();
+        job_keys.sort_unstable();
         let snapshot = SnapshotRef {
             last_id: self.last_id,
             last_lease_id: self.last_lease_id,
@@ -1978,16 +2423,30 @@ impl State {
                     })
                     .collect()
             },
+            key_limits: self
+                .ix
+                .queues
+                .iter()
+                .enumerate()
+                .filter(|(_, q)| q.key_limits != QueueLimits::default())
+                .map(|(i, q)| (i as u32, q.key_limits))
+                .collect(),
+            keys,
+            job_keys,
         };
         postcard::to_allocvec(&snapshot).unwrap_or_default()
     }
 
     pub fn decode_snapshot(config: Config, bytes: &[u8]) -> Result<State, String> {
-        // Snapshots written before queue limits existed end after the jobs.
+        // Older snapshots end earlier: before per-key limits (V2), or after the jobs (V1).
         let snapshot: SnapshotOwned = match postcard::from_bytes(bytes) {
             Ok(snapshot) => snapshot,
-            Err(error) => postcard::from_bytes::<SnapshotOwnedV1>(bytes)
+            Err(error) => postcard::from_bytes::<SnapshotOwnedV2>(bytes)
                 .map(SnapshotOwned::from)
+                .or_else(|_| {
+                    postcard::from_bytes::<SnapshotOwnedV1>(bytes)
+                        .map(|v1| SnapshotOwned::from(SnapshotOwnedV2::from(v1)))
+                })
                 .map_err(|_| format!("undecodable snapshot: {error}"))?,
         };
         // Ids are decided as one more than the last: they must fit, and every job and
@@ -2015,7 +2474,35 @@ impl State {
                 rate_limited.insert(queue_id);
             }
         }
+        for (queue_id, key_limits) in snapshot.key_limits {
+            let queue =
+                state.ix.queues.get_mut(queue_id as usize).ok_or_else(|| {
+                    format!("key limits name queue #{queue_id} which does not exist")
+                })?;
+            queue.key_limits = key_limits;
+            if key_limits.rate.is_some() {
+                rate_limited.insert(queue_id);
+            }
+        }
         state.rate_limited = rate_limited;
+        for (queue_id, key, level, at) in snapshot.keys {
+            let queue = state.ix.queues.get_mut(queue_id as usize).ok_or_else(|| {
+                format!("key {key:?} names queue #{queue_id} which does not exist")
+            })?;
+            let mut slot = KeySlot::new();
+            slot.bucket = Bucket { level, at };
+            if queue.keys.insert(key.as_str().into(), slot).is_some() {
+                return Err(format!("key {key:?} of queue #{queue_id} appears twice"));
+            }
+        }
+        for (id, key) in &snapshot.job_keys {
+            if !limits::is_valid_limit_key(key) {
+                return Err(format!("job {id} has an invalid limit key"));
+            }
+            if state.ix.job_keys.insert(*id, key.as_str().into()).is_some() {
+                return Err(format!("job {id} has two limit keys"));
+            }
+        }
         for kind in snapshot.kinds {
             state.intern_kind(&kind);
         }
@@ -2048,6 +2535,33 @@ impl State {
             }
             state.ix.insert(&job);
             state.jobs.insert(job.id, job);
+        }
+        let job_keys: Vec<(JobId, Arc<str>)> = state
+            .ix
+            .job_keys
+            .iter()
+            .map(|(&id, k)| (id, k.clone()))
+            .collect();
+        for (id, key) in job_keys {
+            let job = state
+                .jobs
+                .get(&id)
+                .ok_or_else(|| format!("limit key for missing job {id}"))?;
+            state.ix.hold_key(job.queue, &key);
+        }
+        for (queue_id, queue) in state.ix.queues.iter().enumerate() {
+            for (key, slot) in &queue.keys {
+                if slot.jobs == 0 {
+                    let full_at = queue
+                        .key_limits
+                        .rate
+                        .map_or(slot.bucket.at, |rate| slot.bucket.full_at(rate));
+                    state
+                        .ix
+                        .idle_keys
+                        .insert((full_at, queue_id as u32, key.clone()));
+                }
+            }
         }
         for (batch, pending) in snapshot.batches {
             if batch.id > state.last_id {
@@ -2115,6 +2629,12 @@ struct SnapshotRef<'a> {
     batches: Vec<(&'a Batch, Vec<JobId>)>,
     /// Cron schedules with their next and last firing.
     crons: Vec<(&'a CronSpec, Option<Millis>, Option<Millis>)>,
+    /// `(queue, per-key limits)` of queues with per-key limits.
+    key_limits: Vec<(u32, QueueLimits)>,
+    /// `(queue, key, bucket level, bucket time)` of every tracked limit key.
+    keys: Vec<(u32, &'a str, u64, Millis)>,
+    /// `(job, its limit key)` in id order.
+    job_keys: Vec<(JobId, &'a str)>,
 }
 
 #[derive(Deserialize)]
@@ -2128,6 +2648,42 @@ struct SnapshotOwned {
     limits: Vec<(u32, QueueLimits, u64, Millis)>,
     batches: Vec<(Batch, Vec<JobId>)>,
     crons: Vec<(CronSpec, Option<Millis>, Option<Millis>)>,
+    key_limits: Vec<(u32, QueueLimits)>,
+    keys: Vec<(u32, String, u64, Millis)>,
+    job_keys: Vec<(JobId, String)>,
+}
+
+/// A snapshot from before per-key limits.
+#[derive(Deserialize)]
+struct SnapshotOwnedV2 {
+    last_id: JobId,
+    last_lease_id: LeaseId,
+    queues: Vec<(String, bool)>,
+    kinds: Vec<String>,
+    unique: Vec<(u32, String, JobId, Millis)>,
+    jobs: Vec<Job>,
+    limits: Vec<(u32, QueueLimits, u64, Millis)>,
+    batches: Vec<(Batch, Vec<JobId>)>,
+    crons: Vec<(CronSpec, Option<Millis>, Option<Millis>)>,
+}
+
+impl From<SnapshotOwnedV2> for SnapshotOwned {
+    fn from(v2: SnapshotOwnedV2) -> Self {
+        SnapshotOwned {
+            last_id: v2.last_id,
+            last_lease_id: v2.last_lease_id,
+            queues: v2.queues,
+            kinds: v2.kinds,
+            unique: v2.unique,
+            jobs: v2.jobs,
+            limits: v2.limits,
+            batches: v2.batches,
+            crons: v2.crons,
+            key_limits: Vec::new(),
+            keys: Vec::new(),
+            job_keys: Vec::new(),
+        }
+    }
 }
 
 /// A snapshot from before queue limits.
@@ -2141,9 +2697,9 @@ struct SnapshotOwnedV1 {
     jobs: Vec<Job>,
 }
 
-impl From<SnapshotOwnedV1> for SnapshotOwned {
+impl From<SnapshotOwnedV1> for SnapshotOwnedV2 {
     fn from(v1: SnapshotOwnedV1) -> Self {
-        SnapshotOwned {
+        SnapshotOwnedV2 {
             last_id: v1.last_id,
             last_lease_id: v1.last_lease_id,
             queues: v1.queues,

@@ -148,9 +148,19 @@ impl Harness {
     }
 
     fn set_limits(&mut self, now: Millis, queue: &str, limits: QueueLimits) {
+        self.set_all_limits(now, queue, limits, QueueLimits::default());
+    }
+
+    fn set_all_limits(
+        &mut self,
+        now: Millis,
+        queue: &str,
+        limits: QueueLimits,
+        key_limits: QueueLimits,
+    ) {
         let decided = self
             .state
-            .set_limits(now, queue, limits)
+            .set_limits(now, queue, limits, key_limits)
             .expect("valid limits");
         self.record(decided);
     }
@@ -310,6 +320,8 @@ fn variant(event: &Event) -> &'static str {
         Event::CronRemoved { .. } => "CronRemoved",
         Event::CronFired { .. } => "CronFired",
         Event::Moved { .. } => "Moved",
+        Event::EnqueuedKeyed { .. } => "EnqueuedKeyed",
+        Event::LimitsSet { .. } => "LimitsSet",
     }
 }
 
@@ -1592,13 +1604,13 @@ fn snapshot_with_a_job_twice_is_refused() {
     let id = h.enqueue_one(T0, spec_with("q", |s| s.run_at = Some(T0 + 60_000)));
     let bytes = h.state.encode_snapshot();
     let job = postcard::to_allocvec(h.state.job(id).expect("job")).expect("encode job");
-    // The jobs come before the queue limits, batches and cron schedules (none: three
-    // counts of 0). Add a ready copy of the same id after the job.
-    let jobs_end = bytes.len() - 3;
+    // The jobs come before the queue limits, batches, cron schedules, key limits, keys
+    // and job keys (none: six counts of 0). Add a ready copy of the same id after the job.
+    let jobs_end = bytes.len() - 6;
     assert_eq!(
         &bytes[jobs_end..],
-        &[0, 0, 0],
-        "no limits, batches or crons"
+        &[0, 0, 0, 0, 0, 0],
+        "no limits, batches, crons or keys"
     );
     assert!(bytes[..jobs_end].ends_with(&job) && bytes[jobs_end - job.len() - 1] == 1);
     let mut ready = h.state.job(id).expect("job").clone();
@@ -1607,7 +1619,7 @@ fn snapshot_with_a_job_twice_is_refused() {
     twice.push(2);
     twice.extend_from_slice(&job);
     twice.extend_from_slice(&postcard::to_allocvec(&ready).expect("encode job"));
-    twice.extend_from_slice(&[0, 0, 0]);
+    twice.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     let error = State::decode_snapshot(Config::default(), &twice).expect_err("refused");
     assert!(error.contains("appears twice"), "{error}");
 }
@@ -1853,11 +1865,25 @@ fn invalid_limits_are_refused_with_the_field() {
         (rate(1, 86_400_001), "rate.per_ms"),
     ];
     for (limits, field) in cases {
-        let error = state.set_limits(T0, "q", limits).expect_err("refused");
+        let none = QueueLimits::default();
+        let error = state
+            .set_limits(T0, "q", limits, none)
+            .expect_err("refused");
         assert_eq!(error.kind, ErrorKind::BadInput, "{error:?}");
         assert!(format!("{error:?}").contains(field), "{field}: {error:?}");
+        // The same checks bind per-key limits, named as such.
+        let error = state
+            .set_limits(T0, "q", none, limits)
+            .expect_err("refused");
+        assert!(
+            format!("{error:?}").contains(&format!("key_{field}")),
+            "key_{field}: {error:?}"
+        );
     }
-    assert!(state.set_limits(T0, "bad name", concurrency(1)).is_err());
+    let none = QueueLimits::default();
+    assert!(state
+        .set_limits(T0, "bad name", concurrency(1), none)
+        .is_err());
 }
 
 #[test]
@@ -1865,11 +1891,14 @@ fn snapshots_from_before_queue_limits_still_decode() {
     let mut h = Harness::new();
     h.enqueue_one(T0, spec("q"));
     let bytes = h.state.encode_snapshot();
-    // The older format ended after the jobs: without the (empty) limits, batches and crons.
-    assert!(bytes.ends_with(&[0, 0, 0]));
-    let older = &bytes[..bytes.len() - 3];
-    let decoded = State::decode_snapshot(Config::default(), older).expect("older snapshot");
-    assert_eq!(decoded.encode_snapshot(), bytes);
+    // The oldest format ended after the jobs: without the (empty) limits, batches and
+    // crons; the next one before the (empty) key limits, keys and job keys.
+    assert!(bytes.ends_with(&[0, 0, 0, 0, 0, 0]));
+    for cut in [3, 6] {
+        let older = &bytes[..bytes.len() - cut];
+        let decoded = State::decode_snapshot(Config::default(), older).expect("older snapshot");
+        assert_eq!(decoded.encode_snapshot(), bytes);
+    }
 }
 
 // ---- batches --------------------------------------------------------------------------
@@ -2350,6 +2379,7 @@ fn every_logged_event_decodes_to_itself_and_a_truncated_one_never_decodes() {
     let mut h = Harness::with_config(BUSY_CONFIG);
     busy_scenario(&mut h);
     h.set_limits(T0, "q", concurrency(2));
+    h.enqueue_one(T0, keyed("q", "acme"));
     h.enqueue_batch(T0, vec![spec("q")], EnqueueSpec::new("cb", "k", "null"));
     h.set_cron(T0, "c", "* * * * *", "UTC", Missed::RunAll);
     h.fire(T0 + 5 * MINUTE);
@@ -2364,5 +2394,231 @@ fn every_logged_event_decodes_to_itself_and_a_truncated_one_never_decodes() {
             variant(event)
         );
     }
-    assert!(variants.len() >= 12, "{variants:?}");
+    assert!(variants.len() >= 13, "{variants:?}");
+}
+
+// ---- per-key limits -------------------------------------------------------------------
+
+fn keyed(queue: &str, key: &str) -> EnqueueSpec {
+    spec_with(queue, |s| s.limit_key = Some(key.to_owned()))
+}
+
+fn key_status(
+    state: &State,
+    queue: &str,
+    key: &str,
+    now: Millis,
+) -> Option<sluice_core::KeyStatus> {
+    state.queue(queue).and_then(|q| q.key(key, now))
+}
+
+#[test]
+fn key_concurrency_caps_each_key_and_leaves_other_keys_and_unkeyed_jobs_free() {
+    let mut h = Harness::new();
+    let a: Vec<JobId> = (0..3).map(|_| h.enqueue_one(T0, keyed("q", "a"))).collect();
+    let b: Vec<JobId> = (0..3).map(|_| h.enqueue_one(T0, keyed("q", "b"))).collect();
+    let free: Vec<JobId> = (0..2).map(|_| h.enqueue_one(T0, spec("q"))).collect();
+    h.set_all_limits(T0, "q", QueueLimits::default(), concurrency(1));
+
+    let (ids, lease) = h.lease(T0, &["q"], 10);
+    assert_eq!(
+        ids,
+        vec![a[0], b[0], free[0], free[1]],
+        "oldest of each key, and the rest"
+    );
+    assert_eq!(h.lease(T0, &["q"], 10).0, Vec::<JobId>::new());
+    let status = key_status(&h.state, "q", "a", T0).expect("key a");
+    assert_eq!((status.jobs, status.ready, status.leased), (3, 2, 1));
+
+    // Finishing a job of a frees a slot of a only.
+    h.ack(T0 + 1, &[(a[0], lease)]);
+    assert_eq!(h.lease(T0 + 2, &["q"], 10).0, vec![a[1]]);
+    assert_eq!(h.state.limit_key(a[1]), Some("a"));
+    assert_eq!(h.state.limit_key(free[0]), None);
+}
+
+#[test]
+fn a_key_at_its_limit_does_not_hold_back_jobs_queued_behind_it() {
+    let mut h = Harness::new();
+    let hot: Vec<JobId> = (0..2_000)
+        .map(|_| h.enqueue_one(T0, keyed("q", "hot")))
+        .collect();
+    let cold = h.enqueue_one(T0, keyed("q", "cold"));
+    let plain = h.enqueue_one(T0, spec("q"));
+    h.set_all_limits(T0, "q", QueueLimits::default(), concurrency(1));
+    assert_eq!(h.lease(T0, &["q"], 1).0, vec![hot[0]]);
+    // 1,999 ready jobs of a blocked key stand before these two.
+    assert_eq!(h.lease(T0, &["q"], 10).0, vec![cold, plain]);
+}
+
+#[test]
+fn one_lease_takes_several_jobs_of_a_key_up_to_its_limit_in_priority_order() {
+    let mut h = Harness::new();
+    let low = h.enqueue_one(T0, keyed("q", "a"));
+    let high: Vec<JobId> = (0..4)
+        .map(|_| {
+            h.enqueue_one(
+                T0,
+                spec_with("q", |s| {
+                    s.limit_key = Some("a".into());
+                    s.priority = 5;
+                }),
+            )
+        })
+        .collect();
+    h.set_all_limits(T0, "q", QueueLimits::default(), concurrency(3));
+    assert_eq!(h.lease(T0, &["q"], 10).0, high[..3].to_vec());
+    // Without per-key limits every job of the key goes, still in priority order.
+    h.set_all_limits(T0, "q", QueueLimits::default(), QueueLimits::default());
+    assert_eq!(h.lease(T0, &["q"], 10).0, vec![high[3], low]);
+}
+
+#[test]
+fn key_rate_limit_gives_each_key_its_own_bucket() {
+    let mut h = Harness::new();
+    for _ in 0..10 {
+        h.enqueue_one(T0, keyed("q", "a"));
+        h.enqueue_one(T0, keyed("q", "b"));
+    }
+    // 2 per second per key.
+    h.set_all_limits(T0, "q", QueueLimits::default(), rate(2, 1_000));
+    assert_eq!(
+        h.lease(T0, &["q"], 100).0.len(),
+        4,
+        "a burst of 2 for each key"
+    );
+    assert_eq!(h.lease(T0 + 499, &["q"], 100).0.len(), 0);
+    assert_eq!(h.lease(T0 + 500, &["q"], 100).0.len(), 2, "one more each");
+    assert_eq!(
+        key_status(&h.state, "q", "a", T0 + 500).and_then(|k| k.tokens),
+        Some(0)
+    );
+    // The queue's own limits bind on top: a queue concurrency of 7 stops at 7 leased.
+    h.set_all_limits(T0 + 600, "q", concurrency(7), rate(2, 1_000));
+    assert_eq!(
+        h.lease(T0 + 600, &["q"], 100).0.len(),
+        1,
+        "6 leased, 1 slot left"
+    );
+}
+
+#[test]
+fn key_state_survives_replay_and_snapshots() {
+    let mut h = Harness::new();
+    for _ in 0..5 {
+        h.enqueue_one(T0, keyed("q", "a"));
+    }
+    h.enqueue_one(T0, keyed("q", "b"));
+    h.set_all_limits(
+        T0,
+        "q",
+        QueueLimits::default(),
+        QueueLimits {
+            concurrency: Some(2),
+            rate: Some(Rate {
+                limit: 3,
+                per_ms: 1_000,
+            }),
+        },
+    );
+    let (ids, _) = h.lease(T0 + 10, &["q"], 10);
+    assert_eq!(ids.len(), 3, "2 of a, 1 of b");
+
+    let replayed = replay(Config::default(), &h.events);
+    let restored =
+        State::decode_snapshot(Config::default(), &h.state.encode_snapshot()).expect("decode");
+    for state in [&replayed, &restored] {
+        for key in ["a", "b"] {
+            assert_eq!(
+                key_status(state, "q", key, T0 + 10),
+                key_status(&h.state, "q", key, T0 + 10),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            state.queue("q").map(|q| q.key_limits),
+            h.state.queue("q").map(|q| q.key_limits)
+        );
+        for &id in &ids {
+            assert_eq!(state.limit_key(id), h.state.limit_key(id));
+        }
+        assert_eq!(state.encode_snapshot(), h.state.encode_snapshot());
+    }
+    let mut restored = restored;
+    let queues = vec!["q".to_owned()];
+    let (_, again) = restored.lease(T0 + 10, &queues, 10, None).expect("lease");
+    assert!(again.is_empty(), "a is at 2 leased and b has no more jobs");
+}
+
+#[test]
+fn a_key_no_job_carries_is_kept_until_its_bucket_refills() {
+    let mut h = Harness::with_config(Config {
+        retention_ms: 1,
+        retention_len_max: 100,
+    });
+    let id = h.enqueue_one(T0, keyed("q", "a"));
+    h.set_all_limits(T0, "q", QueueLimits::default(), rate(1, 60_000));
+    let (_, lease) = h.lease_one(T0, "q");
+    h.ack(T0 + 1, &[(id, lease)]);
+    assert_eq!(h.retain(T0 + 10), 1, "the finished job is forgotten");
+    let queue = |h: &Harness| h.state.queue("q").expect("queue").key_len();
+    assert_eq!(queue(&h), 1, "its key's bucket is still empty");
+    // A new job of the key must wait for the token the old one took.
+    h.enqueue_one(T0 + 20, keyed("q", "a"));
+    assert_eq!(h.lease(T0 + 20, &["q"], 1).0.len(), 0);
+    let (id, lease) = h.lease_one(T0 + 60_000, "q");
+    h.ack(T0 + 60_001, &[(id, lease)]);
+    assert_eq!(h.retain(T0 + 60_010), 1);
+    // Once full again it goes, at the next event at or after that time.
+    h.enqueue_one(T0 + 120_000, spec("other"));
+    assert_eq!(queue(&h), 0);
+    let replayed = replay(h.state.config(), &h.events);
+    assert_eq!(replayed.encode_snapshot(), h.state.encode_snapshot());
+}
+
+#[test]
+fn moved_jobs_take_their_limit_key_to_the_new_queue() {
+    let mut h = Harness::new();
+    let ids: Vec<JobId> = (0..3)
+        .map(|_| h.enqueue_one(T0, keyed("from", "a")))
+        .collect();
+    h.set_all_limits(T0, "to", QueueLimits::default(), concurrency(1));
+    let decided = h
+        .state
+        .move_jobs("from", "to", JobState::Ready, 10)
+        .expect("move");
+    assert_eq!(h.record(decided), 3);
+    assert_eq!(key_status(&h.state, "from", "a", T0), None);
+    assert_eq!(key_status(&h.state, "to", "a", T0).map(|k| k.jobs), Some(3));
+    assert_eq!(h.lease(T0, &["to"], 10).0, vec![ids[0]]);
+    let replayed = replay(Config::default(), &h.events);
+    assert_eq!(replayed.encode_snapshot(), h.state.encode_snapshot());
+}
+
+#[test]
+fn bad_limit_keys_are_refused_and_batches_and_cron_take_none() {
+    let mut state = State::new(Config::default());
+    for key in ["", ".", "..", &"k".repeat(257)] {
+        let error = state
+            .enqueue(T0, vec![keyed("q", key)], false)
+            .expect_err("refused");
+        assert!(
+            format!("{error:?}").contains("limit_key"),
+            "{key:?}: {error:?}"
+        );
+    }
+    assert!(state
+        .enqueue(T0, vec![keyed("q", &"k".repeat(256))], false)
+        .is_ok());
+    let error = state
+        .enqueue_batch_with_callback(T0, vec![keyed("q", "a")], spec("cb"))
+        .expect_err("refused");
+    assert!(
+        format!("{error:?}").contains("jobs[0].limit_key"),
+        "{error:?}"
+    );
+    let error = state
+        .set_cron(T0, "c", "* * * * *", "UTC", keyed("q", "a"), Missed::Skip)
+        .expect_err("refused");
+    assert!(format!("{error:?}").contains("job.limit_key"), "{error:?}");
 }

@@ -139,6 +139,11 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(schema_with = tags_schema)]
     pub tags: Vec<String>,
+    /// The key the queue's per-key limits count this job under (a customer, an API
+    /// token): see `key_concurrency` and `key_rate` in `QueueLimits`. 1 to 256 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256)]
+    pub limit_key: Option<String>,
 }
 
 fn null_payload() -> Box<RawValue> {
@@ -347,6 +352,8 @@ pub struct Job {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Attempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -538,10 +545,29 @@ pub struct QueueInfo {
     /// Leases the rate limit allows right now (whole tokens in its bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_tokens: Option<u64>,
+    /// Limit keys the queue tracks: keys some job carries, and keys whose rate bucket
+    /// is still refilling. Shown when the queue has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_keys: Option<u64>,
+}
+
+/// How one limit key of a queue stands: `GET /v1/queues/{queue}/keys/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeyInfo {
+    pub queue: String,
+    pub key: String,
+    /// Jobs of the queue, in any state, that carry the key.
+    pub jobs: u64,
+    pub ready: u64,
+    pub leased: u64,
+    /// Leases of this key the per-key rate limit allows right now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_tokens: Option<u64>,
 }
 
 /// A queue's flow control: `POST /v1/queues/{queue}/limits`. Omit a field for no limit
-/// of that kind; `{}` removes every limit.
+/// of that kind; `{}` removes every limit. The `key_` limits apply to each limit key of
+/// the queue on its own (jobs without a `limit_key` are bound by the queue's limits only).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueLimits {
@@ -551,6 +577,13 @@ pub struct QueueLimits {
     pub concurrency: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RateLimit>,
+    /// At most this many jobs of any one limit key leased at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub key_concurrency: Option<u32>,
+    /// A token bucket per limit key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rate: Option<RateLimit>,
 }
 
 /// At most `limit` leases per `per_ms`: a token bucket of `limit` tokens, refilled evenly
@@ -664,4 +697,18 @@ pub mod ids {
             assert_eq!(decode("0000000000-00"), None);
         }
     }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, so any key is one
+/// path segment.
+pub fn encode_path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

@@ -63,6 +63,14 @@ pub const DELAY_MS_MAX: u64 = 366 * 24 * 3_600_000;
 pub const BACKOFF_MS_MAX: u64 = 7 * 24 * 3_600_000;
 /// Unique keys.
 pub const UNIQUE_KEY_BYTES_MAX: usize = 256;
+/// Bytes of a job's limit key (a customer or token id, not a document).
+pub const LIMIT_KEY_BYTES_MAX: usize = 256;
+
+/// A limit key: 1 to `LIMIT_KEY_BYTES_MAX` bytes of any text but `.` and `..`, which
+/// cannot be a URL path segment (`GET /v1/queues/{queue}/keys/{key}`).
+pub fn is_valid_limit_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= LIMIT_KEY_BYTES_MAX && key != "." && key != ".."
+}
 pub const UNIQUE_TTL_MS_DEFAULT: u64 = 24 * 3_600_000;
 pub const UNIQUE_TTL_MS_MAX: u64 = 30 * 24 * 3_600_000;
 /// Tags per job and bytes per tag.

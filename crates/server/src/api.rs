@@ -184,6 +184,7 @@ pub fn to_spec(spec: proto::JobSpec, path: &str, now: i64) -> Result<EnqueueSpec
     core.unique_key = spec.unique_key;
     core.unique_ttl_ms = spec.unique_ttl_ms.unwrap_or(core.unique_ttl_ms);
     core.tags = spec.tags;
+    core.limit_key = spec.limit_key;
     Ok(core)
 }
 
@@ -219,6 +220,7 @@ pub fn job_view(state: &State, job: &CoreJob) -> proto::Job {
             .and_then(|e| e.unique_key.as_deref())
             .map(str::to_owned),
         tags: extra.map_or_else(Vec::new, |e| e.tags.iter().map(|t| t.to_string()).collect()),
+        limit_key: state.limit_key(job.id).map(str::to_owned),
         history: extra.map_or_else(Vec::new, |e| {
             e.history
                 .iter()
@@ -269,14 +271,30 @@ fn queue_view(queue: &sluice_core::Queue, now: i64) -> proto::QueueInfo {
             dead: count(S::Dead),
             cancelled: count(S::Cancelled),
         },
-        limits: (queue.limits != sluice_core::QueueLimits::default()).then(|| proto::QueueLimits {
+        limits: (queue.limits != sluice_core::QueueLimits::default()
+            || queue.key_limits != sluice_core::QueueLimits::default())
+        .then(|| proto::QueueLimits {
             concurrency: queue.limits.concurrency,
-            rate: queue.limits.rate.map(|r| proto::RateLimit {
-                limit: r.limit,
-                per_ms: r.per_ms,
-            }),
+            rate: queue.limits.rate.map(wire_rate),
+            key_concurrency: queue.key_limits.concurrency,
+            key_rate: queue.key_limits.rate.map(wire_rate),
         }),
         rate_tokens: queue.tokens(now),
+        limit_keys: (queue.key_len() > 0).then_some(queue.key_len() as u64),
+    }
+}
+
+fn wire_rate(rate: sluice_core::Rate) -> proto::RateLimit {
+    proto::RateLimit {
+        limit: rate.limit,
+        per_ms: rate.per_ms,
+    }
+}
+
+fn core_rate(rate: proto::RateLimit) -> sluice_core::Rate {
+    sluice_core::Rate {
+        limit: rate.limit,
+        per_ms: rate.per_ms,
     }
 }
 
@@ -1058,6 +1076,44 @@ pub async fn get_queue(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/queues/{queue}/keys/{key}", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$"), ("key" = String, Path, description = "A limit key, 1 to 256 bytes (percent-encoded in the path).")), responses((status = 200, body = proto::KeyInfo), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse)))]
+pub async fn get_queue_key(
+    app: axum::extract::State<AppState>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<Json<proto::KeyInfo>, ApiError> {
+    if !limits::is_valid_limit_key(&key) {
+        return Err(ApiError::bad_input(
+            "key",
+            format!(
+                "must be 1 to {} bytes, not . or ..",
+                limits::LIMIT_KEY_BYTES_MAX
+            ),
+        ));
+    }
+    let info = app
+        .broker()?
+        .read(|s, now| {
+            let queue = queue_or_404(s, &name)?;
+            // A key no job carries is at rest: nothing leased, its bucket full.
+            let status = queue.key(&key, now).unwrap_or(sluice_core::KeyStatus {
+                jobs: 0,
+                ready: 0,
+                leased: 0,
+                tokens: queue.key_limits.rate.map(|r| u64::from(r.limit)),
+            });
+            Ok(proto::KeyInfo {
+                queue: name.clone(),
+                key: key.clone(),
+                jobs: u64::from(status.jobs),
+                ready: status.ready as u64,
+                leased: u64::from(status.leased),
+                rate_tokens: status.tokens,
+            })
+        })
+        .await?;
+    Ok(Json(info))
+}
+
 #[utoipa::path(get, path = "/v1/queues/{queue}/jobs", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$"), ("state" = Option<proto::JobState>, Query, description = "Default ready."), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page: a job id.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$"), ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000)), responses((status = 200, body = proto::JobList), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse)))]
 pub async fn list_jobs(
     app: axum::extract::State<AppState>,
@@ -1139,14 +1195,15 @@ pub async fn set_queue_limits(
 ) -> Result<Json<proto::QueueInfo>, ApiError> {
     let limits = sluice_core::QueueLimits {
         concurrency: request.concurrency,
-        rate: request.rate.map(|r| sluice_core::Rate {
-            limit: r.limit,
-            per_ms: r.per_ms,
-        }),
+        rate: request.rate.map(core_rate),
+    };
+    let key_limits = sluice_core::QueueLimits {
+        concurrency: request.key_concurrency,
+        rate: request.key_rate.map(core_rate),
     };
     let broker = app.broker()?;
     broker
-        .execute(|s, now| s.set_limits(now, &name, limits))
+        .execute(|s, now| s.set_limits(now, &name, limits, key_limits))
         .await?;
     Ok(Json(
         broker

@@ -256,7 +256,9 @@ impl Wakes {
             }
         };
         match event {
-            Event::Enqueued { at, jobs } | Event::BatchEnqueued { at, jobs, .. } => {
+            Event::Enqueued { at, jobs }
+            | Event::BatchEnqueued { at, jobs, .. }
+            | Event::EnqueuedKeyed { at, jobs, .. } => {
                 for job in jobs.iter().filter(|j| j.run_at <= *at) {
                     self.add(&job.queue, 1);
                 }
@@ -272,7 +274,7 @@ impl Wakes {
             Event::Failed { jobs, .. } => jobs.iter().for_each(|item| job_ready(&item.id)),
             Event::Acked { ids, .. } => ids.iter().for_each(&mut job_ready),
             Event::Cancelled { id, .. } => job_ready(id),
-            Event::QueueLimitsSet { at, queue, .. } => {
+            Event::QueueLimitsSet { at, queue, .. } | Event::LimitsSet { at, queue, .. } => {
                 if let Some(q) = state.queue(queue) {
                     let room = q.lease_room(*at).min(q.count(sluice_core::JobState::Ready));
                     self.add(queue, room);
@@ -292,7 +294,8 @@ impl Wakes {
         // A finished lease frees a slot in a concurrency-limited queue.
         for queue in freed {
             if let Some(q) = state.queue_by_id(queue) {
-                if q.limits.concurrency.is_some() && q.count(sluice_core::JobState::Ready) > 0 {
+                let limited = q.limits.concurrency.is_some() || q.key_limits.concurrency.is_some();
+                if limited && q.count(sluice_core::JobState::Ready) > 0 {
                     self.add(&q.name, 1);
                 }
             }

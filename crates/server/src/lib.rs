@@ -111,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/fail", post(api::fail_batch))
         .route("/v1/queues", get(api::list_queues))
         .route("/v1/queues/{queue}", get(api::get_queue))
+        .route("/v1/queues/{queue}/keys/{key}", get(api::get_queue_key))
         .route("/v1/queues/{queue}/jobs", get(api::list_jobs))
         .route("/v1/queues/{queue}/pause", post(api::pause_queue))
         .route("/v1/queues/{queue}/resume", post(api::resume_queue))

@@ -2091,6 +2091,115 @@ async fn concurrency_limit_holds_across_workers_and_an_ack_wakes_a_parked_poll()
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_limits_hold_each_key_and_survive_a_restart() {
+    let (dir, server) = fresh().await;
+    for key in ["cust/1", "cust/1", "cust/1", "cust 2"] {
+        let mut job = spec("pk");
+        job["limit_key"] = json!(key);
+        server.enqueue(job).await;
+    }
+    server.enqueue(spec("pk")).await;
+    let (status, body) = server
+        .post(
+            "/v1/queues/pk/limits",
+            &json!({ "key_concurrency": 1, "key_rate": { "limit": 10, "per_ms": 60000 } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["limits"]["key_concurrency"], 1);
+    assert_eq!(body["limits"]["key_rate"]["limit"], 10);
+    assert_eq!(body["limit_keys"], 2);
+
+    let (_, leased) = server
+        .post("/v1/lease", &json!({ "queues": ["pk"], "max_jobs": 10 }))
+        .await;
+    let jobs = leased["jobs"].as_array().expect("jobs");
+    assert_eq!(
+        jobs.len(),
+        3,
+        "one per key and the job without a key: {leased}"
+    );
+    let first = &jobs[0];
+    let (_, job) = server
+        .get(&format!("/v1/jobs/{}", first["id"].as_str().expect("id")))
+        .await;
+    assert_eq!(job["limit_key"], "cust/1");
+
+    // Keys are path segments, percent-encoded.
+    let (status, key) = server.get("/v1/queues/pk/keys/cust%2F1").await;
+    assert_eq!(status, 200, "{key}");
+    assert_eq!(
+        (
+            key["jobs"].clone(),
+            key["ready"].clone(),
+            key["leased"].clone()
+        ),
+        (json!(3), json!(2), json!(1))
+    );
+    assert_eq!(key["rate_tokens"], 9);
+    let (_, idle) = server.get("/v1/queues/pk/keys/nobody").await;
+    assert_eq!(
+        (idle["jobs"].clone(), idle["rate_tokens"].clone()),
+        (json!(0), json!(10))
+    );
+    let bad = server
+        .get(&format!("/v1/queues/pk/keys/{}", "k".repeat(257)))
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("key"));
+    let missing = server.get("/v1/queues/nope/keys/a").await;
+    assert_error(&missing, 404, "not_found", None);
+
+    let (_, more) = server
+        .post("/v1/lease", &json!({ "queues": ["pk"], "max_jobs": 10 }))
+        .await;
+    assert_eq!(more["jobs"].as_array().expect("jobs").len(), 0, "{more}");
+    // Finishing the key's job frees its slot.
+    let (status, _) = server
+        .post(
+            &format!("/v1/jobs/{}/ack", first["id"].as_str().expect("id")),
+            &json!({ "lease_id": first["lease_id"] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, next) = server
+        .post("/v1/lease", &json!({ "queues": ["pk"], "max_jobs": 10 }))
+        .await;
+    assert_eq!(next["jobs"].as_array().expect("jobs").len(), 1, "{next}");
+
+    let mut bad_key = spec("pk");
+    bad_key["limit_key"] = json!("k".repeat(257));
+    let bad = server.post("/v1/jobs", &bad_key).await;
+    assert_error(&bad, 400, "invalid_request", Some("limit_key"));
+    let mut member = spec("pk");
+    member["limit_key"] = json!("a");
+    let bad = server
+        .post(
+            "/v1/batches",
+            &json!({ "jobs": [member], "callback": spec("done") }),
+        )
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("jobs[0].limit_key"));
+    let bad = server
+        .post("/v1/queues/pk/limits", &json!({ "key_concurrency": 0 }))
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("key_concurrency"));
+    server.stop().await;
+
+    // Limits, keys and leases are in the log.
+    let server = TestServer::start(dir.path()).await;
+    let (_, key) = server.get("/v1/queues/pk/keys/cust%2F1").await;
+    assert_eq!(
+        (key["jobs"].clone(), key["leased"].clone()),
+        (json!(3), json!(1))
+    );
+    let (_, after) = server
+        .post("/v1/lease", &json!({ "queues": ["pk"], "max_jobs": 10 }))
+        .await;
+    assert_eq!(after["jobs"].as_array().expect("jobs").len(), 0, "{after}");
+    server.stop().await;
+}
+
 // ---- batches --------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

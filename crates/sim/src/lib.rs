@@ -139,6 +139,8 @@ stats! {
     leases_expired: "leases expired",
     limits_set: "queue limits set (concurrency, rate, or none)",
     limited_leases: "lease decisions checked against a queue's limits",
+    key_limited_leases: "lease decisions checked against per-key limits",
+    keyed_jobs: "jobs enqueued with a limit key",
     jobs_moved: "jobs moved between queues",
     cron_jobs: "jobs enqueued by cron schedules",
     batches: "batches enqueued (their callbacks fire as members finish)",

@@ -305,13 +305,42 @@ pub fn compare(a: &State, b: &State, max_now: Millis) -> Result<(), String> {
     if queues_a != queues_b {
         return Err(format!("queues differ: {queues_a:?} vs {queues_b:?}"));
     }
+    // Per-key flow control: the limits, and each key's jobs, leases and tokens (ready
+    // counts may differ: promotion of due jobs is not logged).
+    let keys = |s: &State| -> Vec<String> {
+        s.queues_page(None, usize::MAX)
+            .iter()
+            .map(|q| {
+                let mut keys: Vec<String> = q
+                    .key_names()
+                    .filter_map(|k| {
+                        let status = q.key(k, max_now)?;
+                        Some(format!(
+                            "{k}:{}:{}:{:?}",
+                            status.jobs, status.leased, status.tokens
+                        ))
+                    })
+                    .collect();
+                keys.sort_unstable();
+                format!("{} {:?} {keys:?}", q.name, q.key_limits)
+            })
+            .collect()
+    };
+    let (keys_a, keys_b) = (keys(a), keys(b));
+    if keys_a != keys_b {
+        return Err(format!("limit keys differ: {keys_a:?} vs {keys_b:?}"));
+    }
     let (jobs_a, jobs_b) = (all_jobs(a), all_jobs(b));
     if jobs_a.len() != jobs_b.len() {
         return Err(format!("{} jobs vs {}", jobs_a.len(), jobs_b.len()));
     }
     for (x, y) in jobs_a.iter().zip(&jobs_b) {
         let (view_a, view_b) = (job_view(a, x, max_now), job_view(b, y, max_now));
-        if view_a != view_b || x.payload != y.payload || x.extra != y.extra {
+        if view_a != view_b
+            || x.payload != y.payload
+            || x.extra != y.extra
+            || a.limit_key(x.id) != b.limit_key(y.id)
+        {
             return Err(format!(
                 "job differs:\n    {view_a:?} {:?}\n    {view_b:?} {:?}",
                 x.extra, y.extra

@@ -19,6 +19,8 @@ const T0: Millis = 1_700_000_000_000;
 pub const QUEUES: [&str; 3] = ["q0", "q1", "q2"];
 const KINDS: [&str; 2] = ["email", "resize"];
 const UNIQUE_KEYS: [&str; 3] = ["k0", "k1", "k2"];
+/// Limit keys (per-key flow control): few, so that they are often at their limits.
+const LIMIT_KEYS: [&str; 3] = ["acme", "globex", "initech"];
 const BACKOFFS: [Backoff; 3] = [
     Backoff::Fixed { delay_ms: 0 },
     Backoff::Fixed { delay_ms: 1_500 },
@@ -54,6 +56,7 @@ struct JobOrder {
     backoff: usize,
     timeout_ms: u64,
     unique: Option<(usize, u64)>,
+    limit_key: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,7 +76,8 @@ enum Request {
     Retry(JobId),
     Pause(usize, bool),
     Purge(usize),
-    Limits(usize, QueueLimits),
+    /// A queue's limits and its per-key limits.
+    Limits(usize, QueueLimits, QueueLimits),
     /// Move up to `limit` jobs of a state from one queue to another.
     Move(usize, usize, JobState, usize),
     /// Set (with a schedule and missed policy) or remove (`None`) cron schedule `n`.
@@ -477,11 +481,17 @@ impl World {
                             spec.unique_key = Some(UNIQUE_KEYS[key].to_owned());
                             spec.unique_ttl_ms = ttl_ms;
                         }
+                        spec.limit_key = o.limit_key.map(|k| LIMIT_KEYS[k].to_owned());
                         spec
                     })
                     .collect();
                 match self.state.enqueue(now, specs, true) {
-                    Ok((event, replies)) => (event, Reply::Enqueued(Ok(replies))),
+                    Ok((event, replies)) => {
+                        if let Some(Event::EnqueuedKeyed { limit_keys, .. }) = &event {
+                            self.stats.keyed_jobs += limit_keys.len() as u64;
+                        }
+                        (event, Reply::Enqueued(Ok(replies)))
+                    }
                     Err(e) => return Err(format!("a valid enqueue was refused: {e:?}")),
                 }
             }
@@ -495,6 +505,7 @@ impl World {
                         Some((q, queue.lease_room(now)))
                     })
                     .collect();
+                let key_room_before = self.key_room(queues, now);
                 let (event, ids) = self
                     .state
                     .lease(now, &names, *max_jobs, worker)
@@ -508,6 +519,10 @@ impl World {
                 };
                 self.check_lease_decision(queues, &ids, lease_id)?;
                 self.check_lease_room(&room_before, &ids)?;
+                self.check_key_room(&key_room_before, &ids)?;
+                if ids.is_empty() {
+                    self.check_nothing_leasable(queues, now)?;
+                }
                 (event, Reply::Leased { lease_id, jobs })
             }
             Request::Heartbeat { id, lease_id } => {
@@ -628,8 +643,11 @@ impl World {
                     Err(e) => (None, Reply::Done(Err(e.code))),
                 }
             }
-            Request::Limits(queue, limits) => {
-                match self.state.set_limits(now, QUEUES[*queue], *limits) {
+            Request::Limits(queue, limits, key_limits) => {
+                match self
+                    .state
+                    .set_limits(now, QUEUES[*queue], *limits, *key_limits)
+                {
                     Ok((event, ())) => {
                         self.stats.limits_set += 1;
                         (event, Reply::Done(Ok(())))
@@ -694,6 +712,93 @@ impl World {
             }
             if room < usize::MAX {
                 self.stats.limited_leases += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many more jobs of each limit key of `queues` may be leased at `now`:
+    /// `(queue, key, room)` for keys with per-key limits.
+    fn key_room(&self, queues: &[usize], now: Millis) -> Vec<(usize, usize, u64)> {
+        let mut rooms = Vec::new();
+        for &q in queues {
+            let Some(queue) = self.state.queue(QUEUES[q]) else {
+                continue;
+            };
+            let limits = queue.key_limits;
+            if limits == QueueLimits::default() {
+                continue;
+            }
+            for (k, key) in LIMIT_KEYS.iter().enumerate() {
+                let (leased, tokens) = match queue.key(key, now) {
+                    Some(status) => (status.leased, status.tokens),
+                    None => (0, limits.rate.map(|r| u64::from(r.limit))),
+                };
+                let by_concurrency = limits
+                    .concurrency
+                    .map_or(u64::MAX, |c| u64::from(c.saturating_sub(leased)));
+                rooms.push((q, k, by_concurrency.min(tokens.unwrap_or(u64::MAX))));
+            }
+        }
+        rooms
+    }
+
+    /// A lease takes no more jobs of a limit key than its limits allowed just before.
+    fn check_key_room(
+        &mut self,
+        before: &[(usize, usize, u64)],
+        ids: &[JobId],
+    ) -> Result<(), String> {
+        for &(q, k, room) in before {
+            let taken = ids
+                .iter()
+                .filter(|id| self.state.limit_key(**id) == Some(LIMIT_KEYS[k]))
+                .filter_map(|id| self.state.job(*id))
+                .filter(|job| self.state.queue_name(job.queue) == QUEUES[q])
+                .count() as u64;
+            if taken > room {
+                return Err(format!(
+                    "lease took {taken} jobs of key {} in {} whose limits allowed {room}",
+                    LIMIT_KEYS[k], QUEUES[q]
+                ));
+            }
+            self.stats.key_limited_leases += 1;
+        }
+        Ok(())
+    }
+
+    /// A lease that took nothing left nothing it could have taken: no ready job of an
+    /// asked, unpaused queue with room whose limit key (if any) had room.
+    fn check_nothing_leasable(&self, queues: &[usize], now: Millis) -> Result<(), String> {
+        let key_room = self.key_room(queues, now);
+        for &q in queues {
+            let Some(queue) = self.state.queue(QUEUES[q]) else {
+                continue;
+            };
+            if queue.paused || queue.lease_room(now) == 0 {
+                continue;
+            }
+            for job in self
+                .state
+                .jobs_page(queue, JobState::Ready, None, usize::MAX)
+            {
+                if job.run_at > now {
+                    continue;
+                }
+                let blocked = self.state.limit_key(job.id).is_some_and(|key| {
+                    key_room
+                        .iter()
+                        .any(|&(kq, k, room)| kq == q && LIMIT_KEYS[k] == key && room == 0)
+                });
+                if !blocked {
+                    return Err(format!(
+                        "lease of {queues:?} took nothing, but job {} of {} (key {:?}) was \
+                         leasable",
+                        job.id,
+                        QUEUES[q],
+                        self.state.limit_key(job.id)
+                    ));
+                }
             }
         }
         Ok(())
@@ -1063,6 +1168,10 @@ impl World {
                         *self.rng.pick(&UNIQUE_TTLS_MS),
                     )
                 }),
+                limit_key: self
+                    .rng
+                    .chance(400_000)
+                    .then(|| self.rng.index(LIMIT_KEYS.len())),
             })
             .collect();
         self.send(client, Request::Enqueue(orders));
@@ -1235,20 +1344,25 @@ impl World {
             }
             61..=62 => {
                 let queue = self.rng.index(QUEUES.len());
-                let limits = if self.rng.below(5) == 0 {
-                    QueueLimits::default()
-                } else {
-                    QueueLimits {
-                        concurrency: (self.rng.below(2) == 0).then(|| 1 + self.rng.below(5) as u32),
-                        rate: (self.rng.below(2) == 0).then(|| Rate {
-                            limit: 1 + self.rng.below(20) as u32,
-                            per_ms: 100 + self.rng.below(2_000),
-                        }),
-                    }
-                };
-                self.send(client, Request::Limits(queue, limits));
+                let limits = self.random_limits(5);
+                let key_limits = self.random_limits(3);
+                self.send(client, Request::Limits(queue, limits, key_limits));
             }
             _ => {}
+        }
+    }
+
+    /// No limits one time in `none_in`; else a concurrency limit, a rate, or both.
+    fn random_limits(&mut self, none_in: u64) -> QueueLimits {
+        if self.rng.below(none_in) == 0 {
+            return QueueLimits::default();
+        }
+        QueueLimits {
+            concurrency: (self.rng.below(2) == 0).then(|| 1 + self.rng.below(5) as u32),
+            rate: (self.rng.below(2) == 0).then(|| Rate {
+                limit: 1 + self.rng.below(20) as u32,
+                per_ms: 100 + self.rng.below(2_000),
+            }),
         }
     }
 

@@ -1,0 +1,77 @@
+//! The CLI's admin commands as a user types them: the real binary as a server (a child
+//! process) and as the client, its JSON output read back.
+
+#[allow(dead_code)] // The harness's kill and SIGTERM helpers are for other tests.
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::Server;
+
+/// Runs `sluice --url BASE ARGS...`; its stdout as JSON, or the failure with stderr.
+fn sluice(base: &str, args: &[&str]) -> Result<Value, String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--url", base])
+        .args(args)
+        .output()
+        .expect("run sluice");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_limits_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = Server::start(dir.path(), &[]);
+    server.wait_ready(&reqwest::Client::new()).await;
+    let base = server.base.clone();
+
+    let limits = sluice(
+        &base,
+        &[
+            "queues",
+            "limit",
+            "api",
+            "--key-concurrency",
+            "1",
+            "--key-rate",
+            "100/60s",
+        ],
+    )
+    .expect("limits set");
+    assert_eq!(limits["limits"]["key_concurrency"], 1, "{limits}");
+    assert_eq!(limits["limits"]["key_rate"]["per_ms"], 60_000, "{limits}");
+
+    for _ in 0..2 {
+        sluice(
+            &base,
+            &[
+                "enqueue",
+                "--queue",
+                "api",
+                "--kind",
+                "call",
+                "--limit-key",
+                "token/7",
+            ],
+        )
+        .expect("enqueued");
+    }
+    let queue = sluice(&base, &["queues", "show", "api"]).expect("queue");
+    assert_eq!(queue["limit_keys"], 1, "{queue}");
+    let key = sluice(&base, &["queues", "key", "api", "token/7"]).expect("key");
+    assert_eq!(
+        (key["jobs"].as_u64(), key["rate_tokens"].as_u64()),
+        (Some(2), Some(100)),
+        "{key}"
+    );
+
+    let error = sluice(&base, &["queues", "limit", "api", "--key-rate", "0/1s"])
+        .expect_err("a rate of 0 is refused");
+    assert!(error.contains("key_rate.limit"), "{error}");
+    server.kill();
+}
