@@ -23,13 +23,26 @@ async fn fill(
     jobs: u64,
     payload: impl Fn(u64) -> Value + Send + Sync + 'static,
 ) -> Result<Duration> {
+    let (queue, kind) = (queue.to_owned(), kind.to_owned());
+    fill_with(client, jobs, move |n| {
+        NewJob::new(&queue, &kind, payload(n))
+    })
+    .await
+}
+
+/// Enqueues jobs `make(0..jobs)` in batches from four tasks; returns how long it took.
+async fn fill_with(
+    client: &Client,
+    jobs: u64,
+    make: impl Fn(u64) -> NewJob<Value> + Send + Sync + 'static,
+) -> Result<Duration> {
     let started = Instant::now();
-    let payload = Arc::new(payload);
+    let make = Arc::new(make);
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let (client, queue, kind) = (client.clone(), queue.to_owned(), kind.to_owned());
-        let (next, payload) = (next.clone(), payload.clone());
+        let client = client.clone();
+        let (next, make) = (next.clone(), make.clone());
         tasks.spawn(async move {
             loop {
                 let from = next.fetch_add(ENQUEUE_BATCH as u64, Ordering::SeqCst);
@@ -37,7 +50,7 @@ async fn fill(
                     return Ok::<(), sluice_client::Error>(());
                 }
                 let batch: Vec<NewJob<Value>> = (from..(from + ENQUEUE_BATCH as u64).min(jobs))
-                    .map(|n| NewJob::new(&queue, &kind, payload(n)))
+                    .map(|n| make(n))
                     .collect();
                 client.enqueue_batch(&batch).await?;
             }
@@ -408,6 +421,7 @@ pub async fn limits(url: &str, args: &BenchArgs, run_id: &str) -> Result<Report>
     }
     let cl_elapsed = cl_started.elapsed();
     let most = most.load(Ordering::SeqCst);
+    let keys = per_key(&client, run_id).await?;
 
     let rate_ok = deviation.abs() <= 2.0;
     let concurrency_ok = most <= u64::from(CONCURRENCY);
@@ -420,6 +434,128 @@ pub async fn limits(url: &str, args: &BenchArgs, run_id: &str) -> Result<Report>
         window.as_secs(),
         if rate_ok { "met" } else { "MISSED" },
         cl_elapsed.as_secs_f64(),
+        if concurrency_ok { "met" } else { "MISSED" },
+    );
+    Ok(Report {
+        line: format!("{line} | {}", keys.line),
+        errors: u64::from(!rate_ok) + u64::from(!concurrency_ok) + keys.errors,
+    })
+}
+
+/// Per-key limits, part of `limits`: `KEYS` customers share one queue with a per-key
+/// concurrency of 2 and a per-key rate of 20/s; three workers of concurrency 10 call a
+/// sink that notes, per customer, requests in flight and when each arrived. Each key's
+/// rate is measured over 10 s after its first second's burst.
+async fn per_key(client: &Client, run_id: &str) -> Result<Report> {
+    const KEYS: u64 = 5;
+    const KEY_CONCURRENCY: u32 = 2;
+    const KEY_RATE: u64 = 20;
+    const WINDOW: Duration = Duration::from_secs(10);
+    let queue = format!("bench-kl-{run_id}");
+    client
+        .set_limits(
+            &queue,
+            Limits {
+                key_concurrency: Some(KEY_CONCURRENCY),
+                key_rate: Some((KEY_RATE as u32, Duration::from_secs(1))),
+                ..Limits::default()
+            },
+        )
+        .await?;
+    // Per sink path (one per key): requests in flight, the most at once, arrival times.
+    type Seen = Arc<Mutex<std::collections::BTreeMap<String, (u64, u64, Vec<Duration>)>>>;
+    let seen: Seen = Arc::default();
+    let started = Instant::now();
+    let app = axum::Router::new().fallback({
+        let seen = seen.clone();
+        move |uri: axum::http::Uri| {
+            let seen = seen.clone();
+            async move {
+                let key = uri.path().to_owned();
+                if let Ok(mut seen) = seen.lock() {
+                    let entry = seen.entry(key.clone()).or_default();
+                    entry.0 += 1;
+                    entry.1 = entry.1.max(entry.0);
+                    entry.2.push(started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if let Ok(mut seen) = seen.lock() {
+                    if let Some(entry) = seen.get_mut(&key) {
+                        entry.0 -= 1;
+                    }
+                }
+                "ok"
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let per_key_jobs = KEY_RATE * (WINDOW.as_secs() + 3);
+    let jobs = per_key_jobs * KEYS;
+    let fill_queue = queue.clone();
+    fill_with(client, jobs, move |n| {
+        let key = format!("customer-{}", n % KEYS);
+        NewJob::new(
+            &fill_queue,
+            "call",
+            json!({ "url": format!("{sink}/{key}") }),
+        )
+        .limit_key(key)
+    })
+    .await?;
+    let http = reqwest::Client::new();
+    let mut workers = tokio::task::JoinSet::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for _ in 0..3 {
+        let http = http.clone();
+        let mut stop = stop_rx.clone();
+        let worker = Worker::new(client.clone(), [queue.clone()])
+            .concurrency(10)
+            .handle_any(move |job: Job<crate::work::HttpJob>| {
+                crate::work::http_job(http.clone(), job)
+            });
+        workers.spawn(worker.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
+    tokio::time::sleep(WINDOW + Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    while let Some(done) = workers.join_next().await {
+        done.context("a worker panicked")??;
+    }
+    let seen = std::mem::take(&mut *seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let mut most = 0;
+    let mut rates = Vec::new();
+    for (_, (_, key_most, mut arrivals)) in seen {
+        most = most.max(key_most);
+        arrivals.sort();
+        let from = arrivals.first().copied().unwrap_or_default() + Duration::from_secs(1);
+        let in_window = arrivals
+            .iter()
+            .filter(|t| **t >= from && **t < from + WINDOW)
+            .count();
+        rates.push(in_window as f64 / WINDOW.as_secs_f64());
+    }
+    let worst = rates
+        .iter()
+        .map(|r| (r - KEY_RATE as f64) / KEY_RATE as f64 * 100.0)
+        .fold(
+            0.0f64,
+            |worst, d| if d.abs() > worst.abs() { d } else { worst },
+        );
+    let rate_ok = rates.len() == KEYS as usize && worst.abs() <= 2.0;
+    let concurrency_ok = most <= u64::from(KEY_CONCURRENCY);
+    let shown: Vec<String> = rates.iter().map(|r| format!("{r:.1}")).collect();
+    let line = format!(
+        "per key ({KEYS} keys, one queue, 3 workers x 10): rate {KEY_RATE}/s each -> {}/s over \
+         {} s (worst {worst:+.2} %, target within ±2 %: {}); concurrency {KEY_CONCURRENCY} each \
+         -> at most {most} in flight for one key (target <= {KEY_CONCURRENCY}: {})",
+        shown.join(", "),
+        WINDOW.as_secs(),
+        if rate_ok { "met" } else { "MISSED" },
         if concurrency_ok { "met" } else { "MISSED" },
     );
     Ok(Report {
