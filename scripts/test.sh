@@ -2,7 +2,8 @@
 # Runs every test: unit, property, simulation, WAL fault, end-to-end HTTP, limits,
 # kill -9 crash and disk-full tests, then schemathesis against the OpenAPI document.
 # Needs the Rust toolchain and python3; schemathesis is installed from PyPI into target/,
-# tmux and postgresql from Debian's packages when they are missing.
+# tmux and postgresql from Debian's packages when they are missing, promtool from
+# Debian's prometheus package (scripts/promtool.sh).
 # The disk-full test mounts a tmpfs, so it needs root (SLUICE_SKIP_MOUNT_TESTS=1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,9 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "not root: the PostgreSQL example test is skipped (scripts/pg.sh needs root)"
 fi
+# /metrics is checked by Prometheus's own promtool (crates/server/tests/http.rs).
+SLUICE_PROMTOOL="$(bash scripts/promtool.sh)"
+export SLUICE_PROMTOOL SLUICE_REQUIRE_PROMTOOL=1
 cargo test --workspace -j2 "$@"
 # Property-based API test from the OpenAPI document against the real server: schemathesis
 # (needs python3; installed from PyPI into target/ on first use), then about 15 s. A failure

@@ -1,5 +1,5 @@
 //! `sluice top`: a live terminal dashboard (ratatui). Queues with their depth, leased
-//! jobs, completion rate, failures and limits; the workers holding the selected queue's
+//! jobs, completion rate, wait and run p95 over the last minute, failures and limits; the workers holding the selected queue's
 //! jobs; keys to pause/resume a queue, retry its dead jobs, and filter by name.
 
 use std::collections::{BTreeMap, HashMap};
@@ -227,16 +227,36 @@ fn limits_text(queue: &QueueInfo) -> String {
         parts.push(format!("max {c}"));
     }
     if let Some(rate) = limits.rate {
-        let per = rate.per_ms;
-        let window = match per {
-            _ if per % 3_600_000 == 0 => format!("{}h", per / 3_600_000),
-            _ if per % 60_000 == 0 => format!("{}m", per / 60_000),
-            _ if per % 1_000 == 0 => format!("{}s", per / 1_000),
-            _ => format!("{per}ms"),
-        };
-        parts.push(format!("{}/{window}", rate.limit));
+        parts.push(rate_text(rate));
+    }
+    if let Some(c) = limits.key_concurrency {
+        parts.push(format!("key max {c}"));
+    }
+    if let Some(rate) = limits.key_rate {
+        parts.push(format!("key {}", rate_text(rate)));
     }
     parts.join(" ")
+}
+
+fn rate_text(rate: sluice_proto::RateLimit) -> String {
+    let per = rate.per_ms;
+    let window = match per {
+        _ if per.is_multiple_of(3_600_000) => format!("{}h", per / 3_600_000),
+        _ if per.is_multiple_of(60_000) => format!("{}m", per / 60_000),
+        _ if per.is_multiple_of(1_000) => format!("{}s", per / 1_000),
+        _ => format!("{per}ms"),
+    };
+    format!("{}/{window}", rate.limit)
+}
+
+/// A duration in ms, short: `12ms`, `1.5s`, `2.0m`; `-` without data.
+fn duration_text(ms: Option<u64>) -> String {
+    match ms {
+        None => "-".to_owned(),
+        Some(ms) if ms < 1_000 => format!("{ms}ms"),
+        Some(ms) if ms < 60_000 => format!("{:.1}s", ms as f64 / 1_000.0),
+        Some(ms) => format!("{:.1}m", ms as f64 / 60_000.0),
+    }
 }
 
 fn draw(frame: &mut Frame, app: &App) {
@@ -272,6 +292,8 @@ fn draw(frame: &mut Frame, app: &App) {
                 c.scheduled.to_string(),
                 c.leased.to_string(),
                 format!("{:.1}", app.rates.get(&q.name).copied().unwrap_or(0.0)),
+                duration_text(q.recent.and_then(|r| r.wait_p95_ms)),
+                duration_text(q.recent.and_then(|r| r.run_p95_ms)),
                 c.failed.to_string(),
                 c.dead.to_string(),
                 c.succeeded.to_string(),
@@ -295,8 +317,10 @@ fn draw(frame: &mut Frame, app: &App) {
             Constraint::Length(9),
             Constraint::Length(8),
             Constraint::Length(8),
+            Constraint::Length(8),
+            Constraint::Length(8),
             Constraint::Length(10),
-            Constraint::Length(18),
+            Constraint::Length(24),
         ],
     )
     .header(
@@ -307,6 +331,8 @@ fn draw(frame: &mut Frame, app: &App) {
             "SCHED",
             "LEASED",
             "DONE/S",
+            "WAIT95",
+            "RUN95",
             "RETRY",
             "DEAD",
             "SUCCEEDED",

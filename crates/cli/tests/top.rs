@@ -175,6 +175,30 @@ async fn top_shows_queues_and_workers_and_its_keys_pause_retry_and_filter() {
         .wait_screen("the worker mailer-7", |s| s.contains("mailer-7"))
         .await;
     assert!(screen.contains(&leased_id), "{screen}");
+    // Wait and run p95 over the last minute, as the API reports them: emails had a
+    // lease (a wait), reports a failed attempt (a run).
+    assert!(
+        screen.contains("WAIT95") && screen.contains("RUN95"),
+        "{screen}"
+    );
+    let short = |ms: &Value| match ms.as_u64() {
+        Some(ms) if ms < 1_000 => format!("{ms}ms"),
+        Some(ms) if ms < 60_000 => format!("{:.1}s", ms as f64 / 1_000.0),
+        Some(ms) => format!("{:.1}m", ms as f64 / 60_000.0),
+        None => panic!("no p95 in the API: {ms}"),
+    };
+    let wait = short(&get(&http, &base, "/v1/queues/emails").await["recent"]["wait_p95_ms"]);
+    let run = short(&get(&http, &base, "/v1/queues/reports").await["recent"]["run_p95_ms"]);
+    let emails = row(&screen, "emails").expect("emails row");
+    let reports = row(&screen, "reports").expect("reports row");
+    assert!(
+        emails.split_whitespace().any(|c| c == wait),
+        "wait p95 {wait}: {emails}"
+    );
+    assert!(
+        reports.split_whitespace().any(|c| c == run),
+        "run p95 {run}: {reports}"
+    );
 
     // p pauses the selected queue.
     tmux.keys(&["p"]);

@@ -991,6 +991,11 @@ impl State {
         self.ix.job_keys.get(&id).map(|k| &**k)
     }
 
+    /// The number of queue `name` (`queue_by_id` gives it back).
+    pub fn queue_id(&self, name: &str) -> Option<u32> {
+        self.ix.queue_ids.get(name).copied()
+    }
+
     pub fn queue_by_id(&self, id: u32) -> Option<&Queue> {
         self.ix.queues.get(id as usize)
     }

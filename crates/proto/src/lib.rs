@@ -549,6 +549,33 @@ pub struct QueueInfo {
     /// is still refilling. Shown when the queue has any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_keys: Option<u64>,
+    /// Wait and run times and outcomes over the last minute (in the queue and queue-list
+    /// views, not in the replies of admin actions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent: Option<QueueRecent>,
+}
+
+/// A queue over the last minute: wait time (due to leased) and run time (leased to
+/// finished) percentiles in ms, each reported as the upper bound of its bucket (at most
+/// 9 % above the true value), and finished attempts. Percentiles are absent without data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueueRecent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_p50_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_p95_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_p99_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_p50_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_p95_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_p99_ms: Option<u64>,
+    /// Attempts that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed, or whose lease expired.
+    pub failed: u64,
 }
 
 /// How one limit key of a queue stands: `GET /v1/queues/{queue}/keys/{key}`.

@@ -281,7 +281,32 @@ fn queue_view(queue: &sluice_core::Queue, now: i64) -> proto::QueueInfo {
         }),
         rate_tokens: queue.tokens(now),
         limit_keys: (queue.key_len() > 0).then_some(queue.key_len() as u64),
+        recent: None,
     }
+}
+
+/// The queue's view with its last minute from the metrics.
+fn queue_view_recent(
+    state: &State,
+    metrics: &crate::metrics::Metrics,
+    queue: &sluice_core::Queue,
+    now: i64,
+) -> proto::QueueInfo {
+    let mut view = queue_view(queue, now);
+    if let Some(id) = state.queue_id(&queue.name) {
+        let recent = metrics.recent(id, now);
+        view.recent = Some(proto::QueueRecent {
+            wait_p50_ms: recent.wait_p50_ms,
+            wait_p95_ms: recent.wait_p95_ms,
+            wait_p99_ms: recent.wait_p99_ms,
+            run_p50_ms: recent.run_p50_ms,
+            run_p95_ms: recent.run_p95_ms,
+            run_p99_ms: recent.run_p99_ms,
+            succeeded: recent.succeeded,
+            failed: recent.failed,
+        });
+    }
+    view
 }
 
 fn wire_rate(rate: sluice_core::Rate) -> proto::RateLimit {
@@ -1032,13 +1057,13 @@ pub async fn list_queues(
     let limit = page_limit(query.limit)?;
     let list = app
         .broker()?
-        .read(|s, now| {
+        .read_with_metrics(|s, metrics, now| {
             let page = s.queues_page(query.cursor.as_deref(), limit + 1);
             let more = page.len() > limit;
             let queues: Vec<proto::QueueInfo> = page
                 .into_iter()
                 .take(limit)
-                .map(|q| queue_view(q, now))
+                .map(|q| queue_view_recent(s, metrics, q, now))
                 .collect();
             let next_cursor = if more {
                 queues.last().map(|q| q.name.clone())
@@ -1071,7 +1096,9 @@ pub async fn get_queue(
 ) -> Result<Json<proto::QueueInfo>, ApiError> {
     Ok(Json(
         app.broker()?
-            .read(|s, now| queue_or_404(s, &name).map(|q| queue_view(q, now)))
+            .read_with_metrics(|s, metrics, now| {
+                queue_or_404(s, &name).map(|q| queue_view_recent(s, metrics, q, now))
+            })
             .await?,
     ))
 }
@@ -1242,6 +1269,25 @@ pub async fn purge_queue(
     Ok(Json(proto::PurgeResponse {
         purged: purged as u64,
     }))
+}
+
+// ---- metrics ------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
+pub async fn prometheus_metrics(
+    app: axum::extract::State<AppState>,
+) -> Result<impl IntoResponse, ApiError> {
+    let text = app
+        .broker()?
+        .read_with_metrics(|s, metrics, now| Ok(metrics.prometheus(s, now)))
+        .await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    ))
 }
 
 // ---- health -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use sluice_core::{Config as CoreConfig, CoreError, Decided, Event, Millis, State};
 use sluice_wal::{RecoveryReport, Replayed, Wal, WalOptions};
 
+use crate::metrics::Metrics;
 use crate::waiters::Waiters;
 
 use crate::error::ApiError;
@@ -32,6 +33,8 @@ pub struct Broker {
     wal: Wal,
     /// Parked long-polls, woken per queue as jobs become ready there.
     pub waiters: Waiters,
+    /// Counters and histograms fed by every decided event (locked after `state`).
+    pub metrics: Mutex<Metrics>,
     records_at_last_snapshot: AtomicU64,
     /// Log bytes appended since the last snapshot, and that snapshot's size: a snapshot
     /// is written only once the log has grown by at least the snapshot's own size, so
@@ -64,6 +67,7 @@ impl Broker {
             state: Mutex::new(state),
             wal,
             waiters: Waiters::default(),
+            metrics: Mutex::new(Metrics::default()),
             records_at_last_snapshot: AtomicU64::new(report.snapshot_lsn.unwrap_or(0)),
             log_bytes_since_snapshot: AtomicU64::new(0),
             last_snapshot_bytes: AtomicU64::new(snapshot_bytes),
@@ -108,9 +112,12 @@ impl Broker {
             let mut state = self.state.lock();
             let (events, reply) = command(&mut state, system_now_ms())?;
             let mut wake = Wakes::default();
+            let mut metrics = self.metrics.lock();
             for event in &events {
                 wake.ready_made(&state, event);
+                metrics.observe(&state, event);
             }
+            drop(metrics);
             // Batch callbacks the events enqueued (when a batch's last member finished).
             for queue in state.take_fired() {
                 let name = state.queue_name(queue).to_owned();
@@ -130,6 +137,16 @@ impl Broker {
             self.wal.wait_durable(lsn).await?;
         }
         Ok(reply)
+    }
+
+    /// Runs a read of the state and the metrics under their locks; answers once
+    /// everything it could have seen is durable.
+    pub async fn read_with_metrics<T>(
+        &self,
+        query: impl FnOnce(&State, &Metrics, Millis) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        self.read(|state, now| query(state, &self.metrics.lock(), now))
+            .await
     }
 
     /// Runs a read under the lock; answers once everything it could have seen is durable.

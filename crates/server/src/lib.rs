@@ -8,6 +8,7 @@ pub mod api;
 pub mod broker;
 pub mod conn;
 pub mod error;
+pub mod metrics;
 pub mod openapi;
 pub mod waiters;
 
@@ -88,6 +89,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::prometheus_metrics))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/jobs", post(api::enqueue))
         .route("/v1/jobs/batch", post(api::enqueue_batch))

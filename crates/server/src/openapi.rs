@@ -40,7 +40,8 @@ use crate::api;
         api::get_cron,
         api::remove_cron,
         api::healthz,
-        api::readyz
+        api::readyz,
+        api::prometheus_metrics
     ),
     components(schemas(
         proto::ErrorResponse,
@@ -76,6 +77,7 @@ use crate::api;
         proto::BatchResultResponse,
         proto::StateCounts,
         proto::QueueInfo,
+        proto::QueueRecent,
         proto::QueueLimits,
         proto::KeyInfo,
         proto::RateLimit,

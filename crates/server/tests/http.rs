@@ -2200,6 +2200,157 @@ async fn per_key_limits_hold_each_key_and_survive_a_restart() {
     server.stop().await;
 }
 
+// ---- metrics --------------------------------------------------------------------------
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+/// Runs `promtool check metrics` (Prometheus's own checker) on `text`, when
+/// `SLUICE_PROMTOOL` names one; `scripts/test.sh` provides it and requires it.
+fn promtool_check(text: &str) {
+    let Ok(promtool) = std::env::var("SLUICE_PROMTOOL") else {
+        assert!(
+            std::env::var("SLUICE_REQUIRE_PROMTOOL").is_err(),
+            "SLUICE_REQUIRE_PROMTOOL is set but SLUICE_PROMTOOL is not"
+        );
+        eprintln!("promtool check skipped: SLUICE_PROMTOOL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {promtool}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let output = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "promtool refused /metrics: {said}\n{text}"
+    );
+    // promtool also lints (names, units); it prints nothing when all is well.
+    assert!(said.trim().is_empty(), "promtool lint: {said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_what_happened_to_jobs_and_pass_promtool() {
+    let (_dir, server) = fresh().await;
+    for _ in 0..4 {
+        let mut job = spec("pm");
+        job["max_attempts"] = json!(1);
+        server.enqueue(job).await;
+    }
+    let (_, leased) = server
+        .post("/v1/lease", &json!({ "queues": ["pm"], "max_jobs": 2 }))
+        .await;
+    let jobs = leased["jobs"].as_array().expect("jobs").clone();
+    assert_eq!(jobs.len(), 2);
+    let (status, _) = server
+        .post(
+            &format!("/v1/jobs/{}/ack", jobs[0]["id"].as_str().expect("id")),
+            &json!({ "lease_id": jobs[0]["lease_id"] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = server
+        .post(
+            &format!("/v1/jobs/{}/fail", jobs[1]["id"].as_str().expect("id")),
+            &json!({ "lease_id": jobs[1]["lease_id"], "error": "boom" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, ready) = server.get("/v1/queues/pm/jobs?state=ready").await;
+    let cancel = ready["jobs"][0]["id"]
+        .as_str()
+        .expect("a ready job")
+        .to_owned();
+    let (status, _) = server
+        .post(&format!("/v1/jobs/{cancel}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+
+    let response = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = response.text().await.expect("body");
+    let total = |outcome: &str| {
+        sample(
+            &text,
+            &format!("sluice_jobs_total{{queue=\"pm\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(total("enqueued"), Some(4.0), "{text}");
+    assert_eq!(total("leased"), Some(2.0));
+    assert_eq!(total("succeeded"), Some(1.0));
+    assert_eq!(total("dead"), Some(1.0), "one attempt, failed");
+    assert_eq!(total("failed"), Some(0.0));
+    assert_eq!(total("cancelled"), Some(1.0));
+    let gauge = |state: &str| {
+        sample(
+            &text,
+            &format!("sluice_queue_jobs{{queue=\"pm\",state=\"{state}\"}}"),
+        )
+    };
+    assert_eq!(gauge("ready"), Some(1.0));
+    assert_eq!(gauge("succeeded"), Some(1.0));
+    assert_eq!(gauge("dead"), Some(1.0));
+    assert_eq!(
+        sample(&text, "sluice_job_wait_seconds_count{queue=\"pm\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "sluice_job_run_seconds_count{queue=\"pm\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sluice_job_run_seconds_bucket{queue=\"pm\",le=\"+Inf\"}"
+        ),
+        Some(2.0)
+    );
+    promtool_check(&text);
+
+    // The queue's view has the same minute: two waits, two runs, one success, one failure.
+    let (_, queue) = server.get("/v1/queues/pm").await;
+    let recent = &queue["recent"];
+    assert_eq!(
+        (recent["succeeded"].as_u64(), recent["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(recent["wait_p95_ms"].as_u64().is_some(), "{queue}");
+    assert!(recent["run_p99_ms"].as_u64().is_some(), "{queue}");
+    server.stop().await;
+}
+
 // ---- batches --------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

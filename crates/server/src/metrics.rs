@@ -1,0 +1,498 @@
+//! Job metrics, computed from the events the state machine decides (not from handlers):
+//! per queue, counters of what happened to jobs, and wait and run time histograms, both
+//! since the server started (for Prometheus) and over the last minute (percentiles for
+//! the API and `sluice top`). Fed by the broker under the state lock, so it sees each
+//! event once, in log order, with the state right after it. Events replayed at start-up
+//! are not counted: like every Prometheus counter, these start at zero with the process.
+
+use std::fmt::Write as _;
+
+use sluice_core::{Event, JobState, Millis, State};
+
+/// Upper bounds of the Prometheus histogram buckets, in milliseconds (`le` in seconds):
+/// from 5 ms to an hour, as a job's wait and run times span.
+const PROMETHEUS_BUCKETS_MS: [u64; 16] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000,
+    3_600_000,
+];
+/// The recent window: `WINDOW_SLOTS` slots of `SLOT_MS` (one minute).
+const SLOT_MS: Millis = 10_000;
+const WINDOW_SLOTS: usize = 6;
+/// Log-linear buckets for percentiles: 8 per doubling from 1 ms (each at most 9 % wide)
+/// up to about 6 hours; the first holds everything under 1 ms, the last everything above.
+const FINE_PER_DOUBLING: f64 = 8.0;
+const FINE_LEN: usize = 200;
+
+/// What can happen to a job, as counted in `sluice_jobs_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Enqueued,
+    Leased,
+    Succeeded,
+    /// An attempt failed and the job will run again.
+    Failed,
+    /// Out of attempts (failed or lease expired on the last one).
+    Dead,
+    /// A lease ran out (the job runs again or is dead: counted there too).
+    Expired,
+    Cancelled,
+    /// Retried by hand from the dead or failed set.
+    Retried,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 8] = [
+        Outcome::Enqueued,
+        Outcome::Leased,
+        Outcome::Succeeded,
+        Outcome::Failed,
+        Outcome::Dead,
+        Outcome::Expired,
+        Outcome::Cancelled,
+        Outcome::Retried,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Enqueued => "enqueued",
+            Outcome::Leased => "leased",
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Dead => "dead",
+            Outcome::Expired => "expired",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Retried => "retried",
+        }
+    }
+}
+
+/// A histogram with Prometheus's cumulative buckets, its sum and count.
+#[derive(Debug, Clone, Default)]
+struct Cumulative {
+    /// `buckets[i]`: observations at or under `PROMETHEUS_BUCKETS_MS[i]` (not yet summed:
+    /// each observation counts in its own bucket; the export sums them).
+    buckets: [u64; PROMETHEUS_BUCKETS_MS.len()],
+    sum_ms: u64,
+    count: u64,
+}
+
+impl Cumulative {
+    fn observe(&mut self, ms: u64) {
+        if let Some(i) = PROMETHEUS_BUCKETS_MS.iter().position(|&le| ms <= le) {
+            self.buckets[i] += 1;
+        }
+        self.sum_ms = self.sum_ms.saturating_add(ms);
+        self.count += 1;
+    }
+}
+
+/// Counts per log-linear bucket, for percentiles.
+#[derive(Debug, Clone)]
+struct Fine(Box<[u32; FINE_LEN]>);
+
+impl Default for Fine {
+    fn default() -> Self {
+        Fine(Box::new([0; FINE_LEN]))
+    }
+}
+
+fn fine_index(ms: u64) -> usize {
+    if ms < 1 {
+        return 0;
+    }
+    let i = 1 + ((ms as f64).log2() * FINE_PER_DOUBLING).floor() as usize;
+    i.min(FINE_LEN - 1)
+}
+
+/// The upper bound of fine bucket `i`, in ms (what a percentile in it reports).
+fn fine_upper_ms(i: usize) -> u64 {
+    if i == 0 {
+        return 1;
+    }
+    2f64.powf(i as f64 / FINE_PER_DOUBLING).ceil() as u64
+}
+
+impl Fine {
+    fn observe(&mut self, ms: u64) {
+        let slot = &mut self.0[fine_index(ms)];
+        *slot = slot.saturating_add(1);
+    }
+
+    fn add(&mut self, other: &Fine) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a = a.saturating_add(*b);
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.0.iter().map(|&c| u64::from(c)).sum()
+    }
+
+    /// The `q` quantile (0–1) as the upper bound of its bucket; `None` when empty.
+    fn quantile(&self, q: f64) -> Option<u64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
+        let mut seen = 0;
+        for (i, &c) in self.0.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= rank {
+                return Some(fine_upper_ms(i));
+            }
+        }
+        None
+    }
+}
+
+/// One 10-second slot of the recent window.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    /// `at / SLOT_MS` of the events in it.
+    id: i64,
+    wait: Fine,
+    run: Fine,
+    succeeded: u64,
+    failed: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct QueueMetrics {
+    totals: [u64; Outcome::ALL.len()],
+    wait: Cumulative,
+    run: Cumulative,
+    window: [Slot; WINDOW_SLOTS],
+}
+
+impl QueueMetrics {
+    fn slot(&mut self, at: Millis) -> &mut Slot {
+        let id = at.div_euclid(SLOT_MS);
+        let slot = &mut self.window[id.rem_euclid(WINDOW_SLOTS as i64) as usize];
+        if slot.id != id {
+            *slot = Slot {
+                id,
+                ..Slot::default()
+            };
+        }
+        slot
+    }
+
+    fn count(&mut self, outcome: Outcome) {
+        self.totals[outcome as usize] += 1;
+    }
+}
+
+/// Wait and run percentiles and rates of one queue over the last minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recent {
+    pub wait_p50_ms: Option<u64>,
+    pub wait_p95_ms: Option<u64>,
+    pub wait_p99_ms: Option<u64>,
+    pub run_p50_ms: Option<u64>,
+    pub run_p95_ms: Option<u64>,
+    pub run_p99_ms: Option<u64>,
+    pub succeeded: u64,
+    /// Attempts that failed (to retry or dead) or whose lease expired.
+    pub failed: u64,
+}
+
+/// Metrics of every queue, by queue number (queues are never removed).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    queues: Vec<QueueMetrics>,
+}
+
+impl Metrics {
+    fn queue(&mut self, id: u32) -> &mut QueueMetrics {
+        let i = id as usize;
+        if self.queues.len() <= i {
+            self.queues.resize_with(i + 1, QueueMetrics::default);
+        }
+        &mut self.queues[i]
+    }
+
+    /// Counts what `event` did; `state` is as right after it was applied.
+    pub fn observe(&mut self, state: &State, event: &Event) {
+        let ms = |d: Millis| u64::try_from(d).unwrap_or(0);
+        match event {
+            Event::Enqueued { jobs, .. }
+            | Event::EnqueuedKeyed { jobs, .. }
+            | Event::BatchEnqueued { jobs, .. } => {
+                for job in jobs {
+                    self.count_job(state, job.id, Outcome::Enqueued);
+                }
+            }
+            Event::CronFired { fired, .. } => {
+                for job in fired.iter().flat_map(|f| &f.jobs) {
+                    self.count_job(state, job.id, Outcome::Enqueued);
+                }
+            }
+            Event::Leased { at, jobs, .. } => {
+                for item in jobs {
+                    let Some(job) = state.job(item.id) else {
+                        continue;
+                    };
+                    // Waiting since it became due: enqueued, or its retry time come.
+                    let wait = ms(at.saturating_sub(job.run_at.max(job.enqueued_at())));
+                    let queue = self.queue(job.queue);
+                    queue.count(Outcome::Leased);
+                    queue.wait.observe(wait);
+                    queue.slot(*at).wait.observe(wait);
+                }
+            }
+            Event::Acked { at, ids } => {
+                for &id in ids {
+                    self.finished(state, id, *at, &[Outcome::Succeeded]);
+                }
+            }
+            Event::Failed { at, jobs } => {
+                for item in jobs {
+                    let outcome = match item.retry_at {
+                        Some(_) => Outcome::Failed,
+                        None => Outcome::Dead,
+                    };
+                    self.finished(state, item.id, *at, &[outcome]);
+                }
+            }
+            Event::Expired { at, jobs } => {
+                for &(id, retry_at) in jobs {
+                    let outcomes: &[Outcome] = match retry_at {
+                        Some(_) => &[Outcome::Expired],
+                        None => &[Outcome::Expired, Outcome::Dead],
+                    };
+                    self.finished(state, id, *at, outcomes);
+                }
+            }
+            Event::Cancelled { id, .. } => self.count_job(state, *id, Outcome::Cancelled),
+            Event::Retried { id, .. } => self.count_job(state, *id, Outcome::Retried),
+            _ => {}
+        }
+    }
+
+    fn count_job(&mut self, state: &State, id: u64, outcome: Outcome) {
+        if let Some(job) = state.job(id) {
+            self.queue(job.queue).count(outcome);
+        }
+    }
+
+    /// An attempt ended at `at`: its run time, and what it led to.
+    fn finished(&mut self, state: &State, id: u64, at: Millis, outcomes: &[Outcome]) {
+        let Some(job) = state.job(id) else {
+            return;
+        };
+        let leased_at = job
+            .extra()
+            .and_then(|e| e.history.last())
+            .map_or(at, |a| a.leased_at);
+        let run = u64::try_from(at.saturating_sub(leased_at)).unwrap_or(0);
+        let queue = self.queue(job.queue);
+        for &outcome in outcomes {
+            queue.count(outcome);
+        }
+        queue.run.observe(run);
+        let slot = queue.slot(at);
+        slot.run.observe(run);
+        if outcomes.contains(&Outcome::Succeeded) {
+            slot.succeeded += 1;
+        } else {
+            slot.failed += 1;
+        }
+    }
+
+    /// Queue `id` over the minute up to `now`.
+    pub fn recent(&self, id: u32, now: Millis) -> Recent {
+        let Some(queue) = self.queues.get(id as usize) else {
+            return Recent::default();
+        };
+        let newest = now.div_euclid(SLOT_MS);
+        let (mut wait, mut run) = (Fine::default(), Fine::default());
+        let mut recent = Recent::default();
+        for slot in &queue.window {
+            if slot.id > newest - WINDOW_SLOTS as i64 && slot.id <= newest {
+                wait.add(&slot.wait);
+                run.add(&slot.run);
+                recent.succeeded += slot.succeeded;
+                recent.failed += slot.failed;
+            }
+        }
+        recent.wait_p50_ms = wait.quantile(0.50);
+        recent.wait_p95_ms = wait.quantile(0.95);
+        recent.wait_p99_ms = wait.quantile(0.99);
+        recent.run_p50_ms = run.quantile(0.50);
+        recent.run_p95_ms = run.quantile(0.95);
+        recent.run_p99_ms = run.quantile(0.99);
+        recent
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every queue.
+    pub fn prometheus(&self, state: &State, now: Millis) -> String {
+        let mut out = String::new();
+        let queues: Vec<(u32, &str)> = (0..state.queue_len() as u32)
+            .map(|id| (id, state.queue_name(id)))
+            .collect();
+        let empty = QueueMetrics::default();
+        let of = |id: u32| self.queues.get(id as usize).unwrap_or(&empty);
+
+        header(
+            &mut out,
+            "sluice_jobs_total",
+            "counter",
+            "Jobs by queue and what happened to them, since the server started.",
+        );
+        for &(id, name) in &queues {
+            for outcome in Outcome::ALL {
+                let value = of(id).totals[outcome as usize];
+                let _ = writeln!(
+                    out,
+                    "sluice_jobs_total{{queue=\"{}\",outcome=\"{}\"}} {value}",
+                    escape(name),
+                    outcome.as_str()
+                );
+            }
+        }
+        header(
+            &mut out,
+            "sluice_queue_jobs",
+            "gauge",
+            "Jobs in each state now.",
+        );
+        for &(id, name) in &queues {
+            let Some(queue) = state.queue_by_id(id) else {
+                continue;
+            };
+            for job_state in JobState::ALL {
+                let _ = writeln!(
+                    out,
+                    "sluice_queue_jobs{{queue=\"{}\",state=\"{}\"}} {}",
+                    escape(name),
+                    job_state.as_str(),
+                    queue.count(job_state)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "sluice_queue_oldest_ready_seconds",
+            "gauge",
+            "Age of the oldest ready job (0 when none is ready).",
+        );
+        for &(id, name) in &queues {
+            let Some(queue) = state.queue_by_id(id) else {
+                continue;
+            };
+            let oldest = state
+                .jobs_page(queue, JobState::Ready, None, 1)
+                .first()
+                .map_or(0, |job| now.saturating_sub(job.enqueued_at()).max(0));
+            let _ = writeln!(
+                out,
+                "sluice_queue_oldest_ready_seconds{{queue=\"{}\"}} {}",
+                escape(name),
+                seconds(u64::try_from(oldest).unwrap_or(0))
+            );
+        }
+        for (metric, help, pick) in [
+            (
+                "sluice_job_wait_seconds",
+                "Time from a job being due (enqueued, or its retry time) to its lease.",
+                (|q: &QueueMetrics| &q.wait) as fn(&QueueMetrics) -> &Cumulative,
+            ),
+            (
+                "sluice_job_run_seconds",
+                "Time from a lease to its ack, fail or expiry.",
+                |q: &QueueMetrics| &q.run,
+            ),
+        ] {
+            header(&mut out, metric, "histogram", help);
+            for &(id, name) in &queues {
+                let histogram = pick(of(id));
+                let name = escape(name);
+                let mut cumulative = 0;
+                for (le, count) in PROMETHEUS_BUCKETS_MS.iter().zip(histogram.buckets) {
+                    cumulative += count;
+                    let _ = writeln!(
+                        out,
+                        "{metric}_bucket{{queue=\"{name}\",le=\"{}\"}} {cumulative}",
+                        seconds(*le)
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "{metric}_bucket{{queue=\"{name}\",le=\"+Inf\"}} {}",
+                    histogram.count
+                );
+                let _ = writeln!(
+                    out,
+                    "{metric}_sum{{queue=\"{name}\"}} {}",
+                    seconds(histogram.sum_ms)
+                );
+                let _ = writeln!(
+                    out,
+                    "{metric}_count{{queue=\"{name}\"}} {}",
+                    histogram.count
+                );
+            }
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Milliseconds as seconds, exactly (`1500` → `1.5`).
+fn seconds(ms: u64) -> String {
+    match ms % 1_000 {
+        0 => format!("{}", ms / 1_000),
+        rest => format!(
+            "{}.{}",
+            ms / 1_000,
+            format!("{rest:03}").trim_end_matches('0')
+        ),
+    }
+}
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fine_buckets_are_within_ten_percent_and_quantiles_pick_the_rank() {
+        for ms in [1u64, 2, 3, 7, 10, 99, 1_000, 12_345, 3_600_000] {
+            let upper = fine_upper_ms(fine_index(ms));
+            assert!(
+                upper >= ms && upper as f64 <= ms as f64 * 1.1 + 1.0,
+                "{ms} -> {upper}"
+            );
+        }
+        let mut fine = Fine::default();
+        for ms in 1..=100 {
+            fine.observe(ms);
+        }
+        let p50 = fine.quantile(0.5).expect("p50");
+        let p95 = fine.quantile(0.95).expect("p95");
+        assert!((50..=55).contains(&p50), "{p50}");
+        assert!((95..=104).contains(&p95), "{p95}");
+        assert_eq!(Fine::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn seconds_are_exact_decimals() {
+        assert_eq!(seconds(5), "0.005");
+        assert_eq!(seconds(250), "0.25");
+        assert_eq!(seconds(1_000), "1");
+        assert_eq!(seconds(3_600_000), "3600");
+        assert_eq!(seconds(1_500), "1.5");
+    }
+}
