@@ -1277,10 +1277,17 @@ pub async fn purge_queue(
 pub async fn prometheus_metrics(
     app: axum::extract::State<AppState>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let text = app
-        .broker()?
-        .read_with_metrics(|s, metrics, now| Ok(metrics.prometheus(s, now)))
+    let broker = app.broker()?;
+    let (mut text, jobs_len, now) = broker
+        .read_with_metrics(|s, metrics, now| Ok((metrics.prometheus(s, now), s.job_len(), now)))
         .await?;
+    crate::metrics::server_prometheus(
+        &mut text,
+        &broker.wal().stats(),
+        broker.last_snapshot_at_ms(),
+        jobs_len,
+        now,
+    );
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -4,7 +4,7 @@
 //! WAL (still under the lock, so log order is apply order), unlock, then wait until the
 //! record is durable before answering. Reads wait until everything they saw is durable.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +42,9 @@ pub struct Broker {
     log_bytes_since_snapshot: AtomicU64,
     last_snapshot_bytes: AtomicU64,
     pub snapshot_every_records: u64,
+    /// When the newest snapshot was written (ms since the epoch; 0 for none yet): the
+    /// file's modification time at start-up, then each snapshot's.
+    last_snapshot_at_ms: AtomicI64,
 }
 
 impl Broker {
@@ -53,6 +56,7 @@ impl Broker {
     ) -> Result<(Broker, RecoveryReport), sluice_wal::WalError> {
         let mut state = State::new(config);
         let mut snapshot_bytes = 0;
+        let options_dir = options.dir.clone();
         let (wal, report) = Wal::open(options, &mut |item| match item {
             Replayed::Snapshot { bytes, .. } => {
                 snapshot_bytes = bytes.len() as u64;
@@ -72,6 +76,7 @@ impl Broker {
             log_bytes_since_snapshot: AtomicU64::new(0),
             last_snapshot_bytes: AtomicU64::new(snapshot_bytes),
             snapshot_every_records,
+            last_snapshot_at_ms: AtomicI64::new(newest_snapshot_at_ms(&options_dir)),
         };
         Ok((broker, report))
     }
@@ -228,6 +233,8 @@ impl Broker {
         self.records_at_last_snapshot.store(lsn, Ordering::Relaxed);
         self.last_snapshot_bytes
             .store(snapshot_bytes, Ordering::Relaxed);
+        self.last_snapshot_at_ms
+            .store(system_now_ms(), Ordering::Relaxed);
         self.log_bytes_since_snapshot
             .fetch_sub(log_bytes_covered, Ordering::Relaxed);
         tracing::info!(
@@ -239,6 +246,11 @@ impl Broker {
         Ok(())
     }
 
+    /// When the newest snapshot was written, if any.
+    pub fn last_snapshot_at_ms(&self) -> Option<Millis> {
+        Some(self.last_snapshot_at_ms.load(Ordering::Relaxed)).filter(|&at| at > 0)
+    }
+
     pub fn close(&self) -> Result<(), sluice_wal::WalError> {
         self.wal.close()
     }
@@ -246,6 +258,25 @@ impl Broker {
     pub fn tick_interval() -> Duration {
         Duration::from_millis(50)
     }
+}
+
+/// The modification time of the newest snapshot file in `dir` (0 for none).
+fn newest_snapshot_at_ms(dir: &std::path::Path) -> Millis {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| sluice_wal::parse_snapshot_file_name(n).is_some())
+        })
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .filter_map(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as Millis)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Jobs made ready by a change, per queue: how many pollers to wake where.

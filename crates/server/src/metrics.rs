@@ -7,7 +7,9 @@
 
 use std::fmt::Write as _;
 
+use rustc_hash::FxHashMap;
 use sluice_core::{Event, JobState, Millis, State};
+use sluice_wal::{WalStats, FSYNC_BUCKETS_US};
 
 /// Upper bounds of the Prometheus histogram buckets, in milliseconds (`le` in seconds):
 /// from 5 ms to an hour, as a job's wait and run times span.
@@ -159,7 +161,6 @@ struct Slot {
 
 #[derive(Debug, Clone, Default)]
 struct QueueMetrics {
-    totals: [u64; Outcome::ALL.len()],
     wait: Cumulative,
     run: Cumulative,
     window: [Slot; WINDOW_SLOTS],
@@ -176,10 +177,6 @@ impl QueueMetrics {
             };
         }
         slot
-    }
-
-    fn count(&mut self, outcome: Outcome) {
-        self.totals[outcome as usize] += 1;
     }
 }
 
@@ -201,6 +198,8 @@ pub struct Recent {
 #[derive(Debug, Default)]
 pub struct Metrics {
     queues: Vec<QueueMetrics>,
+    /// Outcome counters per `(queue, kind)` number, for the pairs seen.
+    totals: FxHashMap<(u32, u32), [u64; Outcome::ALL.len()]>,
 }
 
 impl Metrics {
@@ -235,8 +234,8 @@ impl Metrics {
                     };
                     // Waiting since it became due: enqueued, or its retry time come.
                     let wait = ms(at.saturating_sub(job.run_at.max(job.enqueued_at())));
+                    self.count(job.queue, job.kind, Outcome::Leased);
                     let queue = self.queue(job.queue);
-                    queue.count(Outcome::Leased);
                     queue.wait.observe(wait);
                     queue.slot(*at).wait.observe(wait);
                 }
@@ -270,9 +269,13 @@ impl Metrics {
         }
     }
 
+    fn count(&mut self, queue: u32, kind: u32, outcome: Outcome) {
+        self.totals.entry((queue, kind)).or_default()[outcome as usize] += 1;
+    }
+
     fn count_job(&mut self, state: &State, id: u64, outcome: Outcome) {
         if let Some(job) = state.job(id) {
-            self.queue(job.queue).count(outcome);
+            self.count(job.queue, job.kind, outcome);
         }
     }
 
@@ -286,10 +289,10 @@ impl Metrics {
             .and_then(|e| e.history.last())
             .map_or(at, |a| a.leased_at);
         let run = u64::try_from(at.saturating_sub(leased_at)).unwrap_or(0);
-        let queue = self.queue(job.queue);
         for &outcome in outcomes {
-            queue.count(outcome);
+            self.count(job.queue, job.kind, outcome);
         }
+        let queue = self.queue(job.queue);
         queue.run.observe(run);
         let slot = queue.slot(at);
         slot.run.observe(run);
@@ -338,16 +341,24 @@ impl Metrics {
             &mut out,
             "sluice_jobs_total",
             "counter",
-            "Jobs by queue and what happened to them, since the server started.",
+            "Jobs by queue, kind and what happened to them, since the server started.",
         );
-        for &(id, name) in &queues {
+        let mut pairs: Vec<(&str, &str, &[u64; Outcome::ALL.len()])> = self
+            .totals
+            .iter()
+            .map(|(&(queue, kind), totals)| {
+                (state.queue_name(queue), state.kind_name(kind), totals)
+            })
+            .collect();
+        pairs.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (queue, kind, totals) in pairs {
+            let (queue, kind) = (escape(queue), escape(kind));
             for outcome in Outcome::ALL {
-                let value = of(id).totals[outcome as usize];
                 let _ = writeln!(
                     out,
-                    "sluice_jobs_total{{queue=\"{}\",outcome=\"{}\"}} {value}",
-                    escape(name),
-                    outcome.as_str()
+                    "sluice_jobs_total{{queue=\"{queue}\",kind=\"{kind}\",outcome=\"{}\"}} {}",
+                    outcome.as_str(),
+                    totals[outcome as usize]
                 );
             }
         }
@@ -435,6 +446,175 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// The server's own metrics: its log, snapshots, jobs in memory, and the process
+/// (Prometheus's standard `process_*` names, read from Linux's `/proc`).
+pub fn server_prometheus(
+    out: &mut String,
+    wal: &WalStats,
+    last_snapshot_at_ms: Option<Millis>,
+    jobs_len: usize,
+    now: Millis,
+) {
+    header(
+        out,
+        "sluice_wal_fsync_seconds",
+        "histogram",
+        "Time each fdatasync of the write-ahead log took.",
+    );
+    let mut cumulative = 0;
+    for (le, count) in FSYNC_BUCKETS_US.iter().zip(wal.fsync_buckets) {
+        cumulative += count;
+        let _ = writeln!(
+            out,
+            "sluice_wal_fsync_seconds_bucket{{le=\"{}\"}} {cumulative}",
+            micros_as_seconds(*le)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "sluice_wal_fsync_seconds_bucket{{le=\"+Inf\"}} {}",
+        wal.fsync_count
+    );
+    let _ = writeln!(
+        out,
+        "sluice_wal_fsync_seconds_sum {}",
+        micros_as_seconds(wal.fsync_sum_us)
+    );
+    let _ = writeln!(out, "sluice_wal_fsync_seconds_count {}", wal.fsync_count);
+    let wal_bytes: u64 = wal
+        .segments
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    header(
+        out,
+        "sluice_wal_bytes",
+        "gauge",
+        "Bytes of the write-ahead log's segment files.",
+    );
+    let _ = writeln!(out, "sluice_wal_bytes {wal_bytes}");
+    header(
+        out,
+        "sluice_wal_segments",
+        "gauge",
+        "Segment files of the write-ahead log.",
+    );
+    let _ = writeln!(out, "sluice_wal_segments {}", wal.segments.len());
+    if let Some(at) = last_snapshot_at_ms {
+        header(
+            out,
+            "sluice_snapshot_age_seconds",
+            "gauge",
+            "Time since the newest snapshot was written.",
+        );
+        let age = u64::try_from(now.saturating_sub(at)).unwrap_or(0);
+        let _ = writeln!(out, "sluice_snapshot_age_seconds {}", seconds(age));
+    }
+    header(
+        out,
+        "sluice_jobs",
+        "gauge",
+        "Jobs held by the server, in every state.",
+    );
+    let _ = writeln!(out, "sluice_jobs {jobs_len}");
+    if let Some(process) = Process::read() {
+        header(
+            out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        let _ = writeln!(out, "process_resident_memory_bytes {}", process.rss_bytes);
+        header(
+            out,
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+        );
+        let _ = writeln!(
+            out,
+            "process_cpu_seconds_total {}",
+            process.cpu_ticks as f64 / CLOCK_TICKS_PER_S
+        );
+        header(
+            out,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
+        let _ = writeln!(out, "process_open_fds {}", process.open_fds);
+        header(
+            out,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+        );
+        let _ = writeln!(out, "process_start_time_seconds {}", process.start_time_s);
+    }
+}
+
+/// Linux's `USER_HZ`, the unit of CPU times in `/proc`: 100 on every mainstream
+/// architecture (the kernel fixes it for user space whatever its own tick rate).
+const CLOCK_TICKS_PER_S: f64 = 100.0;
+
+/// What `/proc` says about this process.
+struct Process {
+    rss_bytes: u64,
+    cpu_ticks: u64,
+    open_fds: usize,
+    start_time_s: u64,
+}
+
+impl Process {
+    fn read() -> Option<Process> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        // Fields after the command name (which may hold spaces), from field 3 (state).
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let fields: Vec<&str> = stat
+            .get(stat.rfind(')')? + 2..)?
+            .split_whitespace()
+            .collect();
+        let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+        let cpu_ticks = field(14)? + field(15)?;
+        let started_ticks = field(22)?;
+        let boot_s: u64 = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
+        Some(Process {
+            rss_bytes: rss_kib * 1024,
+            cpu_ticks,
+            open_fds,
+            start_time_s: boot_s + started_ticks / CLOCK_TICKS_PER_S as u64,
+        })
+    }
+}
+
+/// Microseconds as seconds, exactly.
+fn micros_as_seconds(us: u64) -> String {
+    match us % 1_000_000 {
+        0 => format!("{}", us / 1_000_000),
+        rest => format!(
+            "{}.{}",
+            us / 1_000_000,
+            format!("{rest:06}").trim_end_matches('0')
+        ),
     }
 }
 

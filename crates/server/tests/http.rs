@@ -2304,7 +2304,7 @@ async fn prometheus_metrics_count_what_happened_to_jobs_and_pass_promtool() {
     let total = |outcome: &str| {
         sample(
             &text,
-            &format!("sluice_jobs_total{{queue=\"pm\",outcome=\"{outcome}\"}}"),
+            &format!("sluice_jobs_total{{queue=\"pm\",kind=\"email.send\",outcome=\"{outcome}\"}}"),
         )
     };
     assert_eq!(total("enqueued"), Some(4.0), "{text}");
@@ -2337,6 +2337,15 @@ async fn prometheus_metrics_count_what_happened_to_jobs_and_pass_promtool() {
         ),
         Some(2.0)
     );
+    // The server's own: every acknowledged write was fdatasync'd (fsync always).
+    assert!(
+        sample(&text, "sluice_wal_fsync_seconds_count").is_some_and(|n| n >= 5.0),
+        "{text}"
+    );
+    assert!(sample(&text, "sluice_wal_bytes").is_some_and(|n| n > 0.0));
+    assert_eq!(sample(&text, "sluice_jobs"), Some(4.0));
+    assert!(sample(&text, "process_resident_memory_bytes").is_some_and(|n| n > 1e6));
+    assert!(sample(&text, "process_open_fds").is_some_and(|n| n > 3.0));
     promtool_check(&text);
 
     // The queue's view has the same minute: two waits, two runs, one success, one failure.

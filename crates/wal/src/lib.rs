@@ -53,8 +53,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use format::{
-    FRAME_HEADER_BYTES, RECORD_BYTES_MAX, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
-    SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
+    parse_snapshot_file_name, FRAME_HEADER_BYTES, RECORD_BYTES_MAX, SEGMENT_HEADER_BYTES,
+    SEGMENT_MAGIC, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
 };
 pub use fs::{Cut, Fs, FsFile, RealFs, SimFs};
 pub use repair::{
@@ -62,7 +62,7 @@ pub use repair::{
     SnapshotInfo,
 };
 pub use scan::{Problem, ProblemKind};
-pub use wal::Wal;
+pub use wal::{Wal, WalStats, FSYNC_BUCKETS_US};
 
 /// Log sequence number: records are numbered from 0 with no gaps.
 pub type Lsn = u64;

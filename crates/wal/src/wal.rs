@@ -2,7 +2,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -51,6 +51,28 @@ struct Shared {
     /// Segment files oldest first; the last one is the active segment.
     segments: Mutex<Vec<(Lsn, PathBuf)>>,
     fail_next_fsync: AtomicBool,
+    /// fdatasync latencies of the log (not of snapshots): counts per bucket, sum, count.
+    fsync_buckets: [AtomicU64; FSYNC_BUCKETS_US.len()],
+    fsync_sum_us: AtomicU64,
+    fsync_count: AtomicU64,
+}
+
+/// Upper bounds of the fsync latency buckets, in microseconds: 100 µs to 1 s, as a local
+/// SSD (tens of µs to a few ms) and a struggling network disk (hundreds of ms) span.
+pub const FSYNC_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// What the log has done since it was opened, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// fdatasyncs of the log per bucket of `FSYNC_BUCKETS_US` (each counted once, in the
+    /// first bucket it fits; slower ones only in the count).
+    pub fsync_buckets: [u64; FSYNC_BUCKETS_US.len()],
+    pub fsync_sum_us: u64,
+    pub fsync_count: u64,
+    /// Segment files now, oldest first.
+    pub segments: Vec<PathBuf>,
 }
 
 struct State {
@@ -252,6 +274,9 @@ impl Wal {
             durable_tx,
             segments: Mutex::new(segments),
             fail_next_fsync: AtomicBool::new(false),
+            fsync_buckets: Default::default(),
+            fsync_sum_us: AtomicU64::new(0),
+            fsync_count: AtomicU64::new(0),
         });
         let writer = Writer {
             shared: Arc::clone(&shared),
@@ -342,6 +367,26 @@ impl Wal {
 
     pub fn is_poisoned(&self) -> bool {
         self.handle.shared.state.lock().poisoned
+    }
+
+    /// fsync latencies and segment files, for metrics.
+    pub fn stats(&self) -> WalStats {
+        let shared = &self.handle.shared;
+        let mut fsync_buckets = [0; FSYNC_BUCKETS_US.len()];
+        for (out, bucket) in fsync_buckets.iter_mut().zip(&shared.fsync_buckets) {
+            *out = bucket.load(Ordering::Relaxed);
+        }
+        WalStats {
+            fsync_buckets,
+            fsync_sum_us: shared.fsync_sum_us.load(Ordering::Relaxed),
+            fsync_count: shared.fsync_count.load(Ordering::Relaxed),
+            segments: shared
+                .segments
+                .lock()
+                .iter()
+                .map(|(_, p)| p.clone())
+                .collect(),
+        }
     }
 
     /// The directory this log lives in.
@@ -611,7 +656,15 @@ impl Writer {
         if self.shared.fail_next_fsync.swap(false, Ordering::SeqCst) {
             return Err(io::Error::other("injected fsync failure"));
         }
+        let started = Instant::now();
         self.file.sync_data()?;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let shared = &self.shared;
+        if let Some(i) = FSYNC_BUCKETS_US.iter().position(|&le| micros <= le) {
+            shared.fsync_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        shared.fsync_sum_us.fetch_add(micros, Ordering::Relaxed);
+        shared.fsync_count.fetch_add(1, Ordering::Relaxed);
         self.synced_end = self.written_end;
         self.last_sync = Instant::now();
         Ok(())
