@@ -76,6 +76,10 @@ enum Command {
         /// Open connections; past it a new one is answered 503 too_many_connections.
         #[arg(long, default_value_t = sluice_proto::limits::CONNECTIONS_MAX)]
         connections_max: usize,
+        /// A registered worker not heard from for this long is dropped and its leases
+        /// end at once.
+        #[arg(long, default_value_t = sluice_proto::limits::WORKER_STALE_MS_DEFAULT)]
+        worker_stale_ms: u64,
     },
     /// Enqueue one job.
     Enqueue {
@@ -312,6 +316,7 @@ async fn run(cli: Cli) -> Result<()> {
             snapshot_every_records,
             shutdown_grace_ms,
             connections_max,
+            worker_stale_ms,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -337,6 +342,7 @@ async fn run(cli: Cli) -> Result<()> {
                 shutdown_grace_ms,
                 connections_max,
                 header_read_timeout_ms: sluice_proto::limits::HEADER_READ_TIMEOUT_MS,
+                worker_stale_ms,
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -13,7 +13,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table, TableState};
 use ratatui::{DefaultTerminal, Frame};
 use serde_json::json;
-use sluice_proto::{Job, JobList, QueueInfo, QueueList};
+use sluice_proto::{Job, JobList, QueueInfo, QueueList, WorkerInfo, WorkerList};
 
 use crate::client::Client;
 
@@ -26,8 +26,11 @@ struct App {
     /// Finished jobs (succeeded + dead) per queue at the previous refresh, for rates.
     previous: HashMap<String, (Instant, u64)>,
     rates: HashMap<String, f64>,
-    /// Leased jobs of the selected queue by worker name.
+    /// Leased jobs of the selected queue by worker name (registered workers that lease
+    /// from it too, with none).
     workers: BTreeMap<String, Vec<Job>>,
+    /// Registered workers by name.
+    registered: HashMap<String, WorkerInfo>,
     selected: usize,
     filter: String,
     editing_filter: bool,
@@ -67,7 +70,19 @@ impl App {
         let visible = self.visible().len();
         self.selected = self.selected.min(visible.saturating_sub(1));
         self.workers.clear();
+        let registered: WorkerList = serde_json::from_value(client.get("/v1/workers").await?)
+            .context("the worker list is not what this version of sluice expects")?;
+        self.registered = registered
+            .workers
+            .into_iter()
+            .map(|w| (w.name.clone(), w))
+            .collect();
         if let Some(queue) = self.selected_queue() {
+            for worker in self.registered.values() {
+                if worker.queues.contains(&queue) {
+                    self.workers.entry(worker.name.clone()).or_default();
+                }
+            }
             let jobs: JobList = serde_json::from_value(
                 client
                     .get(&format!("/v1/queues/{queue}/jobs?state=leased&limit=1000"))
@@ -134,6 +149,7 @@ pub async fn run(url: &str, interval: Duration) -> Result<()> {
         previous: HashMap::new(),
         rates: HashMap::new(),
         workers: BTreeMap::new(),
+        registered: HashMap::new(),
         selected: 0,
         filter: String::new(),
         editing_filter: false,
@@ -361,9 +377,20 @@ fn draw(frame: &mut Frame, app: &App) {
             } else {
                 String::new()
             };
+            // Registered workers report their host and how full they are (all queues).
+            let registered = app.registered.get(worker);
+            let host = registered
+                .and_then(|w| w.host.clone())
+                .unwrap_or_else(|| "-".to_owned());
+            let busy = registered.map_or("-".to_owned(), |w| match w.concurrency {
+                Some(c) => format!("{}/{c}", w.current_jobs.len()),
+                None => w.current_jobs.len().to_string(),
+            });
             Row::new(vec![
                 worker.clone(),
+                host,
                 jobs.len().to_string(),
+                busy,
                 format!("{}{more}", current.join(", ")),
             ])
         })
@@ -372,12 +399,14 @@ fn draw(frame: &mut Frame, app: &App) {
         worker_rows,
         [
             Constraint::Length(28),
+            Constraint::Length(16),
             Constraint::Length(6),
+            Constraint::Length(9),
             Constraint::Min(20),
         ],
     )
     .header(
-        Row::new(vec!["WORKER", "JOBS", "CURRENT JOBS"])
+        Row::new(vec!["WORKER", "HOST", "JOBS", "BUSY", "CURRENT JOBS"])
             .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .block(

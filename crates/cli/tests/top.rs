@@ -175,6 +175,20 @@ async fn top_shows_queues_and_workers_and_its_keys_pause_retry_and_filter() {
         .wait_screen("the worker mailer-7", |s| s.contains("mailer-7"))
         .await;
     assert!(screen.contains(&leased_id), "{screen}");
+    // A registered worker that leases from emails is listed with its host.
+    let client = reqwest::Client::new();
+    let registered = client
+        .put(format!("{base}/v1/workers/reg-9"))
+        .json(&json!({ "host": "box-9", "concurrency": 4, "queues": ["emails"] }))
+        .send()
+        .await
+        .expect("PUT worker");
+    assert_eq!(registered.status(), 200);
+    let screen = tmux
+        .wait_screen("the registered worker reg-9", |s| s.contains("reg-9"))
+        .await;
+    let reg = row(&screen, "reg-9").expect("reg-9 row");
+    assert!(reg.contains("box-9") && reg.contains("0/4"), "{reg}");
     // Wait and run p95 over the last minute, as the API reports them: emails had a
     // lease (a wait), reports a failed attempt (a run).
     assert!(

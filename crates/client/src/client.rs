@@ -10,7 +10,7 @@ use sluice_proto::{
     AckBatchRequest, AckItem, Backoff, BatchCreated, BatchInfo, BatchRequest, BatchResultResponse,
     EnqueueBatchRequest, EnqueueBatchResponse, EnqueueResult, ErrorResponse, FailBatchRequest,
     FailItem, HeartbeatRequest, HeartbeatResponse, ItemResult, Job, JobSpec, KeyInfo, LeaseRequest,
-    LeaseResponse, QueueInfo, QueueLimits, RateLimit,
+    LeaseResponse, QueueInfo, QueueLimits, RateLimit, WorkerBeat, WorkerInfo, WorkerList,
 };
 
 /// What a call can fail with.
@@ -400,6 +400,42 @@ impl Client {
             .post("/v1/fail", &FailBatchRequest { fails }, None)
             .await?;
         Ok(reply.results)
+    }
+
+    /// Registers worker `name`, or says it is still alive (`PUT /v1/workers/{name}`).
+    pub async fn beat_worker(&self, name: &str, beat: &WorkerBeat) -> Result<WorkerInfo> {
+        let name = sluice_proto::encode_path_segment(name);
+        let response = self
+            .http
+            .put(format!("{}/v1/workers/{name}", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .json(beat)
+            .send()
+            .await
+            .map_err(Error::Transport)?;
+        reply(response).await
+    }
+
+    /// Unregisters worker `name` (jobs it holds keep their leases).
+    pub async fn remove_worker(&self, name: &str) -> Result<()> {
+        let name = sluice_proto::encode_path_segment(name);
+        let response = self
+            .http
+            .delete(format!("{}/v1/workers/{name}", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(Error::Transport)?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        reply::<serde_json::Value>(response).await.map(|_| ())
+    }
+
+    /// The registered workers with the jobs they hold.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        let list: WorkerList = self.get("/v1/workers").await?;
+        Ok(list.workers)
     }
 
     async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R> {

@@ -12,10 +12,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use sluice_proto::limits::{self, truncate_utf8};
-use sluice_proto::{rfc3339, AckItem, FailItem, LeasedJob};
+use sluice_proto::{rfc3339, AckItem, FailItem, LeasedJob, WorkerBeat};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use crate::client::{Client, Error, QueueOrder};
+
+/// How often a running worker tells the server it is alive (`PUT /v1/workers/{name}`): a
+/// sixth of the server's default stale time, so a few lost beats do not drop it.
+pub const BEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why a handler's job was cancelled; see [`Job::cancelled`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -334,6 +338,28 @@ impl Worker {
             Arc::clone(&shared),
         ));
 
+        // Registration and liveness: a beat now and every BEAT_INTERVAL; the server drops
+        // a worker it has not heard from (beats, polls, heartbeats) and ends its leases.
+        let beat = WorkerBeat {
+            host: Some(hostname()),
+            pid: Some(std::process::id()),
+            version: Some(format!("sluice-client {}", env!("CARGO_PKG_VERSION"))),
+            concurrency: u32::try_from(self.concurrency).ok(),
+            queues: self.queues.clone(),
+        };
+        let beater = {
+            let (client, name) = (self.client.clone(), self.name.clone());
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(BEAT_INTERVAL);
+                loop {
+                    interval.tick().await;
+                    if let Err(error) = client.beat_worker(&name, &beat).await {
+                        tracing::debug!(%error, "worker beat failed");
+                    }
+                }
+            })
+        };
+
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
         // The shutdown future is never polled again once it has resolved: every branch
@@ -446,6 +472,15 @@ impl Worker {
         }
         drop(done_tx);
         let _ = acker.await;
+        beater.abort();
+        // Best effort, briefly: a server that is down forgets the worker by itself.
+        let removed = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.client.remove_worker(&self.name),
+        );
+        if let Ok(Err(error)) = removed.await {
+            tracing::debug!(%error, "worker unregistration failed");
+        }
         result.map(|()| shared.counters.report())
     }
 }

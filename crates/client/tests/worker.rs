@@ -808,3 +808,44 @@ async fn per_key_concurrency_holds_for_each_customer_across_a_wide_worker() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_registers_itself_and_unregisters_at_shutdown() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    let worker = Worker::new(client.clone(), ["reg-a", "reg-b"])
+        .name("reporter-1")
+        .concurrency(3)
+        .handle("noop", |_job: Job<serde_json::Value>| async {
+            Ok::<(), String>(())
+        });
+    let (stop, handle) = spawn_worker(worker);
+    wait_for("the worker to register", || async {
+        client
+            .workers()
+            .await
+            .expect("workers")
+            .iter()
+            .any(|w| w.name == "reporter-1")
+    })
+    .await;
+    let workers = client.workers().await.expect("workers");
+    let me = workers
+        .iter()
+        .find(|w| w.name == "reporter-1")
+        .expect("registered");
+    assert_eq!(me.concurrency, Some(3));
+    assert_eq!(me.queues, vec!["reg-a".to_owned(), "reg-b".to_owned()]);
+    assert_eq!(me.pid, Some(std::process::id()));
+    assert!(me
+        .version
+        .as_deref()
+        .is_some_and(|v| v.starts_with("sluice-client")));
+    stop_worker(stop, handle).await;
+    assert!(
+        client.workers().await.expect("workers").is_empty(),
+        "unregistered at shutdown"
+    );
+    server.stop().await;
+}

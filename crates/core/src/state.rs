@@ -123,6 +123,14 @@ impl Job {
         self.extra.as_deref()
     }
 
+    /// The worker named on the current attempt of a leased job.
+    pub fn worker(&self) -> Option<&str> {
+        if self.state != JobState::Leased {
+            return None;
+        }
+        self.extra()?.history.last()?.worker.as_deref()
+    }
+
     fn extra_mut(&mut self) -> &mut JobExtra {
         self.extra.get_or_insert_with(Default::default)
     }
@@ -1612,6 +1620,28 @@ impl State {
             .collect();
         let len = jobs.len();
         self.commit_infallible(len, (len > 0).then_some(Event::Expired { at: now, jobs }))
+    }
+
+    /// Ends now every lease held by `worker` (the name on the jobs' current attempts), as
+    /// if each had run out: for a worker known to be gone, so its jobs need not wait for
+    /// their timeouts. Each job runs again now, or is dead on its last attempt.
+    pub fn expire_worker_leases(&mut self, now: Millis, worker: &str) -> Decided<usize> {
+        let jobs: Vec<(JobId, Option<Millis>)> = self
+            .leased_jobs()
+            .filter(|job| job.worker() == Some(worker))
+            .take(TICK_BATCH_LEN_MAX)
+            .map(|job| (job.id, (job.attempts < job.max_attempts).then_some(now)))
+            .collect();
+        let len = jobs.len();
+        self.commit_infallible(len, (len > 0).then_some(Event::Expired { at: now, jobs }))
+    }
+
+    /// Every leased job, by lease expiry.
+    pub fn leased_jobs(&self) -> impl Iterator<Item = &Job> {
+        self.ix
+            .lease_expiry
+            .iter()
+            .filter_map(|(_, id)| self.jobs.get(id))
     }
 
     /// Forgets finished jobs past the retention time or count.

@@ -739,3 +739,66 @@ pub fn encode_path_segment(text: &str) -> String {
     }
     out
 }
+
+/// `PUT /v1/workers/{name}`: a worker registers, or says it is still alive. Every field is
+/// optional; the last beat's values are kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerBeat {
+    /// At most `limits::WORKER_HOST_BYTES_MAX` bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 256)]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// At most `limits::WORKER_VERSION_BYTES_MAX` bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 64)]
+    pub version: Option<String>,
+    /// Handlers it runs at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 100)]
+    pub queues: Vec<String>,
+}
+
+/// A job a worker holds now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkerJob {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    pub leased_at: String,
+}
+
+/// A registered worker: what it said, when it was last heard from, what it runs now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkerInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
+    pub registered_at: String,
+    /// Its last beat, lease poll or job heartbeat.
+    pub last_seen_at: String,
+    /// When it is dropped (and its leases end) unless heard from again.
+    pub stale_at: String,
+    pub current_jobs: Vec<WorkerJob>,
+    /// Jobs held / concurrency, when it gave its concurrency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilisation: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkerList {
+    pub workers: Vec<WorkerInfo>,
+}

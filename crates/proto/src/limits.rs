@@ -82,6 +82,15 @@ pub const ERROR_BYTES_MAX: usize = 4_096;
 pub const PROGRESS_BYTES_MAX: usize = 4_096;
 /// Worker names.
 pub const WORKER_BYTES_MAX: usize = 256;
+/// Registered workers (`PUT /v1/workers/{name}`); past it 429 `too_many_workers`.
+pub const WORKERS_MAX: usize = 10_000;
+/// A registered worker's `host` and `version`.
+pub const WORKER_HOST_BYTES_MAX: usize = 256;
+pub const WORKER_VERSION_BYTES_MAX: usize = 64;
+/// A registered worker not heard from for this long (no beat, lease poll or job
+/// heartbeat naming it) is gone: it is dropped and its leases end at once. The SDK beats
+/// every 5 s.
+pub const WORKER_STALE_MS_DEFAULT: u64 = 30_000;
 /// Jobs per page when listing; default 100.
 pub const LIST_LIMIT_MAX: usize = 1_000;
 pub const LIST_LIMIT_DEFAULT: usize = 100;

@@ -601,10 +601,20 @@ pub async fn heartbeat(
     let id = parse_id(&id)?;
     let lease_id = parse_lease_id(&request.lease_id, "lease_id")?;
     let progress = request.progress.map(|p| p.get().to_owned());
-    let expires_at = app
-        .broker()?
-        .execute(|s, now| s.heartbeat(now, id, lease_id, progress))
+    let broker = app.broker()?;
+    let (expires_at, worker) = broker
+        .execute(|s, now| {
+            let (event, expires_at) = s.heartbeat(now, id, lease_id, progress)?;
+            let worker = s.job(id).and_then(|j| j.worker()).map(str::to_owned);
+            Ok((event, (expires_at, worker)))
+        })
         .await?;
+    if let Some(worker) = worker {
+        broker
+            .workers
+            .lock()
+            .touch(&worker, crate::broker::system_now_ms());
+    }
     Ok(Json(proto::HeartbeatResponse {
         lease_expires_at: rfc3339::format_ms(expires_at),
     }))
@@ -937,6 +947,12 @@ pub async fn lease(
         ));
     }
     let order = queue_order(&request)?;
+    if let Some(worker) = &request.worker {
+        broker
+            .workers
+            .lock()
+            .touch(worker, crate::broker::system_now_ms());
+    }
     check_batch_len(request.acks.len(), "acks")?;
     let (ack_texts, ack_parsed, ack_items) = parse_batch(request.acks, |i, item| {
         let lease_id = parse_lease_id(&item.lease_id, &format!("acks[{i}].lease_id"))?;
@@ -1269,6 +1285,199 @@ pub async fn purge_queue(
     Ok(Json(proto::PurgeResponse {
         purged: purged as u64,
     }))
+}
+
+// ---- workers ------------------------------------------------------------------------
+
+const WORKER_NAME: &str = "Worker name: 1 to 256 bytes (percent-encoded in the path).";
+
+fn check_worker_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > limits::WORKER_BYTES_MAX {
+        return Err(ApiError::bad_input(
+            "name",
+            format!("must be 1 to {} bytes", limits::WORKER_BYTES_MAX),
+        ));
+    }
+    Ok(())
+}
+
+fn worker_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("worker {name} is not registered"),
+    )
+}
+
+/// The registered workers named in `names` (all when `None`) with the jobs they hold.
+fn worker_views(
+    state: &State,
+    registry: &crate::workers::Registry,
+    names: Option<&str>,
+    stale_ms: u64,
+) -> Vec<proto::WorkerInfo> {
+    let mut jobs: std::collections::HashMap<&str, Vec<proto::WorkerJob>> = Default::default();
+    for job in state.leased_jobs() {
+        let Some(worker) = job.worker() else { continue };
+        if names.is_some_and(|n| n != worker) || registry.get(worker).is_none() {
+            continue;
+        }
+        let leased_at = job
+            .extra()
+            .and_then(|e| e.history.last())
+            .map_or(0, |a| a.leased_at);
+        jobs.entry(worker).or_default().push(proto::WorkerJob {
+            id: ids::encode(job.id),
+            queue: state.queue_name(job.queue).to_owned(),
+            kind: state.kind_name(job.kind).to_owned(),
+            leased_at: rfc3339::format_ms(leased_at),
+        });
+    }
+    registry
+        .iter()
+        .filter(|(name, _)| names.is_none_or(|n| n == *name))
+        .map(|(name, worker)| {
+            let current_jobs = jobs.remove(name).unwrap_or_default();
+            let beat = &worker.beat;
+            proto::WorkerInfo {
+                name: name.to_owned(),
+                host: beat.host.clone(),
+                pid: beat.pid,
+                version: beat.version.clone(),
+                concurrency: beat.concurrency,
+                queues: beat.queues.clone(),
+                registered_at: rfc3339::format_ms(worker.registered_at),
+                last_seen_at: rfc3339::format_ms(worker.last_seen_at),
+                stale_at: rfc3339::format_ms(
+                    worker
+                        .last_seen_at
+                        .saturating_add(i64::try_from(stale_ms).unwrap_or(i64::MAX)),
+                ),
+                utilisation: beat
+                    .concurrency
+                    .filter(|&c| c > 0)
+                    .map(|c| current_jobs.len() as f64 / f64::from(c)),
+                current_jobs,
+            }
+        })
+        .collect()
+}
+
+#[utoipa::path(put, path = "/v1/workers/{name}", tag = "workers", params(("name" = String, Path, description = WORKER_NAME)), request_body = proto::WorkerBeat, responses((status = 200, body = proto::WorkerInfo), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 429, description = "too many workers", body = proto::ErrorResponse)))]
+pub async fn register_worker(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(beat): ApiJson<proto::WorkerBeat>,
+) -> Result<Json<proto::WorkerInfo>, ApiError> {
+    check_worker_name(&name)?;
+    if beat
+        .host
+        .as_ref()
+        .is_some_and(|h| h.len() > limits::WORKER_HOST_BYTES_MAX)
+    {
+        return Err(ApiError::bad_input(
+            "host",
+            format!("at most {} bytes", limits::WORKER_HOST_BYTES_MAX),
+        ));
+    }
+    if beat
+        .version
+        .as_ref()
+        .is_some_and(|v| v.len() > limits::WORKER_VERSION_BYTES_MAX)
+    {
+        return Err(ApiError::bad_input(
+            "version",
+            format!("at most {} bytes", limits::WORKER_VERSION_BYTES_MAX),
+        ));
+    }
+    if beat
+        .concurrency
+        .is_some_and(|c| c == 0 || c > limits::QUEUE_CONCURRENCY_MAX)
+    {
+        return Err(ApiError::bad_input(
+            "concurrency",
+            format!("must be 1 to {}", limits::QUEUE_CONCURRENCY_MAX),
+        ));
+    }
+    if beat.queues.len() > limits::LEASE_QUEUES_LEN_MAX {
+        return Err(ApiError::bad_input(
+            "queues",
+            format!("at most {} queues", limits::LEASE_QUEUES_LEN_MAX),
+        ));
+    }
+    if let Some(i) = beat
+        .queues
+        .iter()
+        .position(|q| !limits::is_valid_name(q, limits::QUEUE_NAME_BYTES_MAX))
+    {
+        return Err(ApiError::bad_input(
+            format!("queues[{i}]"),
+            "not a valid queue name",
+        ));
+    }
+    let broker = app.broker()?;
+    broker
+        .workers
+        .lock()
+        .register(&name, beat, crate::broker::system_now_ms())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_workers",
+                format!("at most {} workers may be registered", limits::WORKERS_MAX),
+            )
+        })?;
+    get_worker(axum::extract::State(app.0.clone()), Path(name)).await
+}
+
+#[utoipa::path(get, path = "/v1/workers/{name}", tag = "workers", params(("name" = String, Path, description = WORKER_NAME)), responses((status = 200, body = proto::WorkerInfo), (status = 404, body = proto::ErrorResponse)))]
+pub async fn get_worker(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<proto::WorkerInfo>, ApiError> {
+    check_worker_name(&name)?;
+    let broker = app.broker()?;
+    let stale_ms = broker.worker_stale_ms;
+    let views = broker
+        .read(|s, _| {
+            Ok(worker_views(
+                s,
+                &broker.workers.lock(),
+                Some(&name),
+                stale_ms,
+            ))
+        })
+        .await?;
+    views
+        .into_iter()
+        .next()
+        .map(Json)
+        .ok_or_else(|| worker_not_found(&name))
+}
+
+#[utoipa::path(get, path = "/v1/workers", tag = "workers", responses((status = 200, body = proto::WorkerList)))]
+pub async fn list_workers(
+    app: axum::extract::State<AppState>,
+) -> Result<Json<proto::WorkerList>, ApiError> {
+    let broker = app.broker()?;
+    let stale_ms = broker.worker_stale_ms;
+    let workers = broker
+        .read(|s, _| Ok(worker_views(s, &broker.workers.lock(), None, stale_ms)))
+        .await?;
+    Ok(Json(proto::WorkerList { workers }))
+}
+
+#[utoipa::path(delete, path = "/v1/workers/{name}", tag = "workers", params(("name" = String, Path, description = WORKER_NAME)), responses((status = 204, description = "unregistered; jobs it holds keep their leases"), (status = 404, body = proto::ErrorResponse)))]
+pub async fn remove_worker(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_worker_name(&name)?;
+    if app.broker()?.workers.lock().remove(&name) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(worker_not_found(&name))
+    }
 }
 
 // ---- metrics ------------------------------------------------------------------------

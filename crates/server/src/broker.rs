@@ -15,6 +15,7 @@ use sluice_wal::{RecoveryReport, Replayed, Wal, WalOptions};
 
 use crate::metrics::Metrics;
 use crate::waiters::Waiters;
+use crate::workers::Registry;
 
 use crate::error::ApiError;
 
@@ -35,6 +36,10 @@ pub struct Broker {
     pub waiters: Waiters,
     /// Counters and histograms fed by every decided event (locked after `state`).
     pub metrics: Mutex<Metrics>,
+    /// Registered workers (locked after `state`, never with `metrics`).
+    pub workers: Mutex<Registry>,
+    /// A registered worker not heard from for this long is dropped, its leases ended.
+    pub worker_stale_ms: u64,
     records_at_last_snapshot: AtomicU64,
     /// Log bytes appended since the last snapshot, and that snapshot's size: a snapshot
     /// is written only once the log has grown by at least the snapshot's own size, so
@@ -72,6 +77,8 @@ impl Broker {
             wal,
             waiters: Waiters::default(),
             metrics: Mutex::new(Metrics::default()),
+            workers: Mutex::new(Registry::default()),
+            worker_stale_ms: sluice_proto::limits::WORKER_STALE_MS_DEFAULT,
             records_at_last_snapshot: AtomicU64::new(report.snapshot_lsn.unwrap_or(0)),
             log_bytes_since_snapshot: AtomicU64::new(0),
             last_snapshot_bytes: AtomicU64::new(snapshot_bytes),
@@ -198,6 +205,20 @@ impl Broker {
         self.execute(|s, now| Ok(s.fire_crons(now))).await?;
         self.execute(|s, now| Ok(s.expire_leases(now))).await?;
         self.execute(|s, now| Ok(s.retain(now))).await?;
+        let gone = self
+            .workers
+            .lock()
+            .reap(system_now_ms(), self.worker_stale_ms);
+        for worker in gone {
+            let ended = self
+                .execute(|s, now| Ok(s.expire_worker_leases(now, &worker)))
+                .await?;
+            tracing::warn!(
+                worker,
+                leases_ended = ended,
+                "worker not heard from: dropped"
+            );
+        }
         let written = self.wal.next_lsn();
         if written.saturating_sub(self.records_at_last_snapshot.load(Ordering::Relaxed))
             >= self.snapshot_every_records

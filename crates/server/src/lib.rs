@@ -11,6 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod waiters;
+pub mod workers;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ pub struct ServerConfig {
     pub connections_max: usize,
     /// Time a client has to send a request head once its connection is open or idle.
     pub header_read_timeout_ms: u64,
+    /// A registered worker not heard from for this long is dropped, its leases ended.
+    pub worker_stale_ms: u64,
 }
 
 impl ServerConfig {
@@ -59,6 +62,7 @@ impl ServerConfig {
             shutdown_grace_ms: 10_000,
             connections_max: limits::CONNECTIONS_MAX,
             header_read_timeout_ms: limits::HEADER_READ_TIMEOUT_MS,
+            worker_stale_ms: limits::WORKER_STALE_MS_DEFAULT,
         }
     }
 }
@@ -120,6 +124,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{queue}/purge", post(api::purge_queue))
         .route("/v1/queues/{queue}/move", post(api::move_jobs))
         .route("/v1/queues/{queue}/limits", post(api::set_queue_limits))
+        .route("/v1/workers", get(api::list_workers))
+        .route(
+            "/v1/workers/{name}",
+            get(api::get_worker)
+                .put(api::register_worker)
+                .delete(api::remove_worker),
+        )
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::REQUEST_BYTES_MAX))
@@ -170,7 +181,7 @@ pub async fn run(
     let opened =
         tokio::task::spawn_blocking(move || Broker::open(options, core_config, snapshot_every))
             .await?;
-    let (broker, report) = match opened {
+    let (mut broker, report) = match opened {
         Ok(opened) => opened,
         Err(error) => {
             let _ = stop_tx.send(true);
@@ -178,6 +189,7 @@ pub async fn run(
             return Err(error.into());
         }
     };
+    broker.worker_stale_ms = config.worker_stale_ms.max(1);
     let broker = Arc::new(broker);
     tracing::info!(
         snapshot_lsn = ?report.snapshot_lsn,

@@ -41,7 +41,11 @@ use crate::api;
         api::remove_cron,
         api::healthz,
         api::readyz,
-        api::prometheus_metrics
+        api::prometheus_metrics,
+        api::register_worker,
+        api::get_worker,
+        api::list_workers,
+        api::remove_worker
     ),
     components(schemas(
         proto::ErrorResponse,
@@ -78,6 +82,10 @@ use crate::api;
         proto::StateCounts,
         proto::QueueInfo,
         proto::QueueRecent,
+        proto::WorkerBeat,
+        proto::WorkerJob,
+        proto::WorkerInfo,
+        proto::WorkerList,
         proto::QueueLimits,
         proto::KeyInfo,
         proto::RateLimit,

@@ -2360,6 +2360,104 @@ async fn prometheus_metrics_count_what_happened_to_jobs_and_pass_promtool() {
     server.stop().await;
 }
 
+// ---- workers --------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_workers_show_their_jobs_and_a_silent_one_is_dropped_with_its_leases() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = ServerConfig::new(dir.path());
+    config.worker_stale_ms = 400;
+    let server = TestServer::start_with(config).await;
+    let (status, worker) = server
+        .put(
+            "/v1/workers/silent",
+            &json!({ "host": "box-1", "pid": 42, "version": "test 1.0", "concurrency": 4,
+                     "queues": ["wk"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{worker}");
+    assert_eq!(worker["host"], "box-1");
+    assert_eq!(worker["current_jobs"], json!([]));
+    let (status, _) = server.put("/v1/workers/alive", &json!({})).await;
+    assert_eq!(status, 200);
+    let bad = server
+        .put("/v1/workers/x", &json!({ "concurrency": 0 }))
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("concurrency"));
+    let bad = server
+        .put("/v1/workers/x", &json!({ "queues": ["no spaces"] }))
+        .await;
+    assert_error(&bad, 400, "invalid_request", Some("queues[0]"));
+    let bad = server.put("/v1/workers/x", &json!({ "colour": 1 })).await;
+    assert_eq!(bad.0, 400, "unknown fields are refused: {:?}", bad.1);
+
+    // "alive" beats all along; "silent" leases two jobs and then says nothing.
+    let beating = {
+        let (client, url) = (server.client.clone(), server.url("/v1/workers/alive"));
+        tokio::spawn(async move {
+            loop {
+                let _ = client.put(&url).json(&json!({})).send().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    for _ in 0..2 {
+        server.enqueue(spec("wk")).await;
+    }
+    let (_, leased) = server
+        .post(
+            "/v1/lease",
+            &json!({ "queues": ["wk"], "max_jobs": 2, "worker": "silent" }),
+        )
+        .await;
+    assert_eq!(leased["jobs"].as_array().expect("jobs").len(), 2);
+    let (_, workers) = server.get("/v1/workers").await;
+    let silent = workers["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .find(|w| w["name"] == "silent")
+        .expect("silent is listed")
+        .clone();
+    assert_eq!(
+        silent["current_jobs"].as_array().expect("jobs").len(),
+        2,
+        "{silent}"
+    );
+    assert_eq!(silent["utilisation"], 0.5);
+    assert_eq!(silent["current_jobs"][0]["queue"], "wk");
+
+    // Dropped after 400 ms of silence: its leases end now, not at their 30 s timeout.
+    let dropped = wait_until("the silent worker to be dropped", || async {
+        server.get("/v1/workers/silent").await.0 == 404
+    })
+    .await;
+    assert!(dropped);
+    let (_, queue) = server.get("/v1/queues/wk").await;
+    assert_eq!(queue["counts"]["leased"], 0, "{queue}");
+    assert_eq!(queue["counts"]["ready"], 2, "{queue}");
+    let id = leased["jobs"][0]["id"].as_str().expect("id");
+    let (_, job) = server.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(job["history"][0]["outcome"], "expired", "{job}");
+    assert_eq!(job["history"][0]["worker"], "silent");
+    assert_eq!(
+        server.get("/v1/workers/alive").await.0,
+        200,
+        "the beating one stays"
+    );
+    beating.abort();
+
+    let deleted = server
+        .client
+        .delete(server.url("/v1/workers/alive"))
+        .send()
+        .await
+        .expect("DELETE sent");
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(server.get("/v1/workers/alive").await.0, 404);
+    server.stop().await;
+}
+
 // ---- batches --------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,6 +100,17 @@ impl TestServer {
         read(response).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("PUT sent");
+        read(response).await
+    }
+
     /// POSTs raw bytes as `application/json` (for bodies that are not valid JSON).
     pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
         let response = self

@@ -1,0 +1,110 @@
+//! The registry of workers: who says it is alive (`PUT /v1/workers/{name}`), what it
+//! runs, and when it was last heard from. Not in the log: after a restart workers
+//! register again with their next beat. A worker not heard from within the stale time is
+//! dropped by the tick, which also ends its leases (`State::expire_worker_leases`).
+
+use std::collections::BTreeMap;
+
+use sluice_core::Millis;
+use sluice_proto::WorkerBeat;
+
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub beat: WorkerBeat,
+    pub registered_at: Millis,
+    pub last_seen_at: Millis,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    workers: BTreeMap<String, Registered>,
+}
+
+/// `register` refused: the registry is full.
+#[derive(Debug)]
+pub struct Full;
+
+impl Registry {
+    /// Registers `name` or refreshes it with `beat`.
+    pub fn register(&mut self, name: &str, beat: WorkerBeat, now: Millis) -> Result<(), Full> {
+        let full = self.workers.len() >= sluice_proto::limits::WORKERS_MAX;
+        match self.workers.get_mut(name) {
+            Some(worker) => {
+                worker.beat = beat;
+                worker.last_seen_at = worker.last_seen_at.max(now);
+            }
+            None if full => return Err(Full),
+            None => {
+                self.workers.insert(
+                    name.to_owned(),
+                    Registered {
+                        beat,
+                        registered_at: now,
+                        last_seen_at: now,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A sign of life from `name` (a lease poll, a job heartbeat), if it is registered.
+    pub fn touch(&mut self, name: &str, now: Millis) {
+        if let Some(worker) = self.workers.get_mut(name) {
+            worker.last_seen_at = worker.last_seen_at.max(now);
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.workers.remove(name).is_some()
+    }
+
+    /// Drops the workers not heard from since `now - stale_ms`; returns their names.
+    pub fn reap(&mut self, now: Millis, stale_ms: u64) -> Vec<String> {
+        let cutoff = now.saturating_sub(Millis::try_from(stale_ms).unwrap_or(Millis::MAX));
+        let stale: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.last_seen_at < cutoff)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &stale {
+            self.workers.remove(name);
+        }
+        stale
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Registered)> {
+        self.workers.iter().map(|(n, w)| (n.as_str(), w))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Registered> {
+        self.workers.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_not_heard_from_within_the_stale_time_are_reaped() {
+        let mut registry = Registry::default();
+        registry
+            .register("a", WorkerBeat::default(), 1_000)
+            .expect("room");
+        registry
+            .register("b", WorkerBeat::default(), 1_000)
+            .expect("room");
+        registry.touch("b", 20_000);
+        registry.touch("nobody", 20_000);
+        assert_eq!(registry.reap(30_999, 30_000), Vec::<String>::new());
+        assert_eq!(registry.reap(31_001, 30_000), vec!["a".to_owned()]);
+        assert!(registry.get("b").is_some() && registry.get("nobody").is_none());
+        // A clock step back does not make a worker older.
+        registry
+            .register("b", WorkerBeat::default(), 5_000)
+            .expect("room");
+        assert_eq!(registry.get("b").map(|w| w.last_seen_at), Some(20_000));
+    }
+}
