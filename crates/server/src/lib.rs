@@ -8,6 +8,8 @@ pub mod api;
 pub mod broker;
 pub mod conn;
 pub mod error;
+pub mod history;
+pub mod insights;
 pub mod metrics;
 pub mod openapi;
 pub mod waiters;

@@ -1,0 +1,355 @@
+//! Metric history per queue on disk: a sample every 10 s kept for 24 h, and every 5 min
+//! kept for 30 days, so memory stays bounded however long the history. Each resolution
+//! is a directory of chunk files (an hour of 10 s samples, a day of 5 min ones), deleted
+//! whole once past their window.
+//!
+//! A chunk file is an 8-byte magic and the step, then frames: `u32` length, `u32`
+//! CRC32C of the payload, and the payload, a postcard `Row`: one sample time, the queue
+//! names new to this file, and a sample for each queue that had anything (idle queues
+//! are left out, and read back as zeros). A reader stops at the first frame that does not
+//! check (a torn tail). Each process writes its own files (the name holds its start), so
+//! a restart never appends to a file another process left.
+//!
+//! Durability: files are fdatasync'd every 5 minutes and when they are closed; a power
+//! cut may lose the samples since. This is history for operators, not acknowledged data.
+
+use std::fs::{self, File};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use sluice_core::Millis;
+
+const MAGIC: &[u8; 8] = b"SLUICEH1";
+const HEADER_BYTES: usize = 16;
+/// A frame bigger than this is damage, not a row (a row of 100,000 queues is ~5 MB).
+const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How long written samples may stay in the page cache only.
+const SYNC_EVERY_MS: Millis = 5 * 60_000;
+
+/// One queue at one sample time. Counts are over the step; gauges are as sampled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    pub ready: u32,
+    pub leased: u32,
+    pub enqueued: u32,
+    pub succeeded: u32,
+    /// Attempts that failed or whose lease expired.
+    pub failed: u32,
+    pub wait_p95_ms: Option<u32>,
+    pub run_p95_ms: Option<u32>,
+}
+
+impl Sample {
+    fn is_idle(&self) -> bool {
+        *self == Sample::default()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Row {
+    at_ms: Millis,
+    /// Names this file did not have yet; they take the next numbers, in order.
+    new_names: Vec<String>,
+    samples: Vec<(u32, Sample)>,
+}
+
+/// The chunk being written.
+struct Open {
+    chunk_start_ms: Millis,
+    path: PathBuf,
+    file: File,
+    names: FxHashMap<String, u32>,
+    synced_at_ms: Millis,
+}
+
+/// One resolution: its directory, step, chunk length and how long it is kept.
+pub struct Store {
+    dir: PathBuf,
+    pub step_ms: Millis,
+    chunk_ms: Millis,
+    pub keep_ms: Millis,
+    /// Distinguishes this process's files from earlier ones of the same chunk.
+    started_ms: Millis,
+    open: Option<Open>,
+}
+
+impl Store {
+    pub fn new(
+        dir: PathBuf,
+        step_ms: Millis,
+        chunk_ms: Millis,
+        keep_ms: Millis,
+        now: Millis,
+    ) -> Store {
+        Store {
+            dir,
+            step_ms,
+            chunk_ms,
+            keep_ms,
+            started_ms: now,
+            open: None,
+        }
+    }
+
+    /// Appends the samples of time `at_ms` (idle ones are dropped).
+    pub fn append(&mut self, at_ms: Millis, samples: Vec<(String, Sample)>) -> io::Result<()> {
+        let samples: Vec<(String, Sample)> =
+            samples.into_iter().filter(|(_, s)| !s.is_idle()).collect();
+        let chunk_start_ms = at_ms - at_ms.rem_euclid(self.chunk_ms);
+        if self
+            .open
+            .as_ref()
+            .is_none_or(|o| o.chunk_start_ms != chunk_start_ms)
+        {
+            self.close()?;
+            fs::create_dir_all(&self.dir)?;
+            let path = self
+                .dir
+                .join(format!("{chunk_start_ms}-{}.hist", self.started_ms));
+            let mut file = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            let mut header = MAGIC.to_vec();
+            header.extend_from_slice(&(self.step_ms as u64).to_le_bytes());
+            file.write_all(&header)?;
+            self.open = Some(Open {
+                chunk_start_ms,
+                path,
+                file,
+                names: FxHashMap::default(),
+                synced_at_ms: at_ms,
+            });
+        }
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        let mut row = Row {
+            at_ms,
+            new_names: Vec::new(),
+            samples: Vec::with_capacity(samples.len()),
+        };
+        for (name, sample) in samples {
+            let next = open.names.len() as u32;
+            let id = *open.names.entry(name.clone()).or_insert_with(|| {
+                row.new_names.push(name);
+                next
+            });
+            row.samples.push((id, sample));
+        }
+        let payload = postcard::to_allocvec(&row).map_err(io::Error::other)?;
+        let mut frame = Vec::with_capacity(8 + payload.len());
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        frame.extend_from_slice(&payload);
+        open.file.write_all(&frame)?;
+        if at_ms.saturating_sub(open.synced_at_ms) >= SYNC_EVERY_MS {
+            open.file.sync_data()?;
+            open.synced_at_ms = at_ms;
+        }
+        Ok(())
+    }
+
+    /// Syncs and closes the chunk being written.
+    pub fn close(&mut self) -> io::Result<()> {
+        if let Some(open) = self.open.take() {
+            open.file.sync_data()?;
+            tracing::debug!(path = %open.path.display(), "history chunk closed");
+        }
+        Ok(())
+    }
+
+    /// Deletes chunk files wholly older than the window.
+    pub fn prune(&self, now: Millis) -> io::Result<usize> {
+        let mut removed = 0;
+        for (chunk_start_ms, path) in self.chunks()? {
+            if chunk_start_ms + self.chunk_ms <= now - self.keep_ms {
+                fs::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn chunks(&self) -> io::Result<Vec<(Millis, PathBuf)>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        let mut chunks = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(start) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".hist"))
+                .and_then(|n| n.split('-').next())
+                .and_then(|n| n.parse::<Millis>().ok())
+            else {
+                continue;
+            };
+            chunks.push((start, entry.path()));
+        }
+        chunks.sort();
+        Ok(chunks)
+    }
+
+    /// Queue `queue`'s samples with `from_ms <= at < to_ms`, in time order.
+    pub fn read(
+        &self,
+        queue: &str,
+        from_ms: Millis,
+        to_ms: Millis,
+    ) -> io::Result<Vec<(Millis, Sample)>> {
+        let mut out = Vec::new();
+        for (chunk_start_ms, path) in self.chunks()? {
+            if chunk_start_ms >= to_ms || chunk_start_ms + self.chunk_ms <= from_ms {
+                continue;
+            }
+            read_chunk(&path, queue, from_ms, to_ms, &mut out)?;
+        }
+        out.sort_by_key(|(at, _)| *at);
+        Ok(out)
+    }
+}
+
+/// Reads one chunk file's samples of `queue`, stopping at the first damaged frame.
+fn read_chunk(
+    path: &Path,
+    queue: &str,
+    from_ms: Millis,
+    to_ms: Millis,
+    out: &mut Vec<(Millis, Sample)>,
+) -> io::Result<()> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        // Pruned meanwhile.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+        tracing::warn!(path = %path.display(), "not a history chunk; skipped");
+        return Ok(());
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut wanted: Option<u32> = None;
+    let mut offset = HEADER_BYTES;
+    while let Some(head) = bytes.get(offset..offset + 8) {
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let Some(payload) = bytes.get(offset + 8..offset + 8 + len) else {
+            break;
+        };
+        if len > FRAME_BYTES_MAX || crc32c::crc32c(payload) != crc {
+            break;
+        }
+        let Ok(row) = postcard::from_bytes::<Row>(payload) else {
+            break;
+        };
+        for name in row.new_names {
+            if name == queue {
+                wanted = Some(names.len() as u32);
+            }
+            names.push(name);
+        }
+        if let Some(id) = wanted {
+            if (from_ms..to_ms).contains(&row.at_ms) {
+                if let Some((_, sample)) = row.samples.iter().find(|(i, _)| *i == id) {
+                    out.push((row.at_ms, *sample));
+                }
+            }
+        }
+        offset += 8 + len;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ready: u32) -> Sample {
+        Sample {
+            ready,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn samples_come_back_by_queue_and_time_across_chunks_and_restarts() {
+        let dir = tempfile::tempdir().expect("dir");
+        let hour = 3_600_000;
+        let mut store = Store::new(dir.path().join("10s"), 10_000, hour, 24 * hour, 0);
+        for i in 0..720 {
+            let at = i * 10_000;
+            store
+                .append(
+                    at,
+                    vec![("a".into(), sample(i as u32 + 1)), ("b".into(), sample(7))],
+                )
+                .expect("append");
+        }
+        store.close().expect("close");
+        // A restart writes its own file for the same chunk.
+        let mut again = Store::new(dir.path().join("10s"), 10_000, hour, 24 * hour, 99);
+        again
+            .append(7_200_000, vec![("a".into(), sample(9_999))])
+            .expect("append");
+        again.close().expect("close");
+        let got = again.read("a", 3_590_000, 7_210_000).expect("read");
+        let at: Vec<Millis> = got.iter().map(|(at, _)| *at).collect();
+        let expected: Vec<Millis> = (3_590_000..=7_200_000).step_by(10_000).collect();
+        assert_eq!(at, expected);
+        assert_eq!(got[0].1.ready, 360);
+        assert_eq!(got.last().map(|(_, s)| s.ready), Some(9_999));
+        assert!(again.read("c", 0, 10_000_000).expect("read").is_empty());
+    }
+
+    #[test]
+    fn a_torn_tail_is_where_reading_stops_and_idle_samples_are_not_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut store = Store::new(dir.path().to_owned(), 10_000, 3_600_000, 3_600_000, 0);
+        store
+            .append(0, vec![("a".into(), sample(1))])
+            .expect("append");
+        store
+            .append(10_000, vec![("a".into(), Sample::default())])
+            .expect("append");
+        store
+            .append(20_000, vec![("a".into(), sample(3))])
+            .expect("append");
+        store.close().expect("close");
+        let path = store.chunks().expect("chunks")[0].1.clone();
+        let mut bytes = fs::read(&path).expect("read");
+        let len = bytes.len();
+        bytes.truncate(len - 3);
+        fs::write(&path, &bytes).expect("write");
+        let got = store.read("a", 0, 100_000).expect("read");
+        assert_eq!(got, vec![(0, sample(1))]);
+    }
+
+    #[test]
+    fn chunks_past_the_window_are_deleted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let hour = 3_600_000;
+        let mut store = Store::new(dir.path().to_owned(), 10_000, hour, 2 * hour, 0);
+        for h in 0..5 {
+            store
+                .append(h * hour, vec![("a".into(), sample(1))])
+                .expect("append");
+        }
+        store.close().expect("close");
+        // At 5 h with a 2 h window, the chunks of hours 0, 1 and 2 end by 3 h.
+        assert_eq!(store.prune(5 * hour).expect("prune"), 3);
+        let left: Vec<Millis> = store
+            .chunks()
+            .expect("chunks")
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(left, vec![3 * hour, 4 * hour]);
+    }
+}
