@@ -802,3 +802,145 @@ pub struct WorkerInfo {
 pub struct WorkerList {
     pub workers: Vec<WorkerInfo>,
 }
+
+/// One sample of a queue's history: gauges as sampled, counts over the step.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HistoryPoint {
+    pub at: String,
+    pub ready: u64,
+    pub leased: u64,
+    pub enqueued: u64,
+    pub succeeded: u64,
+    /// Attempts that failed or whose lease expired.
+    pub failed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_p95_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_p95_ms: Option<u64>,
+}
+
+/// `GET /v1/queues/{queue}/history`: one point per step from `from` to `to` (zeros where
+/// nothing happened or the server was down).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueHistory {
+    pub queue: String,
+    pub resolution_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub points: Vec<HistoryPoint>,
+}
+
+/// A least-squares trend of one metric over the window.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrendInfo {
+    pub metric: String,
+    pub slope_per_hour: f64,
+    pub r2: f64,
+    /// `rising`, `falling` or `flat`.
+    pub direction: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_change: Option<f64>,
+    pub summary: String,
+}
+
+/// A point one of the detectors (`zscore`, `iqr`, `ewma`) found out of line.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AnomalyInfo {
+    pub metric: String,
+    pub at: String,
+    pub value: f64,
+    pub expected: f64,
+    pub detector: String,
+    pub score: f64,
+    pub above: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ForecastPointInfo {
+    pub at: String,
+    pub value: f64,
+    /// 95 % prediction interval.
+    pub lower: f64,
+    pub upper: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ForecastInfo {
+    pub metric: String,
+    /// `holt`, or `holt_winters` when a daily season is present.
+    pub method: String,
+    pub points: Vec<ForecastPointInfo>,
+}
+
+/// The backlog now and where it is going.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BacklogInfo {
+    pub ready: u64,
+    /// Over the last 5 minutes of history.
+    pub arrival_per_s: f64,
+    pub throughput_per_s: f64,
+    /// When the backlog is gone at these rates; absent when it is not draining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_at: Option<String>,
+    /// When the forecast depth first reaches `depth_threshold`, if asked and it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_at: Option<String>,
+}
+
+/// Workers (handler slots) to keep the p95 wait under the target, from an M/M/c model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RecommendationInfo {
+    pub workers: u32,
+    pub utilisation: f64,
+    pub wait_p95_ms: u64,
+    pub target_wait_p95_ms: u64,
+    pub arrival_per_s: f64,
+    pub mean_run_ms: u64,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthComponentInfo {
+    pub name: String,
+    pub score: u8,
+    pub weight: f64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthInfo {
+    /// 0 to 100: the weighted mean of the components.
+    pub score: u8,
+    pub components: Vec<HealthComponentInfo>,
+}
+
+/// `GET /v1/queues/{queue}/insights`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueInsights {
+    pub queue: String,
+    pub window_ms: u64,
+    pub resolution_ms: u64,
+    pub trends: Vec<TrendInfo>,
+    pub anomalies: Vec<AnomalyInfo>,
+    pub forecasts: Vec<ForecastInfo>,
+    pub backlog: BacklogInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<RecommendationInfo>,
+    pub health: HealthInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueHealth {
+    pub queue: String,
+    pub score: u8,
+    /// Jobs finished over the window: the queue's weight in the overall score.
+    pub finished: u64,
+}
+
+/// `GET /v1/health`: every queue's health score over the last hour and the overall one
+/// (weighted by jobs finished, so busy queues count for more).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerHealth {
+    pub score: u8,
+    pub queues: Vec<QueueHealth>,
+}

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use sluice_core::{Config as CoreConfig, CoreError, Decided, Event, Millis, State};
 use sluice_wal::{RecoveryReport, Replayed, Wal, WalOptions};
 
+use crate::history::{Recorder, Sample};
 use crate::metrics::Metrics;
 use crate::waiters::Waiters;
 use crate::workers::Registry;
@@ -38,6 +39,8 @@ pub struct Broker {
     pub metrics: Mutex<Metrics>,
     /// Registered workers (locked after `state`, never with `metrics`).
     pub workers: Mutex<Registry>,
+    /// Metric history on disk (locked alone).
+    pub history: Mutex<Recorder>,
     /// A registered worker not heard from for this long is dropped, its leases ended.
     pub worker_stale_ms: u64,
     records_at_last_snapshot: AtomicU64,
@@ -78,6 +81,7 @@ impl Broker {
             waiters: Waiters::default(),
             metrics: Mutex::new(Metrics::default()),
             workers: Mutex::new(Registry::default()),
+            history: Mutex::new(Recorder::new(&options_dir.join("metrics"), system_now_ms())),
             worker_stale_ms: sluice_proto::limits::WORKER_STALE_MS_DEFAULT,
             records_at_last_snapshot: AtomicU64::new(report.snapshot_lsn.unwrap_or(0)),
             log_bytes_since_snapshot: AtomicU64::new(0),
@@ -205,6 +209,7 @@ impl Broker {
         self.execute(|s, now| Ok(s.fire_crons(now))).await?;
         self.execute(|s, now| Ok(s.expire_leases(now))).await?;
         self.execute(|s, now| Ok(s.retain(now))).await?;
+        self.record_history();
         let gone = self
             .workers
             .lock()
@@ -267,12 +272,60 @@ impl Broker {
         Ok(())
     }
 
+    /// Writes the history samples of the 10 s slots that have ended: per queue, gauges
+    /// from the state now and counts and p95s from the metrics' slot.
+    fn record_history(&self) {
+        let now = system_now_ms();
+        let due = self.history.lock().due_slots(now);
+        if due.is_empty() {
+            return;
+        }
+        let rows: Vec<(Millis, Vec<(String, Sample)>)> = {
+            let state = self.state.lock();
+            let metrics = self.metrics.lock();
+            due.iter()
+                .map(|&slot_ms| {
+                    let samples = (0..state.queue_len() as u32)
+                        .filter_map(|id| {
+                            let queue = state.queue_by_id(id)?;
+                            let slot = metrics.slot_summary(id, slot_ms).unwrap_or_default();
+                            let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+                            let count = |s| small(queue.count(s) as u64);
+                            Some((
+                                queue.name.to_string(),
+                                Sample {
+                                    ready: count(sluice_core::JobState::Ready),
+                                    leased: count(sluice_core::JobState::Leased),
+                                    enqueued: small(slot.enqueued),
+                                    succeeded: small(slot.succeeded),
+                                    failed: small(slot.failed),
+                                    wait_p95_ms: slot.wait_p95_ms.map(small),
+                                    run_p95_ms: slot.run_p95_ms.map(small),
+                                },
+                            ))
+                        })
+                        .collect();
+                    (slot_ms, samples)
+                })
+                .collect()
+        };
+        let mut history = self.history.lock();
+        for (slot_ms, samples) in rows {
+            if let Err(error) = history.record(slot_ms, samples) {
+                tracing::warn!(%error, "cannot write metric history");
+            }
+        }
+    }
+
     /// When the newest snapshot was written, if any.
     pub fn last_snapshot_at_ms(&self) -> Option<Millis> {
         Some(self.last_snapshot_at_ms.load(Ordering::Relaxed)).filter(|&at| at > 0)
     }
 
     pub fn close(&self) -> Result<(), sluice_wal::WalError> {
+        if let Err(error) = self.history.lock().close() {
+            tracing::warn!(%error, "cannot sync metric history");
+        }
         self.wal.close()
     }
 

@@ -161,10 +161,19 @@ impl Store {
         Ok(())
     }
 
+    /// A handle for reading, usable without holding the store (off the runtime).
+    pub fn reader(&self) -> Reader {
+        Reader {
+            dir: self.dir.clone(),
+            step_ms: self.step_ms,
+            chunk_ms: self.chunk_ms,
+        }
+    }
+
     /// Deletes chunk files wholly older than the window.
     pub fn prune(&self, now: Millis) -> io::Result<usize> {
         let mut removed = 0;
-        for (chunk_start_ms, path) in self.chunks()? {
+        for (chunk_start_ms, path) in self.reader().chunks()? {
             if chunk_start_ms + self.chunk_ms <= now - self.keep_ms {
                 fs::remove_file(&path)?;
                 removed += 1;
@@ -173,6 +182,30 @@ impl Store {
         Ok(removed)
     }
 
+    pub fn read(
+        &self,
+        queue: &str,
+        from_ms: Millis,
+        to_ms: Millis,
+    ) -> io::Result<Vec<(Millis, Sample)>> {
+        self.reader().read(queue, from_ms, to_ms)
+    }
+
+    #[cfg(test)]
+    fn chunks(&self) -> io::Result<Vec<(Millis, PathBuf)>> {
+        self.reader().chunks()
+    }
+}
+
+/// Reads a store's chunk files.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    dir: PathBuf,
+    pub step_ms: Millis,
+    chunk_ms: Millis,
+}
+
+impl Reader {
     fn chunks(&self) -> io::Result<Vec<(Millis, PathBuf)>> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
@@ -204,25 +237,136 @@ impl Store {
         from_ms: Millis,
         to_ms: Millis,
     ) -> io::Result<Vec<(Millis, Sample)>> {
-        let mut out = Vec::new();
+        let mut all = self.scan(Some(queue), from_ms, to_ms)?;
+        Ok(all.remove(queue).unwrap_or_default())
+    }
+
+    /// Every queue's samples with `from_ms <= at < to_ms`, in time order, in one pass.
+    pub fn read_all(
+        &self,
+        from_ms: Millis,
+        to_ms: Millis,
+    ) -> io::Result<FxHashMap<String, Vec<(Millis, Sample)>>> {
+        self.scan(None, from_ms, to_ms)
+    }
+
+    fn scan(
+        &self,
+        only: Option<&str>,
+        from_ms: Millis,
+        to_ms: Millis,
+    ) -> io::Result<FxHashMap<String, Vec<(Millis, Sample)>>> {
+        let mut out = FxHashMap::default();
         for (chunk_start_ms, path) in self.chunks()? {
             if chunk_start_ms >= to_ms || chunk_start_ms + self.chunk_ms <= from_ms {
                 continue;
             }
-            read_chunk(&path, queue, from_ms, to_ms, &mut out)?;
+            read_chunk(&path, only, from_ms, to_ms, &mut out)?;
         }
-        out.sort_by_key(|(at, _)| *at);
+        for samples in out.values_mut() {
+            samples.sort_by_key(|(at, _)| *at);
+        }
         Ok(out)
     }
 }
 
-/// Reads one chunk file's samples of `queue`, stopping at the first damaged frame.
+/// Samples every 10 s into the fine store and every 5 min into the coarse one.
+pub struct Recorder {
+    pub fine: Store,
+    pub coarse: Store,
+    /// Start of the last 10 s slot recorded.
+    last_slot_ms: Option<Millis>,
+    /// The 5-minute slot being summed, and its sums per queue.
+    coarse_slot_ms: Option<Millis>,
+    coarse_sums: FxHashMap<String, Sample>,
+    pruned_at_ms: Millis,
+}
+
+pub const FINE_STEP_MS: Millis = 10_000;
+pub const COARSE_STEP_MS: Millis = 5 * 60_000;
+const HOUR_MS: Millis = 3_600_000;
+const DAY_MS: Millis = 24 * HOUR_MS;
+/// 10 s samples are kept a day, 5 min ones 30 days.
+pub const FINE_KEEP_MS: Millis = DAY_MS;
+pub const COARSE_KEEP_MS: Millis = 30 * DAY_MS;
+/// Slots a late tick still records (the metrics keep the last minute).
+const CATCH_UP_SLOTS: i64 = 5;
+
+impl Recorder {
+    pub fn new(dir: &Path, now: Millis) -> Recorder {
+        Recorder {
+            fine: Store::new(dir.join("10s"), FINE_STEP_MS, HOUR_MS, FINE_KEEP_MS, now),
+            coarse: Store::new(dir.join("5m"), COARSE_STEP_MS, DAY_MS, COARSE_KEEP_MS, now),
+            last_slot_ms: None,
+            coarse_slot_ms: None,
+            coarse_sums: FxHashMap::default(),
+            pruned_at_ms: 0,
+        }
+    }
+
+    /// Starts of the complete 10 s slots not yet recorded (at most the last minute's).
+    pub fn due_slots(&self, now: Millis) -> Vec<Millis> {
+        let newest = now.div_euclid(FINE_STEP_MS) - 1;
+        let oldest = match self.last_slot_ms {
+            Some(last) => (last.div_euclid(FINE_STEP_MS) + 1).max(newest - CATCH_UP_SLOTS),
+            None => newest,
+        };
+        (oldest..=newest).map(|slot| slot * FINE_STEP_MS).collect()
+    }
+
+    /// Records the 10 s slot starting at `slot_ms`; every 5 minutes also writes the
+    /// 5-minute sample: counts summed, gauges as last sampled, and for wait and run the
+    /// highest 10 s p95 of the five minutes (an upper bound: p95s do not add up).
+    pub fn record(&mut self, slot_ms: Millis, samples: Vec<(String, Sample)>) -> io::Result<()> {
+        self.last_slot_ms = Some(slot_ms);
+        let coarse_slot_ms = slot_ms - slot_ms.rem_euclid(COARSE_STEP_MS);
+        if let Some(previous) = self.coarse_slot_ms.filter(|&p| p != coarse_slot_ms) {
+            self.flush_coarse(previous)?;
+        }
+        self.coarse_slot_ms = Some(coarse_slot_ms);
+        for (name, sample) in &samples {
+            let sum = self.coarse_sums.entry(name.clone()).or_default();
+            sum.ready = sample.ready;
+            sum.leased = sample.leased;
+            sum.enqueued = sum.enqueued.saturating_add(sample.enqueued);
+            sum.succeeded = sum.succeeded.saturating_add(sample.succeeded);
+            sum.failed = sum.failed.saturating_add(sample.failed);
+            sum.wait_p95_ms = sum.wait_p95_ms.max(sample.wait_p95_ms);
+            sum.run_p95_ms = sum.run_p95_ms.max(sample.run_p95_ms);
+        }
+        self.fine.append(slot_ms, samples)?;
+        if slot_ms + FINE_STEP_MS == coarse_slot_ms + COARSE_STEP_MS {
+            self.flush_coarse(coarse_slot_ms)?;
+            self.coarse_slot_ms = None;
+        }
+        if slot_ms - self.pruned_at_ms >= HOUR_MS {
+            self.pruned_at_ms = slot_ms;
+            self.fine.prune(slot_ms)?;
+            self.coarse.prune(slot_ms)?;
+        }
+        Ok(())
+    }
+
+    fn flush_coarse(&mut self, coarse_slot_ms: Millis) -> io::Result<()> {
+        let sums: Vec<(String, Sample)> = self.coarse_sums.drain().collect();
+        self.coarse.append(coarse_slot_ms, sums)
+    }
+
+    /// Syncs what was written (at shutdown).
+    pub fn close(&mut self) -> io::Result<()> {
+        self.fine.close()?;
+        self.coarse.close()
+    }
+}
+
+/// Reads one chunk file's samples (of `only` if given, else of every queue), stopping at
+/// the first damaged frame.
 fn read_chunk(
     path: &Path,
-    queue: &str,
+    only: Option<&str>,
     from_ms: Millis,
     to_ms: Millis,
-    out: &mut Vec<(Millis, Sample)>,
+    out: &mut FxHashMap<String, Vec<(Millis, Sample)>>,
 ) -> io::Result<()> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
@@ -235,7 +379,6 @@ fn read_chunk(
         return Ok(());
     }
     let mut names: Vec<String> = Vec::new();
-    let mut wanted: Option<u32> = None;
     let mut offset = HEADER_BYTES;
     while let Some(head) = bytes.get(offset..offset + 8) {
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -249,16 +392,16 @@ fn read_chunk(
         let Ok(row) = postcard::from_bytes::<Row>(payload) else {
             break;
         };
-        for name in row.new_names {
-            if name == queue {
-                wanted = Some(names.len() as u32);
-            }
-            names.push(name);
-        }
-        if let Some(id) = wanted {
-            if (from_ms..to_ms).contains(&row.at_ms) {
-                if let Some((_, sample)) = row.samples.iter().find(|(i, _)| *i == id) {
-                    out.push((row.at_ms, *sample));
+        names.extend(row.new_names);
+        if (from_ms..to_ms).contains(&row.at_ms) {
+            for (id, sample) in row.samples {
+                let Some(name) = names.get(id as usize) else {
+                    continue;
+                };
+                if only.is_none_or(|q| q == name) {
+                    out.entry(name.clone())
+                        .or_default()
+                        .push((row.at_ms, sample));
                 }
             }
         }
@@ -329,6 +472,36 @@ mod tests {
         fs::write(&path, &bytes).expect("write");
         let got = store.read("a", 0, 100_000).expect("read");
         assert_eq!(got, vec![(0, sample(1))]);
+    }
+
+    #[test]
+    fn the_recorder_sums_five_minutes_into_one_coarse_sample() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut recorder = Recorder::new(dir.path(), 0);
+        assert_eq!(recorder.due_slots(25_000), vec![10_000]);
+        for slot in 0..31 {
+            let at = slot * FINE_STEP_MS;
+            let sample = Sample {
+                ready: slot as u32,
+                enqueued: 2,
+                wait_p95_ms: Some(slot as u32 * 10),
+                ..Sample::default()
+            };
+            recorder
+                .record(at, vec![("q".into(), sample)])
+                .expect("record");
+        }
+        // A late tick catches up on at most the last minute.
+        assert_eq!(recorder.due_slots(1_000_000).len(), 6);
+        recorder.close().expect("close");
+        let coarse = recorder.coarse.read("q", 0, COARSE_KEEP_MS).expect("read");
+        assert_eq!(coarse.len(), 1, "the second five minutes is not complete");
+        let (at, sample) = coarse[0];
+        assert_eq!(at, 0);
+        assert_eq!(sample.enqueued, 60, "30 slots of 2");
+        assert_eq!(sample.ready, 29, "the last sampled");
+        assert_eq!(sample.wait_p95_ms, Some(290), "the highest 10 s p95");
+        assert_eq!(recorder.fine.read("q", 0, 400_000).expect("read").len(), 31);
     }
 
     #[test]

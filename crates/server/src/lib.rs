@@ -4,6 +4,7 @@
 //! API Boundary: only the HTTP API (`sluice-proto` types) is public contract; everything
 //! in this crate is internal to the binary.
 
+pub mod analytics;
 pub mod api;
 pub mod broker;
 pub mod conn;
@@ -126,6 +127,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{queue}/purge", post(api::purge_queue))
         .route("/v1/queues/{queue}/move", post(api::move_jobs))
         .route("/v1/queues/{queue}/limits", post(api::set_queue_limits))
+        .route("/v1/queues/{queue}/history", get(analytics::queue_history))
+        .route(
+            "/v1/queues/{queue}/insights",
+            get(analytics::queue_insights),
+        )
+        .route("/v1/health", get(analytics::server_health))
         .route("/v1/workers", get(api::list_workers))
         .route(
             "/v1/workers/{name}",

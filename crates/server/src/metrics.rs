@@ -18,7 +18,7 @@ const PROMETHEUS_BUCKETS_MS: [u64; 16] = [
     3_600_000,
 ];
 /// The recent window: `WINDOW_SLOTS` slots of `SLOT_MS` (one minute).
-const SLOT_MS: Millis = 10_000;
+pub const SLOT_MS: Millis = 10_000;
 const WINDOW_SLOTS: usize = 6;
 /// Log-linear buckets for percentiles: 8 per doubling from 1 ms (each at most 9 % wide)
 /// up to about 6 hours; the first holds everything under 1 ms, the last everything above.
@@ -155,6 +155,7 @@ struct Slot {
     id: i64,
     wait: Fine,
     run: Fine,
+    enqueued: u64,
     succeeded: u64,
     failed: u64,
 }
@@ -194,6 +195,16 @@ pub struct Recent {
     pub failed: u64,
 }
 
+/// One queue over one 10-second slot, for the history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotSummary {
+    pub enqueued: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub wait_p95_ms: Option<u64>,
+    pub run_p95_ms: Option<u64>,
+}
+
 /// Metrics of every queue, by queue number (queues are never removed).
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -215,16 +226,16 @@ impl Metrics {
     pub fn observe(&mut self, state: &State, event: &Event) {
         let ms = |d: Millis| u64::try_from(d).unwrap_or(0);
         match event {
-            Event::Enqueued { jobs, .. }
-            | Event::EnqueuedKeyed { jobs, .. }
-            | Event::BatchEnqueued { jobs, .. } => {
+            Event::Enqueued { at, jobs }
+            | Event::EnqueuedKeyed { at, jobs, .. }
+            | Event::BatchEnqueued { at, jobs, .. } => {
                 for job in jobs {
-                    self.count_job(state, job.id, Outcome::Enqueued);
+                    self.enqueued(state, job.id, *at);
                 }
             }
-            Event::CronFired { fired, .. } => {
+            Event::CronFired { at, fired } => {
                 for job in fired.iter().flat_map(|f| &f.jobs) {
-                    self.count_job(state, job.id, Outcome::Enqueued);
+                    self.enqueued(state, job.id, *at);
                 }
             }
             Event::Leased { at, jobs, .. } => {
@@ -271,6 +282,28 @@ impl Metrics {
 
     fn count(&mut self, queue: u32, kind: u32, outcome: Outcome) {
         self.totals.entry((queue, kind)).or_default()[outcome as usize] += 1;
+    }
+
+    fn enqueued(&mut self, state: &State, id: u64, at: Millis) {
+        if let Some(job) = state.job(id) {
+            self.count(job.queue, job.kind, Outcome::Enqueued);
+            self.queue(job.queue).slot(at).enqueued += 1;
+        }
+    }
+
+    /// What queue `id` did in the 10-second slot starting at `slot_start_ms`, if that
+    /// slot is still in the window: `(enqueued, succeeded, failed, wait p95, run p95)`.
+    pub fn slot_summary(&self, id: u32, slot_start_ms: Millis) -> Option<SlotSummary> {
+        let queue = self.queues.get(id as usize)?;
+        let slot_id = slot_start_ms.div_euclid(SLOT_MS);
+        let slot = &queue.window[slot_id.rem_euclid(WINDOW_SLOTS as i64) as usize];
+        (slot.id == slot_id).then(|| SlotSummary {
+            enqueued: slot.enqueued,
+            succeeded: slot.succeeded,
+            failed: slot.failed,
+            wait_p95_ms: slot.wait.quantile(0.95),
+            run_p95_ms: slot.run.quantile(0.95),
+        })
     }
 
     fn count_job(&mut self, state: &State, id: u64, outcome: Outcome) {

@@ -2367,6 +2367,199 @@ async fn prometheus_metrics_count_what_happened_to_jobs_and_pass_promtool() {
     server.stop().await;
 }
 
+// ---- history and insights ---------------------------------------------------------------
+
+/// An hour of 10 s history for queue `queue` written where the server keeps it (and a
+/// minute past `now`, so the server's own samples of the next slots stay behind these:
+/// of two samples of one time the older file's is read): the backlog rises by 5 a step,
+/// 3 jobs/s arrive and 2/s finish, the wait p95 is about 100 ms but for one spike of 5 s,
+/// 24 steps before `now`. Returns the spike's time.
+fn write_history(data_dir: &std::path::Path, queue: &str, now: i64) -> i64 {
+    use sluice_server::history::{Sample, Store, FINE_KEEP_MS, FINE_STEP_MS};
+    let end = now - now.rem_euclid(FINE_STEP_MS);
+    let start = end - 3_600_000;
+    let mut store = Store::new(
+        data_dir.join("metrics").join("10s"),
+        FINE_STEP_MS,
+        3_600_000,
+        FINE_KEEP_MS,
+        1,
+    );
+    let spike = end - 24 * FINE_STEP_MS;
+    let mut at = start;
+    let mut i = 0;
+    while at < end + 6 * FINE_STEP_MS {
+        let sample = Sample {
+            ready: 5 * i,
+            leased: 4,
+            enqueued: 30,
+            succeeded: 20,
+            failed: 0,
+            wait_p95_ms: Some(if at == spike { 5_000 } else { 100 + i % 3 }),
+            run_p95_ms: Some(250),
+        };
+        store
+            .append(at, vec![(queue.to_owned(), sample)])
+            .expect("write history");
+        at += FINE_STEP_MS;
+        i += 1;
+    }
+    store.close().expect("close history");
+    spike
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_insights_read_what_the_store_holds() {
+    let dir = tempfile::tempdir().expect("dir");
+    let spike = write_history(dir.path(), "ins", support::now_ms());
+    let server = TestServer::start(dir.path()).await;
+    for _ in 0..3 {
+        server.enqueue(spec("ins")).await;
+    }
+    // One job run, so the live metrics have a run time for worker sizing.
+    let (_, leased) = server
+        .post("/v1/lease", &json!({ "queues": ["ins"], "max_jobs": 1 }))
+        .await;
+    let job = &leased["jobs"][0];
+    let (status, _) = server
+        .post(
+            &format!("/v1/jobs/{}/ack", job["id"].as_str().expect("id")),
+            &json!({ "lease_id": job["lease_id"] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let (status, history) = server.get("/v1/queues/ins/history").await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["resolution_ms"], 10_000);
+    let points = history["points"].as_array().expect("points");
+    assert_eq!(points.len(), 360, "an hour of 10 s steps");
+    let at_spike = points
+        .iter()
+        .find(|p| p["wait_p95_ms"] == 5_000)
+        .expect("the spike");
+    assert_eq!(
+        sluice_proto::rfc3339::parse_ms(at_spike["at"].as_str().expect("at")),
+        Some(spike)
+    );
+    assert_eq!(at_spike["enqueued"], 30);
+    let bad = server.get("/v1/queues/ins/history?resolution=1s").await;
+    assert_error(&bad, 400, "invalid_request", Some("resolution"));
+    let missing = server.get("/v1/queues/nope/history").await;
+    assert_error(&missing, 404, "not_found", None);
+
+    let (status, insights) = server
+        .get("/v1/queues/ins/insights?depth_threshold=2000&wait_target_ms=500")
+        .await;
+    assert_eq!(status, 200, "{insights}");
+    let trend = |metric: &str| {
+        insights["trends"]
+            .as_array()
+            .expect("trends")
+            .iter()
+            .find(|t| t["metric"] == metric)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {metric} trend: {insights}"))
+    };
+    let depth = trend("depth");
+    assert_eq!(depth["direction"], "rising", "{depth}");
+    assert!((depth["slope_per_hour"].as_f64().expect("slope") - 1_800.0).abs() < 1.0);
+    assert_eq!(trend("arrival_per_s")["direction"], "flat");
+    let spike_found = insights["anomalies"]
+        .as_array()
+        .expect("anomalies")
+        .iter()
+        .any(|a| {
+            a["metric"] == "wait_p95_ms"
+                && a["above"] == true
+                && sluice_proto::rfc3339::parse_ms(a["at"].as_str().unwrap_or("")) == Some(spike)
+        });
+    assert!(
+        spike_found,
+        "the wait spike is an anomaly: {}",
+        insights["anomalies"]
+    );
+    let forecast = insights["forecasts"]
+        .as_array()
+        .expect("forecasts")
+        .iter()
+        .find(|f| f["metric"] == "depth")
+        .expect("a depth forecast");
+    assert_eq!(forecast["method"], "holt");
+    assert_eq!(
+        forecast["points"].as_array().expect("points").len(),
+        90,
+        "a quarter hour"
+    );
+    let backlog = &insights["backlog"];
+    assert!(
+        (backlog["arrival_per_s"].as_f64().expect("rate") - 3.0).abs() < 1e-9,
+        "{backlog}"
+    );
+    assert!((backlog["throughput_per_s"].as_f64().expect("rate") - 2.0).abs() < 1e-9);
+    assert!(
+        backlog.get("drained_at").is_none(),
+        "more arrives than finishes: {backlog}"
+    );
+    assert!(
+        backlog["threshold_at"].is_string(),
+        "the rising depth crosses 5,000: {backlog}"
+    );
+    let recommendation = &insights["recommendation"];
+    assert!(
+        recommendation["workers"].as_u64().is_some_and(|w| w >= 1),
+        "{insights}"
+    );
+    assert_eq!(recommendation["model"], "M/M/c (Erlang C)");
+    let health = &insights["health"];
+    assert!(
+        health["score"].as_u64().is_some_and(|s| s < 100),
+        "{health}"
+    );
+    let components: Vec<&str> = health["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(components.contains(&"backlog") && components.contains(&"failures"));
+
+    let bad = server.get("/v1/queues/ins/insights?window_ms=10").await;
+    assert_error(&bad, 400, "invalid_request", Some("window_ms"));
+    let (status, overall) = server.get("/v1/health").await;
+    assert_eq!(status, 200);
+    let ins = overall["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["queue"] == "ins")
+        .expect("ins");
+    assert_eq!(
+        ins["score"], health["score"],
+        "the same hour, the same score"
+    );
+    assert!(overall["score"].as_u64().is_some_and(|s| s <= 100));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_records_a_history_sample_every_ten_seconds() {
+    let (_dir, server) = fresh().await;
+    for _ in 0..2 {
+        server.enqueue(spec("rec")).await;
+    }
+    // The sample of the 10 s slot the enqueues fell in is written once that slot ends.
+    let recorded = wait_until("a history sample of rec", || async {
+        let (_, history) = server.get("/v1/queues/rec/history").await;
+        history["points"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["enqueued"] == 2 && p["ready"] == 2))
+    })
+    .await;
+    assert!(recorded);
+    server.stop().await;
+}
+
 // ---- workers --------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
