@@ -1482,10 +1482,16 @@ pub async fn remove_worker(
 
 // ---- metrics ------------------------------------------------------------------------
 
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text exposition format 0.0.4, or OpenMetrics 1.0.0 when the Accept header asks for application/openmetrics-text", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 pub async fn prometheus_metrics(
     app: axum::extract::State<AppState>,
+    headers: axum::http::HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
+    let openmetrics = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
     let broker = app.broker()?;
     let (mut text, jobs_len, now) = broker
         .read_with_metrics(|s, metrics, now| Ok((metrics.prometheus(s, now), s.job_len(), now)))
@@ -1497,13 +1503,15 @@ pub async fn prometheus_metrics(
         jobs_len,
         now,
     );
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    ))
+    let (content_type, text) = if openmetrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::metrics::to_openmetrics(&text),
+        )
+    } else {
+        ("text/plain; version=0.0.4; charset=utf-8", text)
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text))
 }
 
 // ---- health -------------------------------------------------------------------------

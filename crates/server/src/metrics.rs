@@ -651,6 +651,34 @@ fn micros_as_seconds(us: u64) -> String {
     }
 }
 
+/// The same metrics in OpenMetrics 1.0: a counter's family is named without its
+/// `_total` (which its samples keep), and the exposition ends with `# EOF`.
+pub fn to_openmetrics(text: &str) -> String {
+    let counters: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 8);
+    for line in text.lines() {
+        let family = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+            .and_then(|rest| rest.split(' ').next())
+            .filter(|name| counters.contains(name));
+        match family {
+            Some(name) => {
+                let stripped = name.strip_suffix("_total").unwrap_or(name);
+                out.push_str(&line.replacen(name, stripped, 1));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -698,6 +726,17 @@ mod tests {
         assert!((50..=55).contains(&p50), "{p50}");
         assert!((95..=104).contains(&p95), "{p95}");
         assert_eq!(Fine::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn openmetrics_names_counter_families_without_total_and_ends_with_eof() {
+        let text = "# HELP a_total As.\n# TYPE a_total counter\na_total{q=\"x\"} 1\n\
+                    # HELP b Bs.\n# TYPE b gauge\nb 2\n";
+        assert_eq!(
+            to_openmetrics(text),
+            "# HELP a As.\n# TYPE a counter\na_total{q=\"x\"} 1\n# HELP b Bs.\n\
+             # TYPE b gauge\nb 2\n# EOF\n"
+        );
     }
 
     #[test]

@@ -2255,9 +2255,72 @@ fn promtool_check(text: &str) {
     assert!(said.trim().is_empty(), "promtool lint: {said}");
 }
 
+/// The Grafana dashboard in docs/ queries only metrics the server exports, in PromQL
+/// that Prometheus accepts (each query checked by `promtool check rules` as a recording
+/// rule, with the dashboard's variables filled in).
+fn check_grafana_dashboard(metrics: &str) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/grafana/sluice-dashboard.json"
+    );
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for expr in &exprs {
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("sluice_") || w.starts_with("process_"));
+        for name in names {
+            let family = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                metrics.lines().any(|l| l.starts_with(family)),
+                "the dashboard queries {name}, which /metrics does not have: {expr}"
+            );
+        }
+    }
+    let Ok(promtool) = std::env::var("SLUICE_PROMTOOL") else {
+        return;
+    };
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        let filled = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$queue", ".*");
+        rules.push_str(&format!(
+            "      - record: sluice:dashboard_panel_{i}\n        expr: {}\n",
+            serde_json::to_string(&filled).expect("a JSON string is YAML")
+        ));
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("rules.yml");
+    std::fs::write(&file, rules).expect("write rules");
+    let output = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    assert!(
+        output.status.success(),
+        "promtool refused the dashboard's queries: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_count_what_happened_to_jobs_and_pass_promtool() {
-    let (_dir, server) = fresh().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = ServerConfig::new(dir.path());
+    // A snapshot soon, so that its age is in the metrics too.
+    config.snapshot_every_records = 5;
+    let server = TestServer::start_with(config).await;
     for _ in 0..4 {
         let mut job = spec("pm");
         job["max_attempts"] = json!(1);
@@ -2291,6 +2354,20 @@ async fn prometheus_metrics_count_what_happened_to_jobs_and_pass_promtool() {
         .post(&format!("/v1/jobs/{cancel}/cancel"), &json!({}))
         .await;
     assert_eq!(status, 200);
+    let snapshotted = wait_until("a snapshot", || async {
+        let text = server
+            .client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.contains("\nsluice_snapshot_age_seconds ")
+    })
+    .await;
+    assert!(snapshotted);
 
     let response = server
         .client
@@ -2354,6 +2431,30 @@ async fn prometheus_metrics_count_what_happened_to_jobs_and_pass_promtool() {
     assert!(sample(&text, "process_resident_memory_bytes").is_some_and(|n| n > 1e6));
     assert!(sample(&text, "process_open_fds").is_some_and(|n| n > 3.0));
     promtool_check(&text);
+    check_grafana_dashboard(&text);
+
+    // OpenMetrics when asked: counter families without `_total`, and `# EOF`.
+    let response = server
+        .client
+        .get(server.url("/metrics"))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .expect("GET /metrics");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let open = response.text().await.expect("body");
+    assert!(open.ends_with("# EOF\n"));
+    assert!(open.contains("# TYPE sluice_jobs counter\n"), "{open}");
+    assert!(
+        open.contains("sluice_jobs_total{queue=\"pm\",kind=\"email.send\",outcome=\"enqueued\"} 4")
+    );
 
     // The queue's view has the same minute: two waits, two runs, one success, one failure.
     let (_, queue) = server.get("/v1/queues/pm").await;
