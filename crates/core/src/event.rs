@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::{AlertRule, AlertTransition, Silence};
 use crate::cron::CronSpec;
 use crate::{JobId, LeaseId, Millis};
 
@@ -153,6 +154,25 @@ pub enum Event {
         limits: QueueLimits,
         key_limits: QueueLimits,
     },
+    /// An alert rule set (created or replaced).
+    AlertRuleSet {
+        at: Millis,
+        rule: AlertRule,
+    },
+    AlertRuleRemoved {
+        name: String,
+    },
+    SilenceSet {
+        at: Millis,
+        silence: Silence,
+    },
+    SilenceRemoved {
+        id: String,
+    },
+    /// A rule fired or resolved (decided by the server's evaluation).
+    AlertChanged {
+        transition: AlertTransition,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,12 +217,17 @@ impl Event {
             | Event::CronSet { at, .. }
             | Event::CronFired { at, .. }
             | Event::EnqueuedKeyed { at, .. }
-            | Event::LimitsSet { at, .. } => Some(*at),
+            | Event::LimitsSet { at, .. }
+            | Event::AlertRuleSet { at, .. }
+            | Event::SilenceSet { at, .. } => Some(*at),
+            Event::AlertChanged { transition } => Some(transition.at),
             Event::QueuePaused { .. }
             | Event::Purged { .. }
             | Event::Removed { .. }
             | Event::CronRemoved { .. }
-            | Event::Moved { .. } => None,
+            | Event::Moved { .. }
+            | Event::AlertRuleRemoved { .. }
+            | Event::SilenceRemoved { .. } => None,
         }
     }
 

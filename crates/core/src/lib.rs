@@ -4,6 +4,7 @@
 //! Architecture Invariant: `State::apply` is deterministic and total over events that
 //! `State` itself decided; replaying the log rebuilds the state exactly.
 
+pub mod alerts;
 pub mod cron;
 mod error;
 mod event;

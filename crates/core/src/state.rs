@@ -13,6 +13,7 @@ use sluice_proto::limits;
 use sluice_proto::limits::truncate_utf8;
 use sluice_proto::JobState;
 
+use crate::alerts::{AlertRule, AlertTransition, Alerts, Silence, SILENCES_MAX};
 use crate::cron::{CronSpec, Missed, Schedule, CATCH_UP_MAX, MISSED_AFTER_MS};
 use crate::error::{CoreError, Detail, ErrorKind};
 use crate::event::{Backoff, CronFire, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
@@ -789,6 +790,8 @@ pub struct State {
     fired: Vec<u32>,
     /// Cron schedules by name.
     crons: BTreeMap<String, Cron>,
+    /// Alert rules with their state, silences, and the history of transitions.
+    alerts: Alerts,
 }
 
 /// A cron schedule and when it next fires.
@@ -1766,6 +1769,97 @@ impl State {
         )
     }
 
+    // ---- alerts ---------------------------------------------------------------------
+
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
+    /// Sets (creates or replaces) an alert rule. Replacing keeps its firing state when
+    /// it still watches the same queue, metric, comparison and threshold.
+    pub fn set_alert_rule(
+        &mut self,
+        now: Millis,
+        rule: AlertRule,
+    ) -> Result<Decided<()>, CoreError> {
+        let details = rule.check();
+        if !details.is_empty() {
+            return Err(invalid_request(details));
+        }
+        if let Some(error) = self.alerts.rule_count_error(&rule.name) {
+            return Err(error);
+        }
+        self.commit((), Some(Event::AlertRuleSet { at: now, rule }))
+    }
+
+    pub fn remove_alert_rule(&mut self, name: &str) -> Result<Decided<()>, CoreError> {
+        if !self.alerts.rules.contains_key(name) {
+            return Err(CoreError::not_found("alert rule", name));
+        }
+        self.commit(
+            (),
+            Some(Event::AlertRuleRemoved {
+                name: name.to_owned(),
+            }),
+        )
+    }
+
+    pub fn set_silence(&mut self, now: Millis, silence: Silence) -> Result<Decided<()>, CoreError> {
+        let details = silence.check(now);
+        if !details.is_empty() {
+            return Err(invalid_request(details));
+        }
+        let live = self
+            .alerts
+            .silences
+            .values()
+            .filter(|s| s.until > now && s.id != silence.id)
+            .count();
+        if live >= SILENCES_MAX {
+            return Err(CoreError::new(
+                ErrorKind::Limit,
+                "too_many_silences",
+                format!("at most {SILENCES_MAX} silences may be in force"),
+            ));
+        }
+        self.commit((), Some(Event::SilenceSet { at: now, silence }))
+    }
+
+    pub fn remove_silence(&mut self, id: &str) -> Result<Decided<()>, CoreError> {
+        if !self.alerts.silences.contains_key(id) {
+            return Err(CoreError::not_found("silence", id));
+        }
+        self.commit((), Some(Event::SilenceRemoved { id: id.to_owned() }))
+    }
+
+    /// Records that rule `name` now fires (or no longer does) with `value`, if that is a
+    /// change. Replies with the transition logged.
+    pub fn alert_changed(
+        &mut self,
+        now: Millis,
+        name: &str,
+        firing: bool,
+        value: f64,
+    ) -> Decided<Option<AlertTransition>> {
+        let Some(state) = self.alerts.rules.get(name) else {
+            return (None, None);
+        };
+        if state.firing_since.is_some() == firing || !value.is_finite() {
+            return (None, None);
+        }
+        let transition = AlertTransition {
+            at: now,
+            rule: name.to_owned(),
+            firing,
+            value,
+            silenced: self.alerts.silenced(&state.rule, now),
+        };
+        self.commit_infallible(
+            Some(transition.clone()),
+            Some(Event::AlertChanged { transition }),
+        )
+    }
+
     pub fn set_paused(&mut self, queue: &str, paused: bool) -> Result<Decided<()>, CoreError> {
         if !limits::is_valid_name(queue, limits::QUEUE_NAME_BYTES_MAX) {
             return Err(CoreError::bad_input("queue", "not a valid queue name"));
@@ -2148,6 +2242,15 @@ impl State {
             Event::QueueLimitsSet { at, queue, limits } => {
                 self.set_queue_limits(*at, queue, *limits, QueueLimits::default());
             }
+            Event::AlertRuleSet { rule, .. } => self.alerts.set_rule(rule),
+            Event::AlertRuleRemoved { name } => {
+                self.alerts.rules.remove(name);
+            }
+            Event::SilenceSet { at, silence } => self.alerts.set_silence(*at, silence),
+            Event::SilenceRemoved { id } => {
+                self.alerts.silences.remove(id);
+            }
+            Event::AlertChanged { transition } => self.alerts.changed(transition),
             Event::Purged { ids, .. } | Event::Removed { ids } => {
                 for id in ids {
                     self.remove_job(*id)?;
@@ -2468,19 +2571,26 @@ impl State {
                 .collect(),
             keys,
             job_keys,
+            alerts: &self.alerts,
         };
         postcard::to_allocvec(&snapshot).unwrap_or_default()
     }
 
     pub fn decode_snapshot(config: Config, bytes: &[u8]) -> Result<State, String> {
-        // Older snapshots end earlier: before per-key limits (V2), or after the jobs (V1).
+        // Older snapshots end earlier: before alerts (V3), before per-key limits (V2), or
+        // after the jobs (V1).
         let snapshot: SnapshotOwned = match postcard::from_bytes(bytes) {
             Ok(snapshot) => snapshot,
-            Err(error) => postcard::from_bytes::<SnapshotOwnedV2>(bytes)
+            Err(error) => postcard::from_bytes::<SnapshotOwnedV3>(bytes)
                 .map(SnapshotOwned::from)
                 .or_else(|_| {
-                    postcard::from_bytes::<SnapshotOwnedV1>(bytes)
-                        .map(|v1| SnapshotOwned::from(SnapshotOwnedV2::from(v1)))
+                    postcard::from_bytes::<SnapshotOwnedV2>(bytes)
+                        .map(|v2| SnapshotOwned::from(SnapshotOwnedV3::from(v2)))
+                })
+                .or_else(|_| {
+                    postcard::from_bytes::<SnapshotOwnedV1>(bytes).map(|v1| {
+                        SnapshotOwned::from(SnapshotOwnedV3::from(SnapshotOwnedV2::from(v1)))
+                    })
                 })
                 .map_err(|_| format!("undecodable snapshot: {error}"))?,
         };
@@ -2625,6 +2735,7 @@ impl State {
             }
             state.batches.insert(batch.id, batch);
         }
+        state.alerts = snapshot.alerts;
         for (spec, next_at, last_fired_at) in snapshot.crons {
             let schedule = Schedule::parse(&spec.schedule, &spec.timezone)
                 .map_err(|(_, message)| format!("cron {}: {message}", spec.name))?;
@@ -2670,6 +2781,7 @@ struct SnapshotRef<'a> {
     keys: Vec<(u32, &'a str, u64, Millis)>,
     /// `(job, its limit key)` in id order.
     job_keys: Vec<(JobId, &'a str)>,
+    alerts: &'a Alerts,
 }
 
 #[derive(Deserialize)]
@@ -2686,6 +2798,44 @@ struct SnapshotOwned {
     key_limits: Vec<(u32, QueueLimits)>,
     keys: Vec<(u32, String, u64, Millis)>,
     job_keys: Vec<(JobId, String)>,
+    alerts: Alerts,
+}
+
+/// A snapshot from before alerts.
+#[derive(Deserialize)]
+struct SnapshotOwnedV3 {
+    last_id: JobId,
+    last_lease_id: LeaseId,
+    queues: Vec<(String, bool)>,
+    kinds: Vec<String>,
+    unique: Vec<(u32, String, JobId, Millis)>,
+    jobs: Vec<Job>,
+    limits: Vec<(u32, QueueLimits, u64, Millis)>,
+    batches: Vec<(Batch, Vec<JobId>)>,
+    crons: Vec<(CronSpec, Option<Millis>, Option<Millis>)>,
+    key_limits: Vec<(u32, QueueLimits)>,
+    keys: Vec<(u32, String, u64, Millis)>,
+    job_keys: Vec<(JobId, String)>,
+}
+
+impl From<SnapshotOwnedV3> for SnapshotOwned {
+    fn from(v3: SnapshotOwnedV3) -> Self {
+        SnapshotOwned {
+            last_id: v3.last_id,
+            last_lease_id: v3.last_lease_id,
+            queues: v3.queues,
+            kinds: v3.kinds,
+            unique: v3.unique,
+            jobs: v3.jobs,
+            limits: v3.limits,
+            batches: v3.batches,
+            crons: v3.crons,
+            key_limits: v3.key_limits,
+            keys: v3.keys,
+            job_keys: v3.job_keys,
+            alerts: Alerts::default(),
+        }
+    }
 }
 
 /// A snapshot from before per-key limits.
@@ -2702,9 +2852,9 @@ struct SnapshotOwnedV2 {
     crons: Vec<(CronSpec, Option<Millis>, Option<Millis>)>,
 }
 
-impl From<SnapshotOwnedV2> for SnapshotOwned {
+impl From<SnapshotOwnedV2> for SnapshotOwnedV3 {
     fn from(v2: SnapshotOwnedV2) -> Self {
-        SnapshotOwned {
+        SnapshotOwnedV3 {
             last_id: v2.last_id,
             last_lease_id: v2.last_lease_id,
             queues: v2.queues,

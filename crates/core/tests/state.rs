@@ -322,6 +322,11 @@ fn variant(event: &Event) -> &'static str {
         Event::Moved { .. } => "Moved",
         Event::EnqueuedKeyed { .. } => "EnqueuedKeyed",
         Event::LimitsSet { .. } => "LimitsSet",
+        Event::AlertRuleSet { .. } => "AlertRuleSet",
+        Event::AlertRuleRemoved { .. } => "AlertRuleRemoved",
+        Event::SilenceSet { .. } => "SilenceSet",
+        Event::SilenceRemoved { .. } => "SilenceRemoved",
+        Event::AlertChanged { .. } => "AlertChanged",
     }
 }
 
@@ -1604,13 +1609,14 @@ fn snapshot_with_a_job_twice_is_refused() {
     let id = h.enqueue_one(T0, spec_with("q", |s| s.run_at = Some(T0 + 60_000)));
     let bytes = h.state.encode_snapshot();
     let job = postcard::to_allocvec(h.state.job(id).expect("job")).expect("encode job");
-    // The jobs come before the queue limits, batches, cron schedules, key limits, keys
-    // and job keys (none: six counts of 0). Add a ready copy of the same id after the job.
-    let jobs_end = bytes.len() - 6;
+    // The jobs come before the queue limits, batches, cron schedules, key limits, keys,
+    // job keys, alert rules, silences and alert history (none: nine counts of 0). Add a
+    // ready copy of the same id after the job.
+    let jobs_end = bytes.len() - 9;
     assert_eq!(
         &bytes[jobs_end..],
-        &[0, 0, 0, 0, 0, 0],
-        "no limits, batches, crons or keys"
+        &[0; 9],
+        "no limits, batches, crons, keys or alerts"
     );
     assert!(bytes[..jobs_end].ends_with(&job) && bytes[jobs_end - job.len() - 1] == 1);
     let mut ready = h.state.job(id).expect("job").clone();
@@ -1619,7 +1625,7 @@ fn snapshot_with_a_job_twice_is_refused() {
     twice.push(2);
     twice.extend_from_slice(&job);
     twice.extend_from_slice(&postcard::to_allocvec(&ready).expect("encode job"));
-    twice.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    twice.extend_from_slice(&[0; 9]);
     let error = State::decode_snapshot(Config::default(), &twice).expect_err("refused");
     assert!(error.contains("appears twice"), "{error}");
 }
@@ -1892,9 +1898,10 @@ fn snapshots_from_before_queue_limits_still_decode() {
     h.enqueue_one(T0, spec("q"));
     let bytes = h.state.encode_snapshot();
     // The oldest format ended after the jobs: without the (empty) limits, batches and
-    // crons; the next one before the (empty) key limits, keys and job keys.
-    assert!(bytes.ends_with(&[0, 0, 0, 0, 0, 0]));
-    for cut in [3, 6] {
+    // crons; the next one before the (empty) key limits, keys and job keys; the next
+    // before the (empty) alert rules, silences and alert history.
+    assert!(bytes.ends_with(&[0; 9]));
+    for cut in [3, 6, 9] {
         let older = &bytes[..bytes.len() - cut];
         let decoded = State::decode_snapshot(Config::default(), older).expect("older snapshot");
         assert_eq!(decoded.encode_snapshot(), bytes);
@@ -2621,4 +2628,99 @@ fn bad_limit_keys_are_refused_and_batches_and_cron_take_none() {
         .set_cron(T0, "c", "* * * * *", "UTC", keyed("q", "a"), Missed::Skip)
         .expect_err("refused");
     assert!(format!("{error:?}").contains("job.limit_key"), "{error:?}");
+}
+
+// ---- alerts ---------------------------------------------------------------------------
+
+fn rule(name: &str) -> sluice_core::alerts::AlertRule {
+    use sluice_core::alerts::{AlertMetric, AlertRule, Comparison, Notifier, Severity};
+    AlertRule {
+        name: name.into(),
+        queue: "q".into(),
+        metric: AlertMetric::Depth,
+        comparison: Comparison::Above,
+        threshold: 100.0,
+        for_ms: 60_000,
+        severity: Severity::Warning,
+        notifiers: vec![Notifier::Webhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            secret: Some("s3cret".into()),
+        }],
+    }
+}
+
+#[test]
+fn alert_rules_silences_and_transitions_are_logged_and_survive_snapshots() {
+    use sluice_core::alerts::Silence;
+    let mut h = Harness::new();
+    let decided = h
+        .state
+        .set_alert_rule(T0, rule("deep"))
+        .expect("valid rule");
+    h.record(decided);
+    let decided = h.state.alert_changed(T0 + 1, "deep", true, 150.0);
+    let fired = h.record(decided).expect("a transition");
+    assert!(fired.firing && !fired.silenced);
+    // No change, no event: firing again is deduplicated.
+    let (event, again) = h.state.alert_changed(T0 + 2, "deep", true, 160.0);
+    assert!(event.is_none() && again.is_none());
+    let silence = Silence {
+        id: "maint".into(),
+        rule: Some("deep".into()),
+        queue: None,
+        created_at: T0,
+        until: T0 + 3_600_000,
+        comment: "migrating".into(),
+    };
+    let decided = h.state.set_silence(T0 + 3, silence).expect("valid silence");
+    h.record(decided);
+    let decided = h.state.alert_changed(T0 + 4, "deep", false, 50.0);
+    let resolved = h.record(decided).expect("a transition");
+    assert!(!resolved.firing && resolved.silenced, "{resolved:?}");
+    assert_eq!(h.state.alerts().history.len(), 2);
+
+    let replayed = replay(Config::default(), &h.events);
+    let restored =
+        State::decode_snapshot(Config::default(), &h.state.encode_snapshot()).expect("decode");
+    for state in [&replayed, &restored] {
+        assert_eq!(state.alerts(), h.state.alerts());
+    }
+    // Replacing a rule with another threshold starts it afresh.
+    let decided = h.state.alert_changed(T0 + 5, "deep", true, 150.0);
+    h.record(decided);
+    let mut higher = rule("deep");
+    higher.threshold = 500.0;
+    let decided = h.state.set_alert_rule(T0 + 6, higher).expect("valid rule");
+    h.record(decided);
+    assert_eq!(h.state.alerts().rules["deep"].firing_since, None);
+    let decided = h.state.remove_alert_rule("deep").expect("exists");
+    h.record(decided);
+    assert!(h.state.remove_alert_rule("deep").is_err());
+}
+
+#[test]
+fn bad_alert_rules_and_silences_are_refused_with_the_field() {
+    use sluice_core::alerts::{Notifier, Silence};
+    let mut state = State::new(Config::default());
+    let mut bad = rule("r");
+    bad.threshold = f64::NAN;
+    bad.notifiers = vec![Notifier::Slack {
+        url: "ftp://example".into(),
+    }];
+    let error = state.set_alert_rule(T0, bad).expect_err("refused");
+    let text = format!("{error:?}");
+    assert!(
+        text.contains("threshold") && text.contains("notifiers[0].url"),
+        "{text}"
+    );
+    let past = Silence {
+        id: "s".into(),
+        rule: None,
+        queue: None,
+        created_at: T0,
+        until: T0 - 1,
+        comment: String::new(),
+    };
+    let error = state.set_silence(T0, past).expect_err("refused");
+    assert!(format!("{error:?}").contains("until"));
 }
