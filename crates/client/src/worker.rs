@@ -727,6 +727,11 @@ async fn run_handler(
     let mut lost = cancel.subscribe();
     let ended = tokio::select! {
         joined = &mut task => {
+            // A handler that returned because its lease was lost (it watched
+            // `cancelled()`) has no result that counts, however it returned.
+            if matches!(*cancel.borrow(), Some(CancelReason::LeaseLost)) {
+                return Err(Ended::LeaseLost);
+            }
             return match joined {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(message)) => Err(Ended::Failed(message)),

@@ -944,3 +944,119 @@ pub struct ServerHealth {
     pub score: u8,
     pub queues: Vec<QueueHealth>,
 }
+
+/// Where an alert's notifications go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NotifierSpec {
+    /// A JSON POST; with a `secret`, signed: `X-Sluice-Signature: sha256=<hex HMAC-SHA256
+    /// of the body>`. The secret is never shown back.
+    Webhook {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+    },
+    /// A Slack-compatible incoming webhook: `{"text": "..."}`.
+    Slack { url: String },
+}
+
+/// `PUT /v1/alerts/rules/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleSpec {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    pub queue: String,
+    /// `depth`, `dead`, `oldest_ready_ms`, `wait_p95_ms`, `run_p95_ms`, `failure_rate`,
+    /// `throughput_per_min`.
+    pub metric: String,
+    /// `>` or `<`.
+    pub op: String,
+    pub threshold: f64,
+    /// The condition must hold this long before the alert fires. Default 0.
+    #[serde(default)]
+    #[schema(maximum = 86_400_000)]
+    pub for_ms: u64,
+    /// `info`, `warning` (default) or `critical`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    #[serde(default)]
+    #[schema(max_items = 10)]
+    pub notifiers: Vec<NotifierSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AlertRuleInfo {
+    pub name: String,
+    pub queue: String,
+    pub metric: String,
+    pub op: String,
+    pub threshold: f64,
+    pub for_ms: u64,
+    pub severity: String,
+    /// Notifiers, secrets left out.
+    pub notifiers: Vec<NotifierSpec>,
+    pub firing: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firing_since: Option<String>,
+    /// The value at the last transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub silenced: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AlertRuleList {
+    pub rules: Vec<AlertRuleInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AlertTransitionInfo {
+    pub at: String,
+    pub rule: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    pub value: f64,
+    pub silenced: bool,
+}
+
+/// `GET /v1/alerts/history`: the newest transitions first (at most 1,000 are kept).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AlertHistory {
+    pub transitions: Vec<AlertTransitionInfo>,
+}
+
+/// `PUT /v1/alerts/silences/{id}`: mute notifications of matching alerts for a while.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceSpec {
+    /// Only this rule (default: every rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Only rules on this queue (default: every queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// How long from now, at most 30 days.
+    #[schema(minimum = 1, maximum = 2_592_000_000_u64)]
+    pub duration_ms: u64,
+    #[serde(default)]
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SilenceInfo {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    pub created_at: String,
+    pub until: String,
+    pub comment: String,
+    /// False once `until` has passed.
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SilenceList {
+    pub silences: Vec<SilenceInfo>,
+}

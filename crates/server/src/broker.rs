@@ -41,6 +41,10 @@ pub struct Broker {
     pub workers: Mutex<Registry>,
     /// Metric history on disk (locked alone).
     pub history: Mutex<Recorder>,
+    /// Since when each alert rule's condition has held (not logged: a restart starts
+    /// the wait afresh). Locked alone.
+    pub alert_pending: Mutex<rustc_hash::FxHashMap<String, Millis>>,
+    last_alert_evaluation_ms: AtomicI64,
     /// A registered worker not heard from for this long is dropped, its leases ended.
     pub worker_stale_ms: u64,
     records_at_last_snapshot: AtomicU64,
@@ -82,6 +86,8 @@ impl Broker {
             metrics: Mutex::new(Metrics::default()),
             workers: Mutex::new(Registry::default()),
             history: Mutex::new(Recorder::new(&options_dir.join("metrics"), system_now_ms())),
+            alert_pending: Mutex::new(rustc_hash::FxHashMap::default()),
+            last_alert_evaluation_ms: AtomicI64::new(0),
             worker_stale_ms: sluice_proto::limits::WORKER_STALE_MS_DEFAULT,
             records_at_last_snapshot: AtomicU64::new(report.snapshot_lsn.unwrap_or(0)),
             log_bytes_since_snapshot: AtomicU64::new(0),
@@ -210,6 +216,13 @@ impl Broker {
         self.execute(|s, now| Ok(s.expire_leases(now))).await?;
         self.execute(|s, now| Ok(s.retain(now))).await?;
         self.record_history();
+        let now = system_now_ms();
+        if now - self.last_alert_evaluation_ms.load(Ordering::Relaxed)
+            >= crate::alerting::EVALUATE_EVERY_MS
+        {
+            self.last_alert_evaluation_ms.store(now, Ordering::Relaxed);
+            crate::alerting::evaluate(self).await?;
+        }
         let gone = self
             .workers
             .lock()

@@ -4,6 +4,7 @@
 //! API Boundary: only the HTTP API (`sluice-proto` types) is public contract; everything
 //! in this crate is internal to the binary.
 
+pub mod alerting;
 pub mod analytics;
 pub mod api;
 pub mod broker;
@@ -22,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use sluice_proto::limits;
 use sluice_wal::{FsyncPolicy, WalOptions};
@@ -133,6 +134,20 @@ pub fn router(state: AppState) -> Router {
             get(analytics::queue_insights),
         )
         .route("/v1/health", get(analytics::server_health))
+        .route("/v1/alerts", get(alerting::firing))
+        .route("/v1/alerts/history", get(alerting::history))
+        .route("/v1/alerts/rules", get(alerting::list_rules))
+        .route(
+            "/v1/alerts/rules/{name}",
+            get(alerting::get_rule)
+                .put(alerting::set_rule)
+                .delete(alerting::remove_rule),
+        )
+        .route("/v1/alerts/silences", get(alerting::list_silences))
+        .route(
+            "/v1/alerts/silences/{id}",
+            put(alerting::set_silence).delete(alerting::remove_silence),
+        )
         .route("/v1/workers", get(api::list_workers))
         .route(
             "/v1/workers/{name}",
@@ -230,12 +245,17 @@ pub async fn run(
         })
     };
 
+    let notifier = tokio::spawn(alerting::notifier(broker.clone(), stop_rx.clone()));
+
     shutdown.await;
     tracing::info!("shutting down: no new requests; finishing in-flight ones");
     let _ = stop_tx.send(true);
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let served = tokio::time::timeout(grace, server).await;
     let _ = ticker.await;
+    // A delivery in flight takes at most its timeout; an unfinished one is retried
+    // after the restart (its lease runs out).
+    let _ = tokio::time::timeout(grace, notifier).await;
     if served.is_err() {
         tracing::warn!(
             grace_ms = config.shutdown_grace_ms,
