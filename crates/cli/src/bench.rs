@@ -48,6 +48,9 @@ pub enum Scenario {
     /// for --duration-s (60), and a concurrency-limited queue (5) whose handlers call a
     /// sink that counts requests in flight. Not part of `all`.
     Limits,
+    /// 1,000 queues x 10 kinds of jobs run once, then GET /metrics 200 times: scrape
+    /// p50/p95/p99 and the metrics' memory. Not part of `all`.
+    Metrics,
 }
 
 impl Scenario {
@@ -63,6 +66,7 @@ impl Scenario {
             Scenario::WorkerSleep => "worker-sleep",
             Scenario::HttpWorker => "http-worker",
             Scenario::Limits => "limits",
+            Scenario::Metrics => "metrics",
         }
     }
 }
@@ -182,6 +186,7 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
             Scenario::WorkerSleep => crate::bench_workers::worker_sleep(url, &args, &run_id).await,
             Scenario::HttpWorker => crate::bench_workers::http_worker(url, &args, &run_id).await,
             Scenario::Limits => crate::bench_workers::limits(url, &args, &run_id).await,
+            Scenario::Metrics => crate::bench_workers::metrics_scrape(url, &run_id).await,
             Scenario::All => continue,
         };
         match report {

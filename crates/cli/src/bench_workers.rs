@@ -563,3 +563,94 @@ async fn per_key(client: &Client, run_id: &str) -> Result<Report> {
         errors: u64::from(!rate_ok) + u64::from(!concurrency_ok),
     })
 }
+
+/// `metrics`: 1,000 queues × 10 kinds, one job of each pair enqueued, leased and acked
+/// (so every counter and histogram holds something), then `GET /metrics` 200 times in a
+/// row: p50/p95/p99 and the answer's size (target p95 <= 10 ms); the metrics' own memory
+/// (`sluice_metrics_bytes`, by accounting) and the server's RSS growth over the scenario,
+/// an upper bound that includes the 10,000 jobs (target <= 50 MB).
+pub async fn metrics_scrape(url: &str, run_id: &str) -> Result<Report> {
+    const QUEUES: u64 = 1_000;
+    const KINDS: u64 = 10;
+    const SCRAPES: usize = 200;
+    let client = Client::new(url)?;
+    let http = reqwest::Client::new();
+    let metrics_url = format!("{url}/metrics");
+    let scrape = |http: reqwest::Client, metrics_url: String| async move {
+        let text = http.get(&metrics_url).send().await?.text().await?;
+        anyhow::Ok(text)
+    };
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let before = scrape(http.clone(), metrics_url.clone()).await?;
+    let rss_before = gauge(&before, "process_resident_memory_bytes").unwrap_or(0.0);
+
+    let prefix = format!("bench-m-{run_id}");
+    let queue = move |n: u64| format!("{prefix}-{:04}", n / KINDS);
+    fill_with(&client, QUEUES * KINDS, move |n| {
+        NewJob::new(queue(n), format!("kind-{}", n % KINDS), Value::Null)
+    })
+    .await?;
+    let names: Vec<String> = (0..QUEUES)
+        .map(|q| format!("bench-m-{run_id}-{q:04}"))
+        .collect();
+    for group in names.chunks(100) {
+        loop {
+            let reply = client
+                .lease(group, 1_000, Duration::ZERO, Some("bench"), Vec::new())
+                .await?;
+            if reply.jobs.is_empty() {
+                break;
+            }
+            let acks = reply
+                .jobs
+                .iter()
+                .map(|j| sluice_proto::AckItem {
+                    id: j.id.clone(),
+                    lease_id: j.lease_id.clone(),
+                })
+                .collect();
+            client.ack_batch(acks).await?;
+        }
+    }
+
+    let mut times = Vec::with_capacity(SCRAPES);
+    let mut bytes = 0;
+    let mut last = String::new();
+    for _ in 0..SCRAPES {
+        let started = Instant::now();
+        last = scrape(http.clone(), metrics_url.clone()).await?;
+        times.push(started.elapsed());
+        bytes = last.len();
+    }
+    times.sort();
+    let at = |q: f64| {
+        times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1].as_secs_f64()
+            * 1e3
+    };
+    let (p50, p95, p99) = (at(0.50), at(0.95), at(0.99));
+    let series = last
+        .lines()
+        .filter(|l| l.starts_with("sluice_jobs_total{"))
+        .count();
+    let metrics_mib = gauge(&last, "sluice_metrics_bytes").unwrap_or(f64::NAN) / 1_048_576.0;
+    let rss_growth_mib =
+        (gauge(&last, "process_resident_memory_bytes").unwrap_or(0.0) - rss_before) / 1_048_576.0;
+    let fast = p95 <= 10.0;
+    let small = metrics_mib <= 50.0;
+    let line = format!(
+        "{QUEUES} queues x {KINDS} kinds ({series} sluice_jobs_total series, {:.1} MiB a scrape): \
+         GET /metrics p50 {p50:.2} ms, p95 {p95:.2} ms, p99 {p99:.2} ms over {SCRAPES} \
+         (target p95 <= 10 ms: {}); metrics memory {metrics_mib:.1} MiB by accounting, server \
+         RSS +{rss_growth_mib:.1} MiB over the scenario incl. the jobs (target <= 50 MB: {})",
+        bytes as f64 / 1_048_576.0,
+        if fast { "met" } else { "MISSED" },
+        if small { "met" } else { "MISSED" },
+    );
+    Ok(Report {
+        line,
+        errors: u64::from(!fast) + u64::from(!small),
+    })
+}

@@ -36,6 +36,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum FsyncMode {
     /// fsync before every reply (grouped across concurrent writers).
     Always,
@@ -80,6 +86,10 @@ enum Command {
         /// end at once.
         #[arg(long, default_value_t = sluice_proto::limits::WORKER_STALE_MS_DEFAULT)]
         worker_stale_ms: u64,
+        /// Count jobs into the metrics; `off` only to measure what that costs (metrics,
+        /// history, insights and alerts then see no activity).
+        #[arg(long, value_enum, default_value = "on")]
+        metrics: Switch,
     },
     /// Enqueue one job.
     Enqueue {
@@ -317,6 +327,7 @@ async fn run(cli: Cli) -> Result<()> {
             shutdown_grace_ms,
             connections_max,
             worker_stale_ms,
+            metrics,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -343,6 +354,7 @@ async fn run(cli: Cli) -> Result<()> {
                 connections_max,
                 header_read_timeout_ms: sluice_proto::limits::HEADER_READ_TIMEOUT_MS,
                 worker_stale_ms,
+                metrics_enabled: matches!(metrics, Switch::On),
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -1493,14 +1493,22 @@ pub async fn prometheus_metrics(
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
     let broker = app.broker()?;
-    let (mut text, jobs_len, now) = broker
-        .read_with_metrics(|s, metrics, now| Ok((metrics.prometheus(s, now), s.job_len(), now)))
+    let (mut text, jobs_len, metrics_bytes, now) = broker
+        .read_with_metrics(|s, metrics, now| {
+            Ok((
+                metrics.prometheus(s, now),
+                s.job_len(),
+                metrics.bytes(),
+                now,
+            ))
+        })
         .await?;
     crate::metrics::server_prometheus(
         &mut text,
         &broker.wal().stats(),
         broker.last_snapshot_at_ms(),
         jobs_len,
+        metrics_bytes,
         now,
     );
     let (content_type, text) = if openmetrics {

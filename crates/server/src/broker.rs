@@ -47,6 +47,8 @@ pub struct Broker {
     last_alert_evaluation_ms: AtomicI64,
     /// A registered worker not heard from for this long is dropped, its leases ended.
     pub worker_stale_ms: u64,
+    /// Off: events are not counted (for measuring what the metrics cost).
+    pub metrics_enabled: bool,
     records_at_last_snapshot: AtomicU64,
     /// Log bytes appended since the last snapshot, and that snapshot's size: a snapshot
     /// is written only once the log has grown by at least the snapshot's own size, so
@@ -89,6 +91,7 @@ impl Broker {
             alert_pending: Mutex::new(rustc_hash::FxHashMap::default()),
             last_alert_evaluation_ms: AtomicI64::new(0),
             worker_stale_ms: sluice_proto::limits::WORKER_STALE_MS_DEFAULT,
+            metrics_enabled: true,
             records_at_last_snapshot: AtomicU64::new(report.snapshot_lsn.unwrap_or(0)),
             log_bytes_since_snapshot: AtomicU64::new(0),
             last_snapshot_bytes: AtomicU64::new(snapshot_bytes),
@@ -134,12 +137,15 @@ impl Broker {
             let mut state = self.state.lock();
             let (events, reply) = command(&mut state, system_now_ms())?;
             let mut wake = Wakes::default();
-            let mut metrics = self.metrics.lock();
             for event in &events {
                 wake.ready_made(&state, event);
-                metrics.observe(&state, event);
             }
-            drop(metrics);
+            if self.metrics_enabled {
+                let mut metrics = self.metrics.lock();
+                for event in &events {
+                    metrics.observe(&state, event);
+                }
+            }
             // Batch callbacks the events enqueued (when a batch's last member finished).
             for queue in state.take_fired() {
                 let name = state.queue_name(queue).to_owned();

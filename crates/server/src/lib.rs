@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// A registered worker not heard from for this long is dropped, its leases ended.
     pub worker_stale_ms: u64,
+    /// Count events into the metrics (default). Off only to measure what they cost:
+    /// `/metrics`, history, insights and alerts then see no activity.
+    pub metrics_enabled: bool,
 }
 
 impl ServerConfig {
@@ -67,6 +70,7 @@ impl ServerConfig {
             connections_max: limits::CONNECTIONS_MAX,
             header_read_timeout_ms: limits::HEADER_READ_TIMEOUT_MS,
             worker_stale_ms: limits::WORKER_STALE_MS_DEFAULT,
+            metrics_enabled: true,
         }
     }
 }
@@ -214,6 +218,7 @@ pub async fn run(
         }
     };
     broker.worker_stale_ms = config.worker_stale_ms.max(1);
+    broker.metrics_enabled = config.metrics_enabled;
     let broker = Arc::new(broker);
     tracing::info!(
         snapshot_lsn = ?report.snapshot_lsn,

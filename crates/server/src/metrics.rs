@@ -336,6 +336,16 @@ impl Metrics {
         }
     }
 
+    /// Heap and inline bytes the metrics hold, by accounting (what `sluice_metrics_bytes`
+    /// reports): per queue its struct and fine histograms, and the totals map's slots.
+    pub fn bytes(&self) -> usize {
+        let fine = 2 * WINDOW_SLOTS * std::mem::size_of::<[u32; FINE_LEN]>();
+        let queues =
+            self.queues.capacity() * std::mem::size_of::<QueueMetrics>() + self.queues.len() * fine;
+        let slot = std::mem::size_of::<((u32, u32), [u64; Outcome::ALL.len()])>() + 1;
+        queues + self.totals.capacity() * slot
+    }
+
     /// Queue `id` over the minute up to `now`.
     pub fn recent(&self, id: u32, now: Millis) -> Recent {
         let Some(queue) = self.queues.get(id as usize) else {
@@ -482,13 +492,15 @@ impl Metrics {
     }
 }
 
-/// The server's own metrics: its log, snapshots, jobs in memory, and the process
+/// The server's own metrics: its log, snapshots, jobs in memory, the metrics' own
+/// memory, and the process
 /// (Prometheus's standard `process_*` names, read from Linux's `/proc`).
 pub fn server_prometheus(
     out: &mut String,
     wal: &WalStats,
     last_snapshot_at_ms: Option<Millis>,
     jobs_len: usize,
+    metrics_bytes: usize,
     now: Millis,
 ) {
     header(
@@ -554,6 +566,13 @@ pub fn server_prometheus(
         "Jobs held by the server, in every state.",
     );
     let _ = writeln!(out, "sluice_jobs {jobs_len}");
+    header(
+        out,
+        "sluice_metrics_bytes",
+        "gauge",
+        "Memory the job metrics hold (counters, histograms), by accounting.",
+    );
+    let _ = writeln!(out, "sluice_metrics_bytes {metrics_bytes}");
     if let Some(process) = Process::read() {
         header(
             out,
