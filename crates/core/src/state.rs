@@ -1978,6 +1978,11 @@ impl State {
     }
 
     /// The name of a job's `kind` number.
+    /// Job kinds seen (numbered from 0).
+    pub fn kind_len(&self) -> usize {
+        self.kinds.len()
+    }
+
     pub fn kind_name(&self, kind: u32) -> &str {
         self.kinds.get(kind as usize).map_or("", |k| k)
     }

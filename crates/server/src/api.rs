@@ -1493,16 +1493,15 @@ pub async fn prometheus_metrics(
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
     let broker = app.broker()?;
-    let (mut text, jobs_len, metrics_bytes, now) = broker
+    // Copied under the locks, written out after: a scrape does not hold up commands.
+    let (export, jobs_len, metrics_bytes, now) = broker
         .read_with_metrics(|s, metrics, now| {
-            Ok((
-                metrics.prometheus(s, now),
-                s.job_len(),
-                metrics.bytes(),
-                now,
-            ))
+            Ok((metrics.export(s, now), s.job_len(), metrics.bytes(), now))
         })
         .await?;
+    let mut text = tokio::task::spawn_blocking(move || export.render())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     crate::metrics::server_prometheus(
         &mut text,
         &broker.wal().stats(),

@@ -371,38 +371,97 @@ impl Metrics {
         recent
     }
 
+    /// What the exposition needs, copied so that it can be written without the locks
+    /// (copying is a few hundred microseconds at 1,000 queues; writing takes longer).
+    pub fn export(&self, state: &State, now: Millis) -> Export {
+        let empty = QueueMetrics::default();
+        let queues = (0..state.queue_len() as u32)
+            .filter_map(|id| {
+                let queue = state.queue_by_id(id)?;
+                let metrics = self.queues.get(id as usize).unwrap_or(&empty);
+                let oldest_ms = state
+                    .jobs_page(queue, JobState::Ready, None, 1)
+                    .first()
+                    .map_or(0, |job| now.saturating_sub(job.enqueued_at()).max(0));
+                Some(ExportQueue {
+                    id,
+                    counts: JobState::ALL.map(|s| queue.count(s) as u64),
+                    oldest_ms: u64::try_from(oldest_ms).unwrap_or(0),
+                    wait: metrics.wait.clone(),
+                    run: metrics.run.clone(),
+                })
+            })
+            .collect();
+        Export {
+            queue_names: (0..state.queue_len() as u32)
+                .map(|id| escape(state.queue_name(id)))
+                .collect(),
+            kind_names: (0..state.kind_len() as u32)
+                .map(|id| escape(state.kind_name(id)))
+                .collect(),
+            totals: self.totals.iter().map(|(&k, v)| (k, *v)).collect(),
+            queues,
+        }
+    }
+
     /// The Prometheus text exposition (format 0.0.4) of every queue.
     pub fn prometheus(&self, state: &State, now: Millis) -> String {
-        let mut out = String::new();
-        let queues: Vec<(u32, &str)> = (0..state.queue_len() as u32)
-            .map(|id| (id, state.queue_name(id)))
-            .collect();
-        let empty = QueueMetrics::default();
-        let of = |id: u32| self.queues.get(id as usize).unwrap_or(&empty);
+        self.export(state, now).render()
+    }
+}
 
+/// The job metrics as of one moment, to write out.
+pub struct Export {
+    /// Label-escaped names by number.
+    queue_names: Vec<String>,
+    kind_names: Vec<String>,
+    totals: Vec<((u32, u32), [u64; Outcome::ALL.len()])>,
+    queues: Vec<ExportQueue>,
+}
+
+struct ExportQueue {
+    id: u32,
+    counts: [u64; JobState::ALL.len()],
+    oldest_ms: u64,
+    wait: Cumulative,
+    run: Cumulative,
+}
+
+impl Export {
+    /// The Prometheus text exposition (format 0.0.4). A `sluice_jobs_total` series
+    /// appears with its first count (zeros are left out: 1,000 queues x 10 kinds would
+    /// otherwise be 80,000 lines mostly of 0).
+    pub fn render(mut self) -> String {
+        fn name(names: &[String], id: u32) -> &str {
+            names.get(id as usize).map_or("", String::as_str)
+        }
+        let mut out =
+            String::with_capacity(self.totals.len() * 4 * 96 + self.queues.len() * 48 * 72 + 4_096);
         header(
             &mut out,
             "sluice_jobs_total",
             "counter",
             "Jobs by queue, kind and what happened to them, since the server started.",
         );
-        let mut pairs: Vec<(&str, &str, &[u64; Outcome::ALL.len()])> = self
-            .totals
-            .iter()
-            .map(|(&(queue, kind), totals)| {
-                (state.queue_name(queue), state.kind_name(kind), totals)
-            })
-            .collect();
-        pairs.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        for (queue, kind, totals) in pairs {
-            let (queue, kind) = (escape(queue), escape(kind));
+        let (queues, kinds) = (&self.queue_names, &self.kind_names);
+        // In queue and kind creation order: stable from scrape to scrape, and cheap.
+        self.totals.sort_unstable_by_key(|(key, _)| *key);
+        for ((queue, kind), totals) in &self.totals {
+            let (queue, kind) = (name(queues, *queue), name(kinds, *kind));
             for outcome in Outcome::ALL {
-                let _ = writeln!(
-                    out,
-                    "sluice_jobs_total{{queue=\"{queue}\",kind=\"{kind}\",outcome=\"{}\"}} {}",
-                    outcome.as_str(),
-                    totals[outcome as usize]
-                );
+                let value = totals[outcome as usize];
+                if value == 0 {
+                    continue;
+                }
+                out.push_str("sluice_jobs_total{queue=\"");
+                out.push_str(queue);
+                out.push_str("\",kind=\"");
+                out.push_str(kind);
+                out.push_str("\",outcome=\"");
+                out.push_str(outcome.as_str());
+                out.push_str("\"} ");
+                push_u64(&mut out, value);
+                out.push('\n');
             }
         }
         header(
@@ -411,18 +470,16 @@ impl Metrics {
             "gauge",
             "Jobs in each state now.",
         );
-        for &(id, name) in &queues {
-            let Some(queue) = state.queue_by_id(id) else {
-                continue;
-            };
-            for job_state in JobState::ALL {
-                let _ = writeln!(
-                    out,
-                    "sluice_queue_jobs{{queue=\"{}\",state=\"{}\"}} {}",
-                    escape(name),
-                    job_state.as_str(),
-                    queue.count(job_state)
-                );
+        for queue in &self.queues {
+            let queue_name = name(queues, queue.id);
+            for (job_state, count) in JobState::ALL.iter().zip(queue.counts) {
+                out.push_str("sluice_queue_jobs{queue=\"");
+                out.push_str(queue_name);
+                out.push_str("\",state=\"");
+                out.push_str(job_state.as_str());
+                out.push_str("\"} ");
+                push_u64(&mut out, count);
+                out.push('\n');
             }
         }
         header(
@@ -431,64 +488,80 @@ impl Metrics {
             "gauge",
             "Age of the oldest ready job (0 when none is ready).",
         );
-        for &(id, name) in &queues {
-            let Some(queue) = state.queue_by_id(id) else {
-                continue;
-            };
-            let oldest = state
-                .jobs_page(queue, JobState::Ready, None, 1)
-                .first()
-                .map_or(0, |job| now.saturating_sub(job.enqueued_at()).max(0));
-            let _ = writeln!(
-                out,
-                "sluice_queue_oldest_ready_seconds{{queue=\"{}\"}} {}",
-                escape(name),
-                seconds(u64::try_from(oldest).unwrap_or(0))
-            );
+        for queue in &self.queues {
+            out.push_str("sluice_queue_oldest_ready_seconds{queue=\"");
+            out.push_str(name(queues, queue.id));
+            out.push_str("\"} ");
+            out.push_str(&seconds(queue.oldest_ms));
+            out.push('\n');
         }
-        for (metric, help, pick) in [
+        let les: Vec<String> = PROMETHEUS_BUCKETS_MS
+            .iter()
+            .map(|&ms| seconds(ms))
+            .collect();
+        for (metric, help, wait) in [
             (
                 "sluice_job_wait_seconds",
                 "Time from a job being due (enqueued, or its retry time) to its lease.",
-                (|q: &QueueMetrics| &q.wait) as fn(&QueueMetrics) -> &Cumulative,
+                true,
             ),
             (
                 "sluice_job_run_seconds",
                 "Time from a lease to its ack, fail or expiry.",
-                |q: &QueueMetrics| &q.run,
+                false,
             ),
         ] {
             header(&mut out, metric, "histogram", help);
-            for &(id, name) in &queues {
-                let histogram = pick(of(id));
-                let name = escape(name);
+            for queue in &self.queues {
+                let histogram = if wait { &queue.wait } else { &queue.run };
+                let queue_name = name(queues, queue.id);
                 let mut cumulative = 0;
-                for (le, count) in PROMETHEUS_BUCKETS_MS.iter().zip(histogram.buckets) {
+                for (le, count) in les.iter().zip(histogram.buckets) {
                     cumulative += count;
-                    let _ = writeln!(
-                        out,
-                        "{metric}_bucket{{queue=\"{name}\",le=\"{}\"}} {cumulative}",
-                        seconds(*le)
-                    );
+                    out.push_str(metric);
+                    out.push_str("_bucket{queue=\"");
+                    out.push_str(queue_name);
+                    out.push_str("\",le=\"");
+                    out.push_str(le);
+                    out.push_str("\"} ");
+                    push_u64(&mut out, cumulative);
+                    out.push('\n');
                 }
                 let _ = writeln!(
                     out,
-                    "{metric}_bucket{{queue=\"{name}\",le=\"+Inf\"}} {}",
+                    "{metric}_bucket{{queue=\"{queue_name}\",le=\"+Inf\"}} {}",
                     histogram.count
                 );
                 let _ = writeln!(
                     out,
-                    "{metric}_sum{{queue=\"{name}\"}} {}",
+                    "{metric}_sum{{queue=\"{queue_name}\"}} {}",
                     seconds(histogram.sum_ms)
                 );
                 let _ = writeln!(
                     out,
-                    "{metric}_count{{queue=\"{name}\"}} {}",
+                    "{metric}_count{{queue=\"{queue_name}\"}} {}",
                     histogram.count
                 );
             }
         }
         out
+    }
+}
+
+/// Appends `value` in decimal without going through `fmt`.
+fn push_u64(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[i..] {
+        out.push(char::from(digit));
     }
 }
 
@@ -756,6 +829,15 @@ mod tests {
             "# HELP a As.\n# TYPE a counter\na_total{q=\"x\"} 1\n# HELP b Bs.\n\
              # TYPE b gauge\nb 2\n# EOF\n"
         );
+    }
+
+    #[test]
+    fn decimal_digits_are_pushed_exactly() {
+        for value in [0u64, 7, 10, 12_345, u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, value);
+            assert_eq!(out, value.to_string());
+        }
     }
 
     #[test]
