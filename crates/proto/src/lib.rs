@@ -796,6 +796,11 @@ pub struct WorkerInfo {
     /// Jobs held / concurrency, when it gave its concurrency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub utilisation: Option<f64>,
+    /// Attempts it finished since it registered: acked, and failed or expired.
+    #[serde(default)]
+    pub succeeded: u64,
+    #[serde(default)]
+    pub failed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -1358,6 +1358,8 @@ fn worker_views(
                     .filter(|&c| c > 0)
                     .map(|c| current_jobs.len() as f64 / f64::from(c)),
                 current_jobs,
+                succeeded: worker.succeeded,
+                failed: worker.failed,
             }
         })
         .collect()

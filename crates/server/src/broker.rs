@@ -146,6 +146,7 @@ impl Broker {
                     metrics.observe(&state, event);
                 }
             }
+            count_worker_attempts(&self.workers, &state, &events);
             // Batch callbacks the events enqueued (when a batch's last member finished).
             for queue in state.take_fired() {
                 let name = state.queue_name(queue).to_owned();
@@ -350,6 +351,35 @@ impl Broker {
 
     pub fn tick_interval() -> Duration {
         Duration::from_millis(50)
+    }
+}
+
+/// Credits registered workers with the attempts `events` finished (named on the job's
+/// last attempt, which is the one that ended).
+fn count_worker_attempts(workers: &Mutex<Registry>, state: &State, events: &[Event]) {
+    let finished = |ids: &mut dyn Iterator<Item = (u64, bool)>| {
+        let mut workers = workers.lock();
+        if workers.is_empty() {
+            return;
+        }
+        for (id, succeeded) in ids {
+            let worker = state
+                .job(id)
+                .and_then(|j| j.extra())
+                .and_then(|e| e.history.last())
+                .and_then(|a| a.worker.as_deref());
+            if let Some(worker) = worker {
+                workers.finished(worker, succeeded);
+            }
+        }
+    };
+    for event in events {
+        match event {
+            Event::Acked { ids, .. } => finished(&mut ids.iter().map(|&id| (id, true))),
+            Event::Failed { jobs, .. } => finished(&mut jobs.iter().map(|j| (j.id, false))),
+            Event::Expired { jobs, .. } => finished(&mut jobs.iter().map(|&(id, _)| (id, false))),
+            _ => {}
+        }
     }
 }
 

@@ -13,6 +13,9 @@ pub struct Registered {
     pub beat: WorkerBeat,
     pub registered_at: Millis,
     pub last_seen_at: Millis,
+    /// Attempts it finished since it registered: acked, and failed or expired.
+    pub succeeded: u64,
+    pub failed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +44,8 @@ impl Registry {
                         beat,
                         registered_at: now,
                         last_seen_at: now,
+                        succeeded: 0,
+                        failed: 0,
                     },
                 );
             }
@@ -52,6 +57,21 @@ impl Registry {
     pub fn touch(&mut self, name: &str, now: Millis) {
         if let Some(worker) = self.workers.get_mut(name) {
             worker.last_seen_at = worker.last_seen_at.max(now);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Counts an attempt `name` finished, if it is registered.
+    pub fn finished(&mut self, name: &str, succeeded: bool) {
+        if let Some(worker) = self.workers.get_mut(name) {
+            if succeeded {
+                worker.succeeded += 1;
+            } else {
+                worker.failed += 1;
+            }
         }
     }
 

@@ -2732,6 +2732,28 @@ async fn registered_workers_show_their_jobs_and_a_silent_one_is_dropped_with_its
     assert_eq!(silent["utilisation"], 0.5);
     assert_eq!(silent["current_jobs"][0]["queue"], "wk");
 
+    // Attempts are credited to the worker that ran them.
+    server.enqueue(spec("wk2")).await;
+    let (_, one_more) = server
+        .post(
+            "/v1/lease",
+            &json!({ "queues": ["wk2"], "max_jobs": 1, "worker": "alive" }),
+        )
+        .await;
+    let job = &one_more["jobs"][0];
+    let (status, _) = server
+        .post(
+            &format!("/v1/jobs/{}/ack", job["id"].as_str().expect("id")),
+            &json!({ "lease_id": job["lease_id"] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, alive) = server.get("/v1/workers/alive").await;
+    assert_eq!(
+        (alive["succeeded"].clone(), alive["failed"].clone()),
+        (json!(1), json!(0))
+    );
+
     // Dropped after 400 ms of silence: its leases end now, not at their 30 s timeout.
     let dropped = wait_until("the silent worker to be dropped", || async {
         server.get("/v1/workers/silent").await.0 == 404
