@@ -32,6 +32,11 @@ fi
 SLUICE_PROMTOOL="$(bash scripts/promtool.sh)"
 export SLUICE_PROMTOOL SLUICE_REQUIRE_PROMTOOL=1
 cargo test --workspace -j2 "$@"
+# The OpenTelemetry export is behind the `otel` feature: its test runs with the feature
+# on, and what the server sends is parsed by the OpenTelemetry project's own protobuf
+# classes (scripts/otlp-venv.sh installs them from PyPI into target/ on first use).
+SLUICE_OTLP_PYTHON="$(bash scripts/otlp-venv.sh)" SLUICE_REQUIRE_OTLP_CHECK=1 \
+  cargo test -j2 -p sluice-server --features otel --test otel "$@"
 # Property-based API test from the OpenAPI document against the real server: schemathesis
 # (needs python3; installed from PyPI into target/ on first use), then about 15 s. A failure
 # fails the run. See docs/reliability.md, "Schemathesis".

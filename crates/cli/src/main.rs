@@ -90,6 +90,12 @@ enum Command {
         /// history, insights and alerts then see no activity).
         #[arg(long, value_enum, default_value = "on")]
         metrics: Switch,
+        /// Export the job metrics to this OpenTelemetry collector (its base URL; OTLP/HTTP
+        /// JSON to <URL>/v1/metrics). Needs a build with `--features otel`.
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
+        #[arg(long, default_value_t = 10_000)]
+        otlp_interval_ms: u64,
     },
     /// Enqueue one job.
     Enqueue {
@@ -328,6 +334,8 @@ async fn run(cli: Cli) -> Result<()> {
             connections_max,
             worker_stale_ms,
             metrics,
+            otlp_endpoint,
+            otlp_interval_ms,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -355,6 +363,8 @@ async fn run(cli: Cli) -> Result<()> {
                 header_read_timeout_ms: sluice_proto::limits::HEADER_READ_TIMEOUT_MS,
                 worker_stale_ms,
                 metrics_enabled: matches!(metrics, Switch::On),
+                otlp_endpoint,
+                otlp_interval_ms,
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

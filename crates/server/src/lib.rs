@@ -14,6 +14,8 @@ pub mod history;
 pub mod insights;
 pub mod metrics;
 pub mod openapi;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod waiters;
 pub mod workers;
 
@@ -54,6 +56,10 @@ pub struct ServerConfig {
     /// Count events into the metrics (default). Off only to measure what they cost:
     /// `/metrics`, history, insights and alerts then see no activity.
     pub metrics_enabled: bool,
+    /// Export the job metrics to this OpenTelemetry collector (OTLP/HTTP JSON, its base
+    /// URL) every `otlp_interval_ms`. Needs the `otel` cargo feature.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_interval_ms: u64,
 }
 
 impl ServerConfig {
@@ -71,6 +77,8 @@ impl ServerConfig {
             header_read_timeout_ms: limits::HEADER_READ_TIMEOUT_MS,
             worker_stale_ms: limits::WORKER_STALE_MS_DEFAULT,
             metrics_enabled: true,
+            otlp_endpoint: None,
+            otlp_interval_ms: 10_000,
         }
     }
 }
@@ -93,6 +101,8 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("start-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -176,6 +186,12 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    if cfg!(not(feature = "otel")) && config.otlp_endpoint.is_some() {
+        return Err(ServerError::Unsupported(
+            "an OTLP endpoint was given, but this build has no OpenTelemetry export \
+             (build with --features otel)",
+        ));
+    }
     // Held until `run` returns; the OS drops it if the process dies.
     let _lock = lock_data_dir(&config.data_dir)?;
     let cell: Arc<OnceLock<Arc<Broker>>> = Arc::new(OnceLock::new());
@@ -251,6 +267,15 @@ pub async fn run(
     };
 
     let notifier = tokio::spawn(alerting::notifier(broker.clone(), stop_rx.clone()));
+    #[cfg(feature = "otel")]
+    if let Some(endpoint) = config.otlp_endpoint.clone() {
+        tokio::spawn(otel::exporter(
+            broker.clone(),
+            endpoint,
+            Duration::from_millis(config.otlp_interval_ms.max(100)),
+            stop_rx.clone(),
+        ));
+    }
 
     shutdown.await;
     tracing::info!("shutting down: no new requests; finishing in-flight ones");

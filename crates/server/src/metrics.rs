@@ -394,10 +394,10 @@ impl Metrics {
             .collect();
         Export {
             queue_names: (0..state.queue_len() as u32)
-                .map(|id| escape(state.queue_name(id)))
+                .map(|id| state.queue_name(id).to_owned())
                 .collect(),
             kind_names: (0..state.kind_len() as u32)
-                .map(|id| escape(state.kind_name(id)))
+                .map(|id| state.kind_name(id).to_owned())
                 .collect(),
             totals: self.totals.iter().map(|(&k, v)| (k, *v)).collect(),
             queues,
@@ -412,7 +412,7 @@ impl Metrics {
 
 /// The job metrics as of one moment, to write out.
 pub struct Export {
-    /// Label-escaped names by number.
+    /// Names by number.
     queue_names: Vec<String>,
     kind_names: Vec<String>,
     totals: Vec<((u32, u32), [u64; Outcome::ALL.len()])>,
@@ -435,6 +435,8 @@ impl Export {
         fn name(names: &[String], id: u32) -> &str {
             names.get(id as usize).map_or("", String::as_str)
         }
+        self.queue_names = self.queue_names.iter().map(|n| escape(n)).collect();
+        self.kind_names = self.kind_names.iter().map(|n| escape(n)).collect();
         let mut out =
             String::with_capacity(self.totals.len() * 4 * 96 + self.queues.len() * 48 * 72 + 4_096);
         header(
@@ -545,6 +547,75 @@ impl Export {
             }
         }
         out
+    }
+}
+
+/// A histogram as OpenTelemetry wants it: a count per bucket, the last one for values
+/// above every bound.
+pub struct HistogramView {
+    pub count: u64,
+    pub sum_s: f64,
+    pub bucket_counts: Vec<u64>,
+    pub bounds_s: Vec<f64>,
+}
+
+impl From<&Cumulative> for HistogramView {
+    fn from(histogram: &Cumulative) -> Self {
+        let mut bucket_counts = histogram.buckets.to_vec();
+        let counted: u64 = bucket_counts.iter().sum();
+        bucket_counts.push(histogram.count.saturating_sub(counted));
+        HistogramView {
+            count: histogram.count,
+            sum_s: histogram.sum_ms as f64 / 1_000.0,
+            bucket_counts,
+            bounds_s: PROMETHEUS_BUCKETS_MS
+                .iter()
+                .map(|&ms| ms as f64 / 1_000.0)
+                .collect(),
+        }
+    }
+}
+
+/// One queue of an export.
+pub struct QueueView<'a> {
+    pub name: &'a str,
+    pub counts: Vec<(&'static str, u64)>,
+    pub wait: HistogramView,
+    pub run: HistogramView,
+}
+
+impl Export {
+    /// `(queue, kind, outcome, count)` of every count above zero.
+    pub fn totals(&self) -> impl Iterator<Item = (&str, &str, &'static str, u64)> {
+        fn name(names: &[String], id: u32) -> &str {
+            names.get(id as usize).map_or("", String::as_str)
+        }
+        self.totals.iter().flat_map(move |((queue, kind), totals)| {
+            let (queue, kind) = (
+                name(&self.queue_names, *queue),
+                name(&self.kind_names, *kind),
+            );
+            Outcome::ALL
+                .into_iter()
+                .filter(move |o| totals[*o as usize] > 0)
+                .map(move |o| (queue, kind, o.as_str(), totals[o as usize]))
+        })
+    }
+
+    pub fn queues(&self) -> impl Iterator<Item = QueueView<'_>> {
+        self.queues.iter().map(|q| QueueView {
+            name: self
+                .queue_names
+                .get(q.id as usize)
+                .map_or("", String::as_str),
+            counts: JobState::ALL
+                .iter()
+                .zip(q.counts)
+                .map(|(s, c)| (s.as_str(), c))
+                .collect(),
+            wait: HistogramView::from(&q.wait),
+            run: HistogramView::from(&q.run),
+        })
     }
 }
 
