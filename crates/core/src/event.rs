@@ -7,8 +7,8 @@
 //! change — not even by appending one: postcard is positional, and a record written
 //! without the new field would fail to decode (`DeserializeUnexpectedEnd`). A new field
 //! means a new variant. `State` snapshots follow the same rule for their nested types and
-//! may only grow at their end, with a fallback decoder for the shorter form
-//! (`decode_snapshot`).
+//! grow only by sections appended at their end; a snapshot that ends before a section
+//! was written without it, and the section is read as empty (`SnapshotOwned::decode`).
 
 use serde::{Deserialize, Serialize};
 

@@ -2582,23 +2582,7 @@ impl State {
     }
 
     pub fn decode_snapshot(config: Config, bytes: &[u8]) -> Result<State, String> {
-        // Older snapshots end earlier: before alerts (V3), before per-key limits (V2), or
-        // after the jobs (V1).
-        let snapshot: SnapshotOwned = match postcard::from_bytes(bytes) {
-            Ok(snapshot) => snapshot,
-            Err(error) => postcard::from_bytes::<SnapshotOwnedV3>(bytes)
-                .map(SnapshotOwned::from)
-                .or_else(|_| {
-                    postcard::from_bytes::<SnapshotOwnedV2>(bytes)
-                        .map(|v2| SnapshotOwned::from(SnapshotOwnedV3::from(v2)))
-                })
-                .or_else(|_| {
-                    postcard::from_bytes::<SnapshotOwnedV1>(bytes).map(|v1| {
-                        SnapshotOwned::from(SnapshotOwnedV3::from(SnapshotOwnedV2::from(v1)))
-                    })
-                })
-                .map_err(|_| format!("undecodable snapshot: {error}"))?,
-        };
+        let snapshot = SnapshotOwned::decode(bytes)?;
         // Ids are decided as one more than the last: they must fit, and every job and
         // lease in the snapshot must be covered by them.
         if snapshot.last_id == JobId::MAX || snapshot.last_lease_id == LeaseId::MAX {
@@ -2789,7 +2773,10 @@ struct SnapshotRef<'a> {
     alerts: &'a Alerts,
 }
 
-#[derive(Deserialize)]
+/// A snapshot as read: its sections in order. Each later section was added by a later
+/// version, and postcard writes a struct as its fields one after the other, so a snapshot
+/// is the first section's bytes followed by the others': one that ends after a section
+/// was written before the next existed, and the missing sections are empty.
 struct SnapshotOwned {
     last_id: JobId,
     last_lease_id: LeaseId,
@@ -2806,99 +2793,71 @@ struct SnapshotOwned {
     alerts: Alerts,
 }
 
-/// A snapshot from before alerts.
+/// The jobs and queues (every version).
 #[derive(Deserialize)]
-struct SnapshotOwnedV3 {
+struct JobsSection {
     last_id: JobId,
     last_lease_id: LeaseId,
     queues: Vec<(String, bool)>,
     kinds: Vec<String>,
     unique: Vec<(u32, String, JobId, Millis)>,
     jobs: Vec<Job>,
+}
+
+/// Queue limits, batches and cron schedules.
+#[derive(Deserialize, Default)]
+struct FlowSection {
     limits: Vec<(u32, QueueLimits, u64, Millis)>,
     batches: Vec<(Batch, Vec<JobId>)>,
     crons: Vec<(CronSpec, Option<Millis>, Option<Millis>)>,
+}
+
+/// Per-key limits.
+#[derive(Deserialize, Default)]
+struct KeysSection {
     key_limits: Vec<(u32, QueueLimits)>,
     keys: Vec<(u32, String, u64, Millis)>,
     job_keys: Vec<(JobId, String)>,
 }
 
-impl From<SnapshotOwnedV3> for SnapshotOwned {
-    fn from(v3: SnapshotOwnedV3) -> Self {
-        SnapshotOwned {
-            last_id: v3.last_id,
-            last_lease_id: v3.last_lease_id,
-            queues: v3.queues,
-            kinds: v3.kinds,
-            unique: v3.unique,
-            jobs: v3.jobs,
-            limits: v3.limits,
-            batches: v3.batches,
-            crons: v3.crons,
-            key_limits: v3.key_limits,
-            keys: v3.keys,
-            job_keys: v3.job_keys,
-            alerts: Alerts::default(),
-        }
+/// Reads the next section, or an empty one if the snapshot ends before it.
+fn section<'a, T: Deserialize<'a> + Default>(
+    bytes: &'a [u8],
+    name: &str,
+) -> Result<(T, &'a [u8]), String> {
+    if bytes.is_empty() {
+        return Ok((T::default(), bytes));
     }
+    postcard::take_from_bytes(bytes).map_err(|e| format!("undecodable snapshot ({name}): {e}"))
 }
 
-/// A snapshot from before per-key limits.
-#[derive(Deserialize)]
-struct SnapshotOwnedV2 {
-    last_id: JobId,
-    last_lease_id: LeaseId,
-    queues: Vec<(String, bool)>,
-    kinds: Vec<String>,
-    unique: Vec<(u32, String, JobId, Millis)>,
-    jobs: Vec<Job>,
-    limits: Vec<(u32, QueueLimits, u64, Millis)>,
-    batches: Vec<(Batch, Vec<JobId>)>,
-    crons: Vec<(CronSpec, Option<Millis>, Option<Millis>)>,
-}
-
-impl From<SnapshotOwnedV2> for SnapshotOwnedV3 {
-    fn from(v2: SnapshotOwnedV2) -> Self {
-        SnapshotOwnedV3 {
-            last_id: v2.last_id,
-            last_lease_id: v2.last_lease_id,
-            queues: v2.queues,
-            kinds: v2.kinds,
-            unique: v2.unique,
-            jobs: v2.jobs,
-            limits: v2.limits,
-            batches: v2.batches,
-            crons: v2.crons,
-            key_limits: Vec::new(),
-            keys: Vec::new(),
-            job_keys: Vec::new(),
+impl SnapshotOwned {
+    fn decode(bytes: &[u8]) -> Result<SnapshotOwned, String> {
+        let (jobs, rest): (JobsSection, _) = postcard::take_from_bytes(bytes)
+            .map_err(|e| format!("undecodable snapshot (jobs): {e}"))?;
+        let (flow, rest): (FlowSection, _) = section(rest, "limits, batches, crons")?;
+        let (keys, rest): (KeysSection, _) = section(rest, "limit keys")?;
+        let (alerts, rest): (Alerts, _) = section(rest, "alerts")?;
+        if !rest.is_empty() {
+            return Err(format!(
+                "undecodable snapshot: {} bytes after its last section",
+                rest.len()
+            ));
         }
-    }
-}
-
-/// A snapshot from before queue limits.
-#[derive(Deserialize)]
-struct SnapshotOwnedV1 {
-    last_id: JobId,
-    last_lease_id: LeaseId,
-    queues: Vec<(String, bool)>,
-    kinds: Vec<String>,
-    unique: Vec<(u32, String, JobId, Millis)>,
-    jobs: Vec<Job>,
-}
-
-impl From<SnapshotOwnedV1> for SnapshotOwnedV2 {
-    fn from(v1: SnapshotOwnedV1) -> Self {
-        SnapshotOwnedV2 {
-            last_id: v1.last_id,
-            last_lease_id: v1.last_lease_id,
-            queues: v1.queues,
-            kinds: v1.kinds,
-            unique: v1.unique,
-            jobs: v1.jobs,
-            limits: Vec::new(),
-            batches: Vec::new(),
-            crons: Vec::new(),
-        }
+        Ok(SnapshotOwned {
+            last_id: jobs.last_id,
+            last_lease_id: jobs.last_lease_id,
+            queues: jobs.queues,
+            kinds: jobs.kinds,
+            unique: jobs.unique,
+            jobs: jobs.jobs,
+            limits: flow.limits,
+            batches: flow.batches,
+            crons: flow.crons,
+            key_limits: keys.key_limits,
+            keys: keys.keys,
+            job_keys: keys.job_keys,
+            alerts,
+        })
     }
 }

@@ -1906,6 +1906,12 @@ fn snapshots_from_before_queue_limits_still_decode() {
         let decoded = State::decode_snapshot(Config::default(), older).expect("older snapshot");
         assert_eq!(decoded.encode_snapshot(), bytes);
     }
+    // Cut inside a section, or with bytes after the last, it is damage, not a version.
+    assert!(State::decode_snapshot(Config::default(), &bytes[..bytes.len() - 1]).is_err());
+    let mut longer = bytes.clone();
+    longer.push(0);
+    let error = State::decode_snapshot(Config::default(), &longer).expect_err("refused");
+    assert!(error.contains("after its last section"), "{error}");
 }
 
 // ---- batches --------------------------------------------------------------------------
