@@ -168,9 +168,10 @@ pub async fn remove_rule(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/v1/alerts/rules", tag = "alerts", responses((status = 200, body = proto::AlertRuleList)))]
-pub async fn list_rules(
-    app: axum::extract::State<AppState>,
+/// The rules `keep` picks, as views.
+async fn rules(
+    app: &AppState,
+    keep: fn(&RuleState) -> bool,
 ) -> Result<Json<proto::AlertRuleList>, ApiError> {
     let rules = app
         .broker()?
@@ -178,6 +179,7 @@ pub async fn list_rules(
             Ok(s.alerts()
                 .rules
                 .values()
+                .filter(|r| keep(r))
                 .map(|r| rule_view(s, r, now))
                 .collect())
         })
@@ -185,22 +187,18 @@ pub async fn list_rules(
     Ok(Json(proto::AlertRuleList { rules }))
 }
 
+#[utoipa::path(get, path = "/v1/alerts/rules", tag = "alerts", responses((status = 200, body = proto::AlertRuleList)))]
+pub async fn list_rules(
+    app: axum::extract::State<AppState>,
+) -> Result<Json<proto::AlertRuleList>, ApiError> {
+    rules(&app, |_| true).await
+}
+
 #[utoipa::path(get, path = "/v1/alerts", tag = "alerts", responses((status = 200, description = "the rules firing now", body = proto::AlertRuleList)))]
 pub async fn firing(
     app: axum::extract::State<AppState>,
 ) -> Result<Json<proto::AlertRuleList>, ApiError> {
-    let rules = app
-        .broker()?
-        .read(|s, now| {
-            Ok(s.alerts()
-                .rules
-                .values()
-                .filter(|r| r.firing_since.is_some())
-                .map(|r| rule_view(s, r, now))
-                .collect())
-        })
-        .await?;
-    Ok(Json(proto::AlertRuleList { rules }))
+    rules(&app, |r| r.firing_since.is_some()).await
 }
 
 #[utoipa::path(get, path = "/v1/alerts/history", tag = "alerts", responses((status = 200, body = proto::AlertHistory)))]

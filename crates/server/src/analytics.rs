@@ -196,6 +196,23 @@ struct Metrics {
 }
 
 impl Metrics {
+    /// Queue `name`'s metrics over `[from_ms, to_ms)` from what `samples` read.
+    fn of(
+        samples: &mut rustc_hash::FxHashMap<String, Vec<(Millis, Sample)>>,
+        name: &str,
+        from_ms: Millis,
+        to_ms: Millis,
+        step_ms: Millis,
+    ) -> Metrics {
+        let points = dense(
+            &samples.remove(name).unwrap_or_default(),
+            from_ms,
+            to_ms,
+            step_ms,
+        );
+        Metrics::from_samples(&points, from_ms, step_ms)
+    }
+
     fn from_samples(points: &[(Millis, Sample)], start_ms: Millis, step_ms: Millis) -> Metrics {
         let step_s = step_ms as f64 / 1_000.0;
         let mut metrics = Metrics {
@@ -382,13 +399,7 @@ pub async fn queue_insights(
         .await?
         .ok_or_else(|| queue_missing(&name))?;
     let mut samples = read(reader, Some(name.clone()), from_ms, to_ms).await?;
-    let points = dense(
-        &samples.remove(&name).unwrap_or_default(),
-        from_ms,
-        to_ms,
-        step_ms,
-    );
-    let metrics = Metrics::from_samples(&points, from_ms, step_ms);
+    let metrics = Metrics::of(&mut samples, &name, from_ms, to_ms, step_ms);
 
     let trends = metrics
         .all()
@@ -528,13 +539,7 @@ pub async fn server_health(
     let mut queues = Vec::with_capacity(live.len());
     let mut weighted = Vec::with_capacity(live.len());
     for (name, now) in live {
-        let points = dense(
-            &samples.remove(&name).unwrap_or_default(),
-            from_ms,
-            to_ms,
-            step_ms,
-        );
-        let metrics = Metrics::from_samples(&points, from_ms, step_ms);
+        let metrics = Metrics::of(&mut samples, &name, from_ms, to_ms, step_ms);
         let found = anomalies_of(&metrics);
         let health = health_of(&metrics, &now, &found, WAIT_TARGET_MS_DEFAULT, at_ms);
         queues.push(proto::QueueHealth {
