@@ -84,7 +84,9 @@ enum Command {
         connections_max: usize,
         /// A registered worker not heard from for this long is dropped and its leases
         /// end at once.
-        #[arg(long, default_value_t = sluice_proto::limits::WORKER_STALE_MS_DEFAULT)]
+        /// At least 15,000: three of the SDK's 5 s beats.
+        #[arg(long, default_value_t = sluice_proto::limits::WORKER_STALE_MS_DEFAULT,
+              value_parser = clap::value_parser!(u64).range(15_000..))]
         worker_stale_ms: u64,
         /// Count jobs into the metrics; `off` only to measure what that costs (metrics,
         /// history, insights and alerts then see no activity).

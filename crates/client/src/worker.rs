@@ -17,6 +17,16 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use crate::client::{Client, Error, QueueOrder};
 
+/// Aborts its task when dropped: a `run` future dropped before it finishes must not
+/// leave its beats going (the server would never see the worker leave).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How often a running worker tells the server it is alive (`PUT /v1/workers/{name}`): a
 /// sixth of the server's default stale time, so a few lost beats do not drop it.
 pub const BEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -349,7 +359,7 @@ impl Worker {
         };
         let beater = {
             let (client, name) = (self.client.clone(), self.name.clone());
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 let mut interval = tokio::time::interval(BEAT_INTERVAL);
                 loop {
                     interval.tick().await;
@@ -357,7 +367,7 @@ impl Worker {
                         tracing::debug!(%error, "worker beat failed");
                     }
                 }
-            })
+            }))
         };
 
         let mut shutdown = std::pin::pin!(shutdown);
@@ -472,7 +482,7 @@ impl Worker {
         }
         drop(done_tx);
         let _ = acker.await;
-        beater.abort();
+        drop(beater);
         // Best effort, briefly: a server that is down forgets the worker by itself.
         let removed = tokio::time::timeout(
             Duration::from_secs(1),

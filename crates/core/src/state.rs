@@ -997,6 +997,29 @@ impl State {
             .collect()
     }
 
+    /// How long the longest-waiting ready job of `queue` has been due at `now` (0 when
+    /// none is ready): due since its run_at, or since it was enqueued if that was later.
+    /// Looked at: the next job to lease (earliest run_at of the top priority) and the
+    /// oldest enqueued, so with several priorities a lower one's job that came due
+    /// earlier than both but was enqueued later is not seen.
+    pub fn oldest_ready_age_ms(&self, queue: &Queue, now: Millis) -> u64 {
+        let due = |job: &Job| job.run_at.max(job.enqueued_at());
+        let next = queue
+            .ready
+            .first()
+            .and_then(|&(_, _, id)| self.jobs.get(&id));
+        let oldest = queue.by_state[state_index(JobState::Ready)]
+            .first()
+            .and_then(|id| self.jobs.get(id));
+        next.into_iter()
+            .chain(oldest)
+            .map(due)
+            .min()
+            .map_or(0, |since| {
+                u64::try_from(now.saturating_sub(since)).unwrap_or(0)
+            })
+    }
+
     /// The limit key job `id` carries, if any.
     pub fn limit_key(&self, id: JobId) -> Option<&str> {
         self.ix.job_keys.get(&id).map(|k| &**k)

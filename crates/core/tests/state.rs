@@ -2730,3 +2730,21 @@ fn bad_alert_rules_and_silences_are_refused_with_the_field() {
     let error = state.set_silence(T0, past).expect_err("refused");
     assert!(format!("{error:?}").contains("until"));
 }
+
+#[test]
+fn oldest_ready_age_counts_from_when_a_job_came_due() {
+    let mut h = Harness::new();
+    let day = 86_400_000;
+    h.enqueue_one(T0, spec_with("q", |s| s.run_at = Some(T0 + day)));
+    h.state.promote_due(T0 + day + 5);
+    let queue = h.state.queue("q").expect("queue");
+    assert_eq!(
+        h.state.oldest_ready_age_ms(queue, T0 + day + 5),
+        5,
+        "not a day"
+    );
+    // A job enqueued at once and never leased waits from its enqueue.
+    h.enqueue_one(T0 + day, spec("q"));
+    let queue = h.state.queue("q").expect("queue");
+    assert_eq!(h.state.oldest_ready_age_ms(queue, T0 + day + 5), 5);
+}

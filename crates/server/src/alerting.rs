@@ -28,8 +28,10 @@ use crate::metrics::Metrics;
 pub const ALERTS_QUEUE: &str = "sluice.alerts";
 /// How often rules are evaluated.
 pub const EVALUATE_EVERY_MS: Millis = 1_000;
-/// Delivery: attempts, backoff between them, and the time one POST may take.
+/// Delivery: attempts, backoff between them, the time one POST may take, and the lease
+/// of a notification job (well above one POST: the notifier holds one job at a time).
 const DELIVERY_ATTEMPTS: u32 = 10;
+const DELIVERY_LEASE_MS: u64 = 60_000;
 const DELIVERY_BACKOFF: Backoff = Backoff::Exponential {
     base_ms: 1_000,
     max_ms: 300_000,
@@ -287,12 +289,7 @@ pub fn value_of(state: &State, metrics: &Metrics, rule: &AlertRule, now: Millis)
     match rule.metric {
         AlertMetric::Depth => Some(queue.count(JobState::Ready) as f64),
         AlertMetric::Dead => Some(queue.count(JobState::Dead) as f64),
-        AlertMetric::OldestReadyMs => Some(
-            state
-                .jobs_page(queue, JobState::Ready, None, 1)
-                .first()
-                .map_or(0.0, |job| (now - job.enqueued_at()).max(0) as f64),
-        ),
+        AlertMetric::OldestReadyMs => Some(state.oldest_ready_age_ms(queue, now) as f64),
         AlertMetric::WaitP95Ms => recent.wait_p95_ms.map(|v| v as f64),
         AlertMetric::RunP95Ms => recent.run_p95_ms.map(|v| v as f64),
         AlertMetric::FailureRate => {
@@ -357,9 +354,10 @@ fn notification(
     };
     let payload = json!({ "url": url, "body": body, "signature": signature }).to_string();
     let mut spec = EnqueueSpec::new(ALERTS_QUEUE, kind, &payload);
+    const _: () = assert!(DELIVERY_LEASE_MS > 3 * DELIVERY_TIMEOUT.as_millis() as u64);
     spec.max_attempts = DELIVERY_ATTEMPTS;
     spec.backoff = DELIVERY_BACKOFF;
-    spec.timeout_ms = limits::TIMEOUT_MS_DEFAULT;
+    spec.timeout_ms = DELIVERY_LEASE_MS;
     spec
 }
 
@@ -377,8 +375,9 @@ pub fn sign(secret: &str, body: &str) -> String {
 }
 
 /// Evaluates every rule and logs what fired or resolved, each with its notifications.
-pub async fn evaluate(broker: &Broker) -> Result<(), ApiError> {
-    let values: Vec<(AlertRule, bool, Option<f64>)> = broker
+/// Errors are logged: the tick's other work goes on.
+pub async fn evaluate(broker: &Broker) {
+    let values: Result<Vec<(AlertRule, bool, Option<f64>)>, ApiError> = broker
         .read_with_metrics(|s, m, now| {
             Ok(s.alerts()
                 .rules
@@ -392,10 +391,22 @@ pub async fn evaluate(broker: &Broker) -> Result<(), ApiError> {
                 })
                 .collect())
         })
-        .await?;
+        .await;
+    let values = match values {
+        Ok(values) => values,
+        Err(error) => {
+            tracing::warn!(?error, "cannot evaluate alert rules");
+            return;
+        }
+    };
     let now = system_now_ms();
     for (rule, firing, value) in values {
-        let holds = value.is_some_and(|v| rule.comparison.holds(v, rule.threshold));
+        // No data (no wait in the last minute, no finished attempt) changes nothing: a
+        // firing alert must not resolve because its workers stopped.
+        let Some(value) = value else {
+            continue;
+        };
+        let holds = rule.comparison.holds(value, rule.threshold);
         let due = {
             let mut pending = broker.alert_pending.lock();
             if holds {
@@ -409,26 +420,49 @@ pub async fn evaluate(broker: &Broker) -> Result<(), ApiError> {
         if !due {
             continue;
         }
-        let value = value.unwrap_or(0.0);
         let transition = broker
             .execute_all(|s, now| {
+                let changes = s
+                    .alerts()
+                    .rules
+                    .get(&rule.name)
+                    .is_some_and(|r| r.firing_since.is_some() == firing);
+                if !changes {
+                    return Ok((Vec::new(), None));
+                }
+                // The notifications first: if they cannot be enqueued, nothing changes
+                // (deciding the transition applies it at once).
                 let mut events = Vec::new();
-                let (event, transition) = s.alert_changed(now, &rule.name, !firing, value);
-                events.extend(event);
-                if let Some(t) = transition.as_ref().filter(|t| !t.silenced) {
+                if !s.alerts().silenced(&rule, now) {
+                    let next = AlertTransition {
+                        at: now,
+                        rule: rule.name.clone(),
+                        firing: !firing,
+                        value,
+                        silenced: false,
+                    };
                     let specs: Vec<EnqueueSpec> = rule
                         .notifiers
                         .iter()
-                        .map(|n| notification(&rule, t, n))
+                        .map(|n| notification(&rule, &next, n))
                         .collect();
                     if !specs.is_empty() {
                         let (event, _) = s.enqueue(now, specs, true)?;
                         events.extend(event);
                     }
                 }
+                let (event, transition) = s.alert_changed(now, &rule.name, !firing, value);
+                events.extend(event);
                 Ok((events, transition))
             })
-            .await?;
+            .await;
+        let transition = match transition {
+            Ok(transition) => transition,
+            Err(error) => {
+                tracing::warn!(rule = rule.name, ?error, "cannot log an alert transition");
+                continue;
+            }
+        };
         if let Some(t) = transition {
             tracing::info!(
                 rule = rule.name,
@@ -440,7 +474,6 @@ pub async fn evaluate(broker: &Broker) -> Result<(), ApiError> {
             );
         }
     }
-    Ok(())
 }
 
 // ---- delivery -------------------------------------------------------------------------
@@ -460,8 +493,9 @@ pub async fn notifier(
     };
     let queues = vec![ALERTS_QUEUE.to_owned()];
     while !*stop.borrow() {
+        // One at a time: each delivery starts within its job's lease.
         let leased = broker
-            .execute(|s, now| s.lease(now, &queues, 16, Some("sluice-notifier".to_owned())))
+            .execute(|s, now| s.lease(now, &queues, 1, Some("sluice-notifier".to_owned())))
             .await;
         let ids = match leased {
             Ok(ids) => ids,

@@ -296,10 +296,8 @@ fn queue_now(
     Some(Now {
         ready: queue.count(JobState::Ready) as u64,
         paused: queue.paused,
-        oldest_ready_age_ms: state
-            .jobs_page(queue, JobState::Ready, None, 1)
-            .first()
-            .map(|job| u64::try_from(now - job.enqueued_at()).unwrap_or(0)),
+        oldest_ready_age_ms: (queue.count(JobState::Ready) > 0)
+            .then(|| state.oldest_ready_age_ms(queue, now)),
         wait_p95_ms: recent.wait_p95_ms,
         run_p50_ms: recent.run_p50_ms,
     })

@@ -1338,31 +1338,42 @@ fn worker_views(
         .filter(|(name, _)| names.is_none_or(|n| n == *name))
         .map(|(name, worker)| {
             let current_jobs = jobs.remove(name).unwrap_or_default();
-            let beat = &worker.beat;
-            proto::WorkerInfo {
-                name: name.to_owned(),
-                host: beat.host.clone(),
-                pid: beat.pid,
-                version: beat.version.clone(),
-                concurrency: beat.concurrency,
-                queues: beat.queues.clone(),
-                registered_at: rfc3339::format_ms(worker.registered_at),
-                last_seen_at: rfc3339::format_ms(worker.last_seen_at),
-                stale_at: rfc3339::format_ms(
-                    worker
-                        .last_seen_at
-                        .saturating_add(i64::try_from(stale_ms).unwrap_or(i64::MAX)),
-                ),
-                utilisation: beat
-                    .concurrency
-                    .filter(|&c| c > 0)
-                    .map(|c| current_jobs.len() as f64 / f64::from(c)),
-                current_jobs,
-                succeeded: worker.succeeded,
-                failed: worker.failed,
-            }
+            worker_view(name, worker, Some(current_jobs), stale_ms)
         })
         .collect()
+}
+
+/// One registered worker; without `current_jobs` (not looked up) no utilisation either.
+fn worker_view(
+    name: &str,
+    worker: &crate::workers::Registered,
+    current_jobs: Option<Vec<proto::WorkerJob>>,
+    stale_ms: u64,
+) -> proto::WorkerInfo {
+    let beat = &worker.beat;
+    proto::WorkerInfo {
+        name: name.to_owned(),
+        host: beat.host.clone(),
+        pid: beat.pid,
+        version: beat.version.clone(),
+        concurrency: beat.concurrency,
+        queues: beat.queues.clone(),
+        registered_at: rfc3339::format_ms(worker.registered_at),
+        last_seen_at: rfc3339::format_ms(worker.last_seen_at),
+        stale_at: rfc3339::format_ms(
+            worker
+                .last_seen_at
+                .saturating_add(i64::try_from(stale_ms).unwrap_or(i64::MAX)),
+        ),
+        utilisation: current_jobs.as_ref().and_then(|jobs| {
+            beat.concurrency
+                .filter(|&c| c > 0)
+                .map(|c| jobs.len() as f64 / f64::from(c))
+        }),
+        current_jobs: current_jobs.unwrap_or_default(),
+        succeeded: worker.succeeded,
+        failed: worker.failed,
+    }
 }
 
 #[utoipa::path(put, path = "/v1/workers/{name}", tag = "workers", params(("name" = String, Path, description = WORKER_NAME)), request_body = proto::WorkerBeat, responses((status = 200, body = proto::WorkerInfo), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 429, description = "too many workers", body = proto::ErrorResponse)))]
@@ -1429,7 +1440,16 @@ pub async fn register_worker(
                 format!("at most {} workers may be registered", limits::WORKERS_MAX),
             )
         })?;
-    get_worker(axum::extract::State(app.0.clone()), Path(name)).await
+    // The reply leaves out current jobs: finding them means a pass over every leased
+    // job, and workers beat often (GET has them).
+    let registry = broker.workers.lock();
+    let worker = registry.get(&name).ok_or_else(|| worker_not_found(&name))?;
+    Ok(Json(worker_view(
+        &name,
+        worker,
+        None,
+        broker.worker_stale_ms,
+    )))
 }
 
 #[utoipa::path(get, path = "/v1/workers/{name}", tag = "workers", params(("name" = String, Path, description = WORKER_NAME)), responses((status = 200, body = proto::WorkerInfo), (status = 404, body = proto::ErrorResponse)))]

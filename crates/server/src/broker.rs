@@ -228,12 +228,12 @@ impl Broker {
             >= crate::alerting::EVALUATE_EVERY_MS
         {
             self.last_alert_evaluation_ms.store(now, Ordering::Relaxed);
-            crate::alerting::evaluate(self).await?;
+            crate::alerting::evaluate(self).await;
         }
-        let gone = self
-            .workers
-            .lock()
-            .reap(system_now_ms(), self.worker_stale_ms);
+        let gone = self.workers.lock().reap(
+            std::time::Instant::now(),
+            Duration::from_millis(self.worker_stale_ms),
+        );
         for worker in gone {
             let ended = self
                 .execute(|s, now| Ok(s.expire_worker_leases(now, &worker)))

@@ -379,14 +379,10 @@ impl Metrics {
             .filter_map(|id| {
                 let queue = state.queue_by_id(id)?;
                 let metrics = self.queues.get(id as usize).unwrap_or(&empty);
-                let oldest_ms = state
-                    .jobs_page(queue, JobState::Ready, None, 1)
-                    .first()
-                    .map_or(0, |job| now.saturating_sub(job.enqueued_at()).max(0));
                 Some(ExportQueue {
                     id,
                     counts: JobState::ALL.map(|s| queue.count(s) as u64),
-                    oldest_ms: u64::try_from(oldest_ms).unwrap_or(0),
+                    oldest_ms: state.oldest_ready_age_ms(queue, now),
                     wait: metrics.wait.clone(),
                     run: metrics.run.clone(),
                 })

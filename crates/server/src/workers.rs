@@ -4,6 +4,7 @@
 //! dropped by the tick, which also ends its leases (`State::expire_worker_leases`).
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use sluice_core::Millis;
 use sluice_proto::WorkerBeat;
@@ -13,6 +14,9 @@ pub struct Registered {
     pub beat: WorkerBeat,
     pub registered_at: Millis,
     pub last_seen_at: Millis,
+    /// The same on the monotonic clock, which reaping goes by: a wall clock stepped
+    /// forward must not make every worker look silent.
+    last_seen: Instant,
     /// Attempts it finished since it registered: acked, and failed or expired.
     pub succeeded: u64,
     pub failed: u64,
@@ -35,6 +39,7 @@ impl Registry {
             Some(worker) => {
                 worker.beat = beat;
                 worker.last_seen_at = worker.last_seen_at.max(now);
+                worker.last_seen = Instant::now();
             }
             None if full => return Err(Full),
             None => {
@@ -44,6 +49,7 @@ impl Registry {
                         beat,
                         registered_at: now,
                         last_seen_at: now,
+                        last_seen: Instant::now(),
                         succeeded: 0,
                         failed: 0,
                     },
@@ -57,6 +63,7 @@ impl Registry {
     pub fn touch(&mut self, name: &str, now: Millis) {
         if let Some(worker) = self.workers.get_mut(name) {
             worker.last_seen_at = worker.last_seen_at.max(now);
+            worker.last_seen = Instant::now();
         }
     }
 
@@ -79,13 +86,13 @@ impl Registry {
         self.workers.remove(name).is_some()
     }
 
-    /// Drops the workers not heard from since `now - stale_ms`; returns their names.
-    pub fn reap(&mut self, now: Millis, stale_ms: u64) -> Vec<String> {
-        let cutoff = now.saturating_sub(Millis::try_from(stale_ms).unwrap_or(Millis::MAX));
+    /// Drops the workers not heard from for `stale` (on the monotonic clock, as of
+    /// `now`); returns their names.
+    pub fn reap(&mut self, now: Instant, stale: Duration) -> Vec<String> {
         let stale: Vec<String> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.last_seen_at < cutoff)
+            .filter(|(_, w)| now.saturating_duration_since(w.last_seen) > stale)
             .map(|(name, _)| name.clone())
             .collect();
         for name in &stale {
@@ -116,12 +123,18 @@ mod tests {
         registry
             .register("b", WorkerBeat::default(), 1_000)
             .expect("room");
-        registry.touch("b", 20_000);
+        let stale = Duration::from_secs(30);
+        let now = Instant::now();
+        assert_eq!(registry.reap(now, stale), Vec::<String>::new());
+        if let Some(b) = registry.workers.get_mut("b") {
+            b.last_seen = now + Duration::from_secs(20);
+        }
         registry.touch("nobody", 20_000);
-        assert_eq!(registry.reap(30_999, 30_000), Vec::<String>::new());
-        assert_eq!(registry.reap(31_001, 30_000), vec!["a".to_owned()]);
+        let later = now + Duration::from_secs(31);
+        assert_eq!(registry.reap(later, stale), vec!["a".to_owned()]);
         assert!(registry.get("b").is_some() && registry.get("nobody").is_none());
-        // A clock step back does not make a worker older.
+        // A wall clock stepped back does not make a worker's last sighting older.
+        registry.touch("b", 20_000);
         registry
             .register("b", WorkerBeat::default(), 5_000)
             .expect("room");

@@ -196,8 +196,15 @@ async fn an_alert_fires_notifies_signed_retries_resolves_and_is_silenced() {
         (json!("firing"), json!(true))
     );
     let (_, after) = server.get("/v1/queues/sluice.alerts").await;
+    // Deliveries of the resolve may still be running: compare how many jobs there are.
+    let total = |queue: &Value| -> u64 {
+        queue["counts"]
+            .as_object()
+            .map_or(0, |c| c.values().filter_map(Value::as_u64).sum())
+    };
     assert_eq!(
-        before["counts"], after["counts"],
+        total(&before),
+        total(&after),
         "no notification was enqueued"
     );
     server.stop().await;
