@@ -1,0 +1,237 @@
+//! The record batch: its byte layout (docs/design/stream-format.md), encoding and decoding.
+
+/// Bytes before a batch's records: base offset, length, CRC, count, first and max
+/// timestamps, producer id, sequence.
+pub const BATCH_HEADER_BYTES: usize = 8 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
+/// The largest batch accepted when reading: anything longer is damage, not data.
+pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// One record of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    /// `None` is a tombstone (under compaction it deletes the key).
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// What a batch says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: u64,
+    pub count: u32,
+    pub first_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+    pub producer_id: u64,
+    pub sequence: u32,
+    /// The whole batch, header included.
+    pub bytes: usize,
+}
+
+impl BatchHeader {
+    /// The offset after the batch's last record.
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.count)
+    }
+}
+
+/// Why bytes are not a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bad {
+    /// The bytes end before the batch does (a torn write, or not yet written).
+    Incomplete,
+    Corrupt(String),
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => out.extend_from_slice(&(-1i32).to_le_bytes()),
+        Some(bytes) => {
+            out.extend_from_slice(&(bytes.len() as i32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// Encodes `records` (at least one) as a batch starting at `base_offset`.
+pub fn encode(base_offset: u64, producer_id: u64, sequence: u32, records: &[Record]) -> Vec<u8> {
+    let first = records.first().map_or(0, |r| r.timestamp_ms);
+    let max = records
+        .iter()
+        .map(|r| r.timestamp_ms)
+        .max()
+        .unwrap_or(first);
+    let mut body = Vec::new();
+    body.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    body.extend_from_slice(&first.to_le_bytes());
+    body.extend_from_slice(&max.to_le_bytes());
+    body.extend_from_slice(&producer_id.to_le_bytes());
+    body.extend_from_slice(&sequence.to_le_bytes());
+    for record in records {
+        body.extend_from_slice(&record.timestamp_ms.wrapping_sub(first).to_le_bytes());
+        put_bytes(&mut body, record.key.as_deref());
+        put_bytes(&mut body, record.value.as_deref());
+        body.extend_from_slice(&(record.headers.len() as u16).to_le_bytes());
+        for (name, value) in &record.headers {
+            body.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            body.extend_from_slice(name.as_bytes());
+            body.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            body.extend_from_slice(value);
+        }
+    }
+    let mut out = Vec::with_capacity(16 + body.len());
+    out.extend_from_slice(&base_offset.to_le_bytes());
+    out.extend_from_slice(&((body.len() + 4) as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A cursor over a batch's bytes that reports running out as corruption (the length and
+/// CRC were already checked, so short fields mean a bad encoder, not a torn write).
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Bad> {
+        if self.bytes.len() < n {
+            return Err(Bad::Corrupt("a record runs past its batch".into()));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Bad> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn optional(&mut self) -> Result<Option<Vec<u8>>, Bad> {
+        let len = i32::from_le_bytes(self.array()?);
+        match len {
+            -1 => Ok(None),
+            len if len >= 0 => Ok(Some(self.take(len as usize)?.to_vec())),
+            _ => Err(Bad::Corrupt(format!("negative length {len}"))),
+        }
+    }
+}
+
+/// Reads the header of the batch at the start of `bytes`, checking length and CRC.
+pub fn header(bytes: &[u8]) -> Result<BatchHeader, Bad> {
+    if bytes.len() < 16 {
+        return Err(Bad::Incomplete);
+    }
+    let base_offset = u64::from_le_bytes(bytes[0..8].try_into().unwrap_or_default());
+    let length = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()) as usize;
+    if !(BATCH_HEADER_BYTES - 12..=BATCH_BYTES_MAX).contains(&length) {
+        return Err(Bad::Corrupt(format!("batch length {length}")));
+    }
+    let Some(body) = bytes.get(16..12 + length) else {
+        return Err(Bad::Incomplete);
+    };
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().unwrap_or_default());
+    if crc32c::crc32c(body) != crc {
+        return Err(Bad::Corrupt("CRC mismatch".into()));
+    }
+    let mut reader = Reader { bytes: body };
+    let count = u32::from_le_bytes(reader.array()?);
+    if count == 0 {
+        return Err(Bad::Corrupt("a batch of no records".into()));
+    }
+    Ok(BatchHeader {
+        base_offset,
+        count,
+        first_timestamp_ms: i64::from_le_bytes(reader.array()?),
+        max_timestamp_ms: i64::from_le_bytes(reader.array()?),
+        producer_id: u64::from_le_bytes(reader.array()?),
+        sequence: u32::from_le_bytes(reader.array()?),
+        bytes: 12 + length,
+    })
+}
+
+/// Decodes the batch at the start of `bytes`: its header and records.
+pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<Record>), Bad> {
+    let header = header(bytes)?;
+    let mut reader = Reader {
+        bytes: &bytes[BATCH_HEADER_BYTES..header.bytes],
+    };
+    let mut records = Vec::with_capacity(header.count.min(4_096) as usize);
+    for _ in 0..header.count {
+        let delta = i64::from_le_bytes(reader.array()?);
+        let key = reader.optional()?;
+        let value = reader.optional()?;
+        let header_count = u16::from_le_bytes(reader.array()?);
+        let mut headers = Vec::with_capacity(usize::from(header_count));
+        for _ in 0..header_count {
+            let name_len = u16::from_le_bytes(reader.array()?);
+            let name = String::from_utf8(reader.take(usize::from(name_len))?.to_vec())
+                .map_err(|_| Bad::Corrupt("a header name that is not UTF-8".into()))?;
+            let value_len = u32::from_le_bytes(reader.array()?) as usize;
+            headers.push((name, reader.take(value_len)?.to_vec()));
+        }
+        records.push(Record {
+            timestamp_ms: header.first_timestamp_ms.wrapping_add(delta),
+            key,
+            value,
+            headers,
+        });
+    }
+    if !reader.bytes.is_empty() {
+        return Err(Bad::Corrupt("bytes after the last record".into()));
+    }
+    Ok((header, records))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_round_trips_and_any_cut_or_flipped_byte_is_caught() {
+        let records = vec![
+            Record {
+                timestamp_ms: 1_000,
+                key: Some(b"k1".to_vec()),
+                value: Some(b"hello".to_vec()),
+                headers: vec![("trace".into(), b"abc".to_vec())],
+            },
+            Record {
+                timestamp_ms: 999,
+                key: None,
+                value: None,
+                headers: Vec::new(),
+            },
+        ];
+        let bytes = encode(42, 7, 3, &records);
+        let (header, decoded) = decode(&bytes).expect("decodes");
+        assert_eq!(decoded, records);
+        assert_eq!(
+            (header.base_offset, header.count, header.next_offset()),
+            (42, 2, 44)
+        );
+        assert_eq!(
+            (header.first_timestamp_ms, header.max_timestamp_ms),
+            (1_000, 1_000)
+        );
+        assert_eq!(
+            (header.producer_id, header.sequence, header.bytes),
+            (7, 3, bytes.len())
+        );
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                decode(&bytes[..cut]).err(),
+                Some(Bad::Incomplete),
+                "cut {cut}"
+            );
+        }
+        for i in 8..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 0x10;
+            assert!(decode(&flipped).is_err(), "flip at {i}");
+        }
+    }
+}

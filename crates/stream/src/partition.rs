@@ -1,0 +1,502 @@
+//! One partition: segment files of record batches with sparse offset and time indexes,
+//! torn-tail recovery, reads by offset and by time, and retention by age and size.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::batch::{self, Bad, BatchHeader, Record, BATCH_HEADER_BYTES};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is damaged at byte {position}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("offset {offset} is before the earliest kept, {earliest}")]
+    OffsetOutOfRange { offset: u64, earliest: u64 },
+    #[error("a batch needs at least one record")]
+    EmptyBatch,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StreamError + '_ {
+    move |source| StreamError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The largest segment: index entries hold 32-bit positions.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionConfig {
+    /// Roll to a new segment once the active one is this big (at most
+    /// `SEGMENT_BYTES_MAX`: index positions are 32-bit).
+    pub segment_bytes_max: u64,
+    /// An index entry per this many bytes of log.
+    pub index_interval_bytes: u64,
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        PartitionConfig {
+            segment_bytes_max: 64 * 1024 * 1024,
+            index_interval_bytes: 4_096,
+        }
+    }
+}
+
+/// What opening found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub segments: usize,
+    /// Bytes cut off the end of the last segment (a torn or damaged tail).
+    pub truncated_bytes: u64,
+    pub next_offset: u64,
+}
+
+struct Segment {
+    base_offset: u64,
+    path: PathBuf,
+    /// Bytes of valid batches.
+    len: u64,
+    next_offset: u64,
+    max_timestamp_ms: i64,
+    /// `(relative offset, position)` of some batches, ascending.
+    index: Vec<(u32, u32)>,
+    /// `(largest timestamp so far, relative offset)`, ascending in both.
+    time_index: Vec<(i64, u32)>,
+    bytes_since_index: u64,
+}
+
+fn segment_name(base_offset: u64) -> String {
+    format!("{base_offset:020}")
+}
+
+impl Segment {
+    fn file_with(&self, extension: &str) -> PathBuf {
+        self.path.with_extension(extension)
+    }
+
+    /// Notes the batch just placed at `position`, adding index entries when due.
+    fn note(
+        &mut self,
+        header: &BatchHeader,
+        position: u64,
+        interval: u64,
+    ) -> (bool, Vec<u8>, Vec<u8>) {
+        self.max_timestamp_ms = self.max_timestamp_ms.max(header.max_timestamp_ms);
+        self.next_offset = header.next_offset();
+        let due = self.index.is_empty() || self.bytes_since_index >= interval;
+        self.bytes_since_index += header.bytes as u64;
+        if !due {
+            return (false, Vec::new(), Vec::new());
+        }
+        self.bytes_since_index = header.bytes as u64;
+        let relative = (header.base_offset - self.base_offset) as u32;
+        self.index.push((relative, position as u32));
+        self.time_index.push((self.max_timestamp_ms, relative));
+        let mut index = relative.to_le_bytes().to_vec();
+        index.extend_from_slice(&(position as u32).to_le_bytes());
+        let mut time = self.max_timestamp_ms.to_le_bytes().to_vec();
+        time.extend_from_slice(&relative.to_le_bytes());
+        (true, index, time)
+    }
+
+    /// Scans the segment's batches from the start. Returns where the valid ones end and
+    /// why they end there (`None`: at the end of the file).
+    fn scan(&mut self, bytes: &[u8], interval: u64) -> Option<String> {
+        let mut position = 0usize;
+        let mut expected = self.base_offset;
+        while position < bytes.len() {
+            let header = match batch::header(&bytes[position..]) {
+                Ok(header) => header,
+                Err(Bad::Incomplete) => return Some("a batch cut short".into()),
+                Err(Bad::Corrupt(reason)) => return Some(reason),
+            };
+            if header.base_offset != expected {
+                return Some(format!(
+                    "a batch at offset {} where {expected} was next",
+                    header.base_offset
+                ));
+            }
+            self.note(&header, position as u64, interval);
+            expected = header.next_offset();
+            position += header.bytes;
+            self.len = position as u64;
+        }
+        None
+    }
+}
+
+/// An open partition. Not shared between threads by itself: the server wraps it.
+pub struct Partition {
+    dir: PathBuf,
+    config: PartitionConfig,
+    segments: Vec<Segment>,
+    /// The active segment, open for appending.
+    active: File,
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StreamError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+impl Partition {
+    /// Opens (or creates) the partition in `dir`: every segment is scanned, the last one's
+    /// torn or damaged tail is cut off, and the indexes are rebuilt from the batches.
+    pub fn open(dir: &Path, config: PartitionConfig) -> Result<(Partition, Recovery), StreamError> {
+        let config = PartitionConfig {
+            segment_bytes_max: config.segment_bytes_max.clamp(1, SEGMENT_BYTES_MAX),
+            index_interval_bytes: config.index_interval_bytes.max(1),
+        };
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut bases: Vec<u64> = fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name();
+                name.to_str()?.strip_suffix(".log")?.parse().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        if bases.is_empty() {
+            bases.push(0);
+        }
+        let mut segments = Vec::with_capacity(bases.len());
+        let mut recovery = Recovery::default();
+        for (i, &base_offset) in bases.iter().enumerate() {
+            let path = dir.join(format!("{}.log", segment_name(base_offset)));
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(error) => return Err(io_err(&path)(error)),
+            };
+            let mut segment = Segment {
+                base_offset,
+                path,
+                len: 0,
+                next_offset: base_offset,
+                max_timestamp_ms: i64::MIN,
+                index: Vec::new(),
+                time_index: Vec::new(),
+                bytes_since_index: 0,
+            };
+            let problem = segment.scan(&bytes, config.index_interval_bytes);
+            let last = i + 1 == bases.len();
+            match problem {
+                Some(reason) if !last => {
+                    return Err(StreamError::Corrupt {
+                        path: segment.path.clone(),
+                        position: segment.len,
+                        reason,
+                    })
+                }
+                Some(_) => recovery.truncated_bytes = bytes.len() as u64 - segment.len,
+                None => {}
+            }
+            if let Some(previous) = segments.last() {
+                let previous: &Segment = previous;
+                if previous.next_offset != base_offset {
+                    return Err(StreamError::Corrupt {
+                        path: segment.path.clone(),
+                        position: 0,
+                        reason: format!(
+                            "starts at {base_offset} but the segment before ends at {}",
+                            previous.next_offset
+                        ),
+                    });
+                }
+            }
+            segments.push(segment);
+        }
+        let Some(last) = segments.last() else {
+            return Err(StreamError::EmptyBatch);
+        };
+        let active = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&last.path)
+            .map_err(io_err(&last.path))?;
+        // Cut a torn tail (bytes never acknowledged), and make the cut durable.
+        active.set_len(last.len).map_err(io_err(&last.path))?;
+        active.sync_all().map_err(io_err(&last.path))?;
+        sync_dir(dir)?;
+        let partition = Partition {
+            dir: dir.to_owned(),
+            config,
+            segments,
+            active,
+        };
+        // The indexes are hints rebuilt from the log: write them out afresh.
+        for i in 0..partition.segments.len() {
+            partition.write_indexes(i)?;
+        }
+        recovery.segments = partition.segments.len();
+        recovery.next_offset = partition.next_offset();
+        Ok((partition, recovery))
+    }
+
+    fn write_indexes(&self, i: usize) -> Result<(), StreamError> {
+        let segment = &self.segments[i];
+        let index: Vec<u8> = segment
+            .index
+            .iter()
+            .flat_map(|(o, p)| o.to_le_bytes().into_iter().chain(p.to_le_bytes()))
+            .collect();
+        let time: Vec<u8> = segment
+            .time_index
+            .iter()
+            .flat_map(|(t, o)| t.to_le_bytes().into_iter().chain(o.to_le_bytes()))
+            .collect();
+        for (extension, bytes) in [("index", index), ("timeindex", time)] {
+            let path = segment.file_with(extension);
+            fs::write(&path, bytes).map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+
+    /// The offset the next record will get.
+    pub fn next_offset(&self) -> u64 {
+        self.segments.last().map_or(0, |s| s.next_offset)
+    }
+
+    /// The first offset still kept.
+    pub fn earliest_offset(&self) -> u64 {
+        self.segments.first().map_or(0, |s| s.base_offset)
+    }
+
+    /// Bytes of every segment.
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+
+    /// Appends `records` as one batch; returns its first offset. The OS has it; `sync`
+    /// makes it durable.
+    pub fn append(
+        &mut self,
+        records: &[Record],
+        producer_id: u64,
+        sequence: u32,
+    ) -> Result<u64, StreamError> {
+        if records.is_empty() {
+            return Err(StreamError::EmptyBatch);
+        }
+        if self
+            .segments
+            .last()
+            .is_some_and(|s| s.len >= self.config.segment_bytes_max)
+        {
+            self.roll()?;
+        }
+        let base_offset = self.next_offset();
+        let bytes = batch::encode(base_offset, producer_id, sequence, records);
+        let header = batch::header(&bytes).map_err(|e| StreamError::Corrupt {
+            path: self.dir.clone(),
+            position: 0,
+            reason: format!("encoded an unreadable batch: {e:?}"),
+        })?;
+        let interval = self.config.index_interval_bytes;
+        let Some(segment) = self.segments.last_mut() else {
+            return Err(StreamError::EmptyBatch);
+        };
+        let path = segment.path.clone();
+        self.active
+            .write_all_at(&bytes, segment.len)
+            .map_err(io_err(&path))?;
+        let position = segment.len;
+        segment.len += bytes.len() as u64;
+        let (indexed, index, time) = segment.note(&header, position, interval);
+        if indexed {
+            for (extension, entry) in [("index", index), ("timeindex", time)] {
+                let path = segment.file_with(extension);
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(&entry))
+                    .map_err(io_err(&path))?;
+            }
+        }
+        Ok(base_offset)
+    }
+
+    /// Makes every appended batch durable (fdatasync of the active segment).
+    pub fn sync(&mut self) -> Result<(), StreamError> {
+        let path = self
+            .segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        self.active.sync_data().map_err(io_err(&path))
+    }
+
+    fn roll(&mut self) -> Result<(), StreamError> {
+        self.sync()?;
+        let base_offset = self.next_offset();
+        let path = self.dir.join(format!("{}.log", segment_name(base_offset)));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(&self.dir)?;
+        self.active = file;
+        self.segments.push(Segment {
+            base_offset,
+            path,
+            len: 0,
+            next_offset: base_offset,
+            max_timestamp_ms: i64::MIN,
+            index: Vec::new(),
+            time_index: Vec::new(),
+            bytes_since_index: 0,
+        });
+        Ok(())
+    }
+
+    /// Records from `offset` on, whole batches, until about `max_bytes` (at least one
+    /// batch when there is one, however big). Empty at the end of the log.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<(u64, Record)>, StreamError> {
+        if offset < self.earliest_offset() {
+            return Err(StreamError::OffsetOutOfRange {
+                offset,
+                earliest: self.earliest_offset(),
+            });
+        }
+        let mut out = Vec::new();
+        let mut read_bytes = 0usize;
+        let first = self
+            .segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        for segment in &self.segments[first..] {
+            if offset >= segment.next_offset {
+                continue;
+            }
+            let relative = offset.saturating_sub(segment.base_offset) as u32;
+            let start = segment
+                .index
+                .partition_point(|&(o, _)| o <= relative)
+                .checked_sub(1)
+                .map_or(0, |i| u64::from(segment.index[i].1));
+            let file = File::open(&segment.path).map_err(io_err(&segment.path))?;
+            let mut position = start;
+            while position < segment.len {
+                if read_bytes > 0 && read_bytes >= max_bytes {
+                    return Ok(out);
+                }
+                let mut head = [0u8; 16];
+                file.read_exact_at(&mut head, position)
+                    .map_err(io_err(&segment.path))?;
+                let total =
+                    12 + u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
+                if !(BATCH_HEADER_BYTES..=batch::BATCH_BYTES_MAX).contains(&total) {
+                    return Err(StreamError::Corrupt {
+                        path: segment.path.clone(),
+                        position,
+                        reason: format!("batch length {total}"),
+                    });
+                }
+                let mut bytes = vec![0u8; total];
+                file.read_exact_at(&mut bytes, position)
+                    .map_err(io_err(&segment.path))?;
+                let (header, records) =
+                    batch::decode(&bytes).map_err(|e| StreamError::Corrupt {
+                        path: segment.path.clone(),
+                        position,
+                        reason: format!("{e:?}"),
+                    })?;
+                position += total as u64;
+                if header.next_offset() <= offset {
+                    continue;
+                }
+                read_bytes += total;
+                for (i, record) in records.into_iter().enumerate() {
+                    let record_offset = header.base_offset + i as u64;
+                    if record_offset >= offset {
+                        out.push((record_offset, record));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first offset whose record's timestamp is at or after `timestamp_ms`, reading
+    /// from the batch the time index points to; `None` when every record is earlier.
+    pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<u64>, StreamError> {
+        let Some(segment) = self
+            .segments
+            .iter()
+            .find(|s| s.max_timestamp_ms >= timestamp_ms)
+        else {
+            return Ok(None);
+        };
+        // The last entry whose running maximum is still below the time: what comes
+        // before its batch is all earlier.
+        let from = segment
+            .time_index
+            .partition_point(|&(max, _)| max < timestamp_ms)
+            .checked_sub(1)
+            .map_or(segment.base_offset, |i| {
+                segment.base_offset + u64::from(segment.time_index[i].1)
+            });
+        let mut offset = from.max(self.earliest_offset());
+        loop {
+            let records = self.read(offset, 1 << 20)?;
+            let Some(&(last, _)) = records.last() else {
+                return Ok(None);
+            };
+            if let Some((found, _)) = records.iter().find(|(_, r)| r.timestamp_ms >= timestamp_ms) {
+                return Ok(Some(*found));
+            }
+            offset = last + 1;
+        }
+    }
+
+    /// Deletes whole segments, oldest first and never the active one, while the oldest
+    /// is wholly older than `max_age_ms` before `now_ms`, or the partition is above
+    /// `max_bytes`. Returns how many went.
+    pub fn retain(
+        &mut self,
+        now_ms: i64,
+        max_age_ms: Option<u64>,
+        max_bytes: Option<u64>,
+    ) -> Result<usize, StreamError> {
+        let mut removed = 0;
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            let too_old = max_age_ms
+                .is_some_and(|age| oldest.max_timestamp_ms < now_ms.saturating_sub(age as i64));
+            let too_big = max_bytes.is_some_and(|max| self.bytes() > max);
+            if !too_old && !too_big {
+                break;
+            }
+            let oldest = self.segments.remove(0);
+            for extension in ["log", "index", "timeindex"] {
+                let path = oldest.file_with(extension);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(io_err(&path)(error)),
+                }
+            }
+            removed += 1;
+        }
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+}
