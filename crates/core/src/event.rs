@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::{AlertRule, AlertTransition, Silence};
 use crate::cron::CronSpec;
+use crate::streams::StreamSpec;
 use crate::{JobId, LeaseId, Millis};
 
 /// Retry backoff as stored (the wire form lives in `sluice-proto`).
@@ -173,6 +174,10 @@ pub enum Event {
     AlertChanged {
         transition: AlertTransition,
     },
+    /// A stream created, or its partitions increased (never decreased) or retention set.
+    StreamSet {
+        spec: StreamSpec,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +233,7 @@ impl Event {
             | Event::Moved { .. }
             | Event::AlertRuleRemoved { .. }
             | Event::SilenceRemoved { .. } => None,
+            Event::StreamSet { spec } => Some(spec.created_at),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod cron;
 mod error;
 mod event;
 mod state;
+pub mod streams;
 mod table;
 
 pub use error::{CoreError, Detail, ErrorKind};

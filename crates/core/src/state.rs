@@ -17,6 +17,7 @@ use crate::alerts::{AlertRule, AlertTransition, Alerts, Silence, SILENCES_MAX};
 use crate::cron::{CronSpec, Missed, Schedule, CATCH_UP_MAX, MISSED_AFTER_MS};
 use crate::error::{CoreError, Detail, ErrorKind};
 use crate::event::{Backoff, CronFire, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
+use crate::streams::{StreamSpec, Streams};
 use crate::table::JobTable;
 use crate::{JobId, LeaseId, Millis};
 
@@ -792,6 +793,7 @@ pub struct State {
     crons: BTreeMap<String, Cron>,
     /// Alert rules with their state, silences, and the history of transitions.
     alerts: Alerts,
+    streams: Streams,
 }
 
 /// A cron schedule and when it next fires.
@@ -1792,6 +1794,48 @@ impl State {
         )
     }
 
+    // ---- streams --------------------------------------------------------------------
+
+    pub fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    /// Creates a stream, or updates one: its partitions may grow (records already
+    /// written stay where they are) and its retention change. Replies whether it is new.
+    pub fn set_stream(
+        &mut self,
+        now: Millis,
+        mut spec: StreamSpec,
+    ) -> Result<Decided<bool>, CoreError> {
+        let details = spec.check();
+        if !details.is_empty() {
+            return Err(invalid_request(details));
+        }
+        if let Some(error) = self.streams.too_many(&spec.name) {
+            return Err(error);
+        }
+        let existing = self.streams.streams.get(&spec.name);
+        if let Some(existing) = existing {
+            if spec.partitions < existing.partitions {
+                return Err(CoreError::bad_input(
+                    "partitions",
+                    format!(
+                        "partitions can only grow: the stream has {}",
+                        existing.partitions
+                    ),
+                ));
+            }
+            spec.created_at = existing.created_at;
+            if *existing == spec {
+                return Ok((None, false));
+            }
+        } else {
+            spec.created_at = now;
+        }
+        let new = existing.is_none();
+        self.commit(new, Some(Event::StreamSet { spec }))
+    }
+
     // ---- alerts ---------------------------------------------------------------------
 
     pub fn alerts(&self) -> &Alerts {
@@ -2279,6 +2323,17 @@ impl State {
                 self.alerts.silences.remove(id);
             }
             Event::AlertChanged { transition } => self.alerts.changed(transition),
+            Event::StreamSet { spec } => {
+                let shrinks = self
+                    .streams
+                    .streams
+                    .get(&spec.name)
+                    .is_some_and(|s| s.partitions > spec.partitions);
+                if !spec.check().is_empty() || shrinks {
+                    return Err(format!("stream {:?} set to an invalid spec", spec.name));
+                }
+                self.streams.streams.insert(spec.name.clone(), spec.clone());
+            }
             Event::Purged { ids, .. } | Event::Removed { ids } => {
                 for id in ids {
                     self.remove_job(*id)?;
@@ -2600,6 +2655,7 @@ impl State {
             keys,
             job_keys,
             alerts: &self.alerts,
+            streams: &self.streams,
         };
         postcard::to_allocvec(&snapshot).unwrap_or_default()
     }
@@ -2748,6 +2804,15 @@ impl State {
             state.batches.insert(batch.id, batch);
         }
         state.alerts = snapshot.alerts;
+        for spec in snapshot.streams.streams.values() {
+            if !spec.check().is_empty() {
+                return Err(format!(
+                    "stream {:?} in the snapshot is not valid",
+                    spec.name
+                ));
+            }
+        }
+        state.streams = snapshot.streams;
         for (spec, next_at, last_fired_at) in snapshot.crons {
             let schedule = Schedule::parse(&spec.schedule, &spec.timezone)
                 .map_err(|(_, message)| format!("cron {}: {message}", spec.name))?;
@@ -2794,6 +2859,7 @@ struct SnapshotRef<'a> {
     /// `(job, its limit key)` in id order.
     job_keys: Vec<(JobId, &'a str)>,
     alerts: &'a Alerts,
+    streams: &'a Streams,
 }
 
 /// A snapshot as read: its sections in order. Each later section was added by a later
@@ -2814,6 +2880,7 @@ struct SnapshotOwned {
     keys: Vec<(u32, String, u64, Millis)>,
     job_keys: Vec<(JobId, String)>,
     alerts: Alerts,
+    streams: Streams,
 }
 
 /// The jobs and queues (every version).
@@ -2861,6 +2928,7 @@ impl SnapshotOwned {
         let (flow, rest): (FlowSection, _) = section(rest, "limits, batches, crons")?;
         let (keys, rest): (KeysSection, _) = section(rest, "limit keys")?;
         let (alerts, rest): (Alerts, _) = section(rest, "alerts")?;
+        let (streams, rest): (Streams, _) = section(rest, "streams")?;
         if !rest.is_empty() {
             return Err(format!(
                 "undecodable snapshot: {} bytes after its last section",
@@ -2881,6 +2949,7 @@ impl SnapshotOwned {
             keys: keys.keys,
             job_keys: keys.job_keys,
             alerts,
+            streams,
         })
     }
 }

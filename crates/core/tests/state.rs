@@ -327,6 +327,7 @@ fn variant(event: &Event) -> &'static str {
         Event::SilenceSet { .. } => "SilenceSet",
         Event::SilenceRemoved { .. } => "SilenceRemoved",
         Event::AlertChanged { .. } => "AlertChanged",
+        Event::StreamSet { .. } => "StreamSet",
     }
 }
 
@@ -1610,13 +1611,13 @@ fn snapshot_with_a_job_twice_is_refused() {
     let bytes = h.state.encode_snapshot();
     let job = postcard::to_allocvec(h.state.job(id).expect("job")).expect("encode job");
     // The jobs come before the queue limits, batches, cron schedules, key limits, keys,
-    // job keys, alert rules, silences and alert history (none: nine counts of 0). Add a
-    // ready copy of the same id after the job.
-    let jobs_end = bytes.len() - 9;
+    // job keys, alert rules, silences, alert history and streams (none: ten counts of
+    // 0). Add a ready copy of the same id after the job.
+    let jobs_end = bytes.len() - 10;
     assert_eq!(
         &bytes[jobs_end..],
-        &[0; 9],
-        "no limits, batches, crons, keys or alerts"
+        &[0; 10],
+        "no limits, batches, crons, keys, alerts or streams"
     );
     assert!(bytes[..jobs_end].ends_with(&job) && bytes[jobs_end - job.len() - 1] == 1);
     let mut ready = h.state.job(id).expect("job").clone();
@@ -1625,7 +1626,7 @@ fn snapshot_with_a_job_twice_is_refused() {
     twice.push(2);
     twice.extend_from_slice(&job);
     twice.extend_from_slice(&postcard::to_allocvec(&ready).expect("encode job"));
-    twice.extend_from_slice(&[0; 9]);
+    twice.extend_from_slice(&[0; 10]);
     let error = State::decode_snapshot(Config::default(), &twice).expect_err("refused");
     assert!(error.contains("appears twice"), "{error}");
 }
@@ -1899,15 +1900,16 @@ fn snapshots_from_before_queue_limits_still_decode() {
     let bytes = h.state.encode_snapshot();
     // The oldest format ended after the jobs: without the (empty) limits, batches and
     // crons; the next one before the (empty) key limits, keys and job keys; the next
-    // before the (empty) alert rules, silences and alert history.
-    assert!(bytes.ends_with(&[0; 9]));
-    for cut in [3, 6, 9] {
+    // before the (empty) alert rules, silences and alert history; the next before the
+    // (empty) streams.
+    assert!(bytes.ends_with(&[0; 10]));
+    for cut in [1, 4, 7, 10] {
         let older = &bytes[..bytes.len() - cut];
         let decoded = State::decode_snapshot(Config::default(), older).expect("older snapshot");
         assert_eq!(decoded.encode_snapshot(), bytes);
     }
     // Cut inside a section, or with bytes after the last, it is damage, not a version.
-    assert!(State::decode_snapshot(Config::default(), &bytes[..bytes.len() - 1]).is_err());
+    assert!(State::decode_snapshot(Config::default(), &bytes[..bytes.len() - 2]).is_err());
     let mut longer = bytes.clone();
     longer.push(0);
     let error = State::decode_snapshot(Config::default(), &longer).expect_err("refused");
@@ -2747,4 +2749,40 @@ fn oldest_ready_age_counts_from_when_a_job_came_due() {
     h.enqueue_one(T0 + day, spec("q"));
     let queue = h.state.queue("q").expect("queue");
     assert_eq!(h.state.oldest_ready_age_ms(queue, T0 + day + 5), 5);
+}
+
+// ---- streams --------------------------------------------------------------------------
+
+#[test]
+fn streams_are_created_grown_and_kept_in_snapshots() {
+    use sluice_core::streams::StreamSpec;
+    let spec = |partitions| StreamSpec {
+        name: "orders".into(),
+        partitions,
+        retention_ms: Some(86_400_000),
+        retention_bytes: None,
+        created_at: 0,
+    };
+    let mut h = Harness::new();
+    let decided = h.state.set_stream(T0, spec(4)).expect("valid");
+    assert!(h.record(decided), "new");
+    let (event, again) = h.state.set_stream(T0 + 1, spec(4)).expect("same");
+    assert!(
+        event.is_none() && !again,
+        "setting the same spec logs nothing"
+    );
+    let error = h.state.set_stream(T0 + 2, spec(2)).expect_err("shrinks");
+    assert!(format!("{error:?}").contains("only grow"), "{error:?}");
+    let decided = h.state.set_stream(T0 + 3, spec(8)).expect("grows");
+    assert!(!h.record(decided));
+    let stored = &h.state.streams().streams["orders"];
+    assert_eq!((stored.partitions, stored.created_at), (8, T0));
+    assert!(h.state.set_stream(T0, spec(0)).is_err());
+    let restored =
+        State::decode_snapshot(Config::default(), &h.state.encode_snapshot()).expect("decode");
+    assert_eq!(restored.streams(), h.state.streams());
+    assert_eq!(
+        replay(Config::default(), &h.events).streams(),
+        h.state.streams()
+    );
 }

@@ -20,6 +20,9 @@ use crate::workers::Registry;
 
 use crate::error::ApiError;
 
+/// How often stream retention runs.
+const STREAM_RETENTION_EVERY_MS: Millis = 30_000;
+
 /// Bytes appended but not yet written past which commands are refused with 503
 /// `overloaded` instead of queueing more in memory.
 pub const WAL_PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -41,6 +44,9 @@ pub struct Broker {
     pub workers: Mutex<Registry>,
     /// Metric history on disk (locked alone).
     pub history: Mutex<Recorder>,
+    /// Stream partitions, opened on first use.
+    pub streams: crate::streams::StreamStore,
+    last_stream_retention_ms: AtomicI64,
     /// Since when each alert rule's condition has held (not logged: a restart starts
     /// the wait afresh). Locked alone.
     pub alert_pending: Mutex<rustc_hash::FxHashMap<String, Millis>>,
@@ -71,6 +77,7 @@ impl Broker {
         let mut state = State::new(config);
         let mut snapshot_bytes = 0;
         let options_dir = options.dir.clone();
+        let sync_each_write = matches!(options.fsync, sluice_wal::FsyncPolicy::Always);
         let (wal, report) = Wal::open(options, &mut |item| match item {
             Replayed::Snapshot { bytes, .. } => {
                 snapshot_bytes = bytes.len() as u64;
@@ -88,6 +95,8 @@ impl Broker {
             metrics: Mutex::new(Metrics::default()),
             workers: Mutex::new(Registry::default()),
             history: Mutex::new(Recorder::new(&options_dir.join("metrics"), system_now_ms())),
+            streams: crate::streams::StreamStore::new(options_dir.join("streams"), sync_each_write),
+            last_stream_retention_ms: AtomicI64::new(0),
             alert_pending: Mutex::new(rustc_hash::FxHashMap::default()),
             last_alert_evaluation_ms: AtomicI64::new(0),
             worker_stale_ms: sluice_proto::limits::WORKER_STALE_MS_DEFAULT,
@@ -224,6 +233,20 @@ impl Broker {
         self.execute(|s, now| Ok(s.retain(now))).await?;
         self.record_history();
         let now = system_now_ms();
+        if now - self.last_stream_retention_ms.load(Ordering::Relaxed) >= STREAM_RETENTION_EVERY_MS
+        {
+            self.last_stream_retention_ms.store(now, Ordering::Relaxed);
+            let specs: Vec<sluice_core::streams::StreamSpec> = self
+                .state
+                .lock()
+                .streams()
+                .streams
+                .values()
+                .cloned()
+                .collect();
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.streams.retain(&specs, now)).await;
+        }
         if now - self.last_alert_evaluation_ms.load(Ordering::Relaxed)
             >= crate::alerting::EVALUATE_EVERY_MS
         {
@@ -343,6 +366,7 @@ impl Broker {
     }
 
     pub fn close(&self) -> Result<(), sluice_wal::WalError> {
+        self.streams.sync_all();
         if let Err(error) = self.history.lock().close() {
             tracing::warn!(%error, "cannot sync metric history");
         }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openapi;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub mod streams;
 pub mod waiters;
 pub mod workers;
 
@@ -161,6 +162,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/alerts/silences/{id}",
             put(alerting::set_silence).delete(alerting::remove_silence),
+        )
+        .route("/v1/streams", get(streams::list_streams))
+        .route(
+            "/v1/streams/{stream}",
+            get(streams::get_stream).put(streams::set_stream),
+        )
+        .route("/v1/streams/{stream}/records", post(streams::produce))
+        .route(
+            "/v1/streams/{stream}/partitions/{partition}/records",
+            get(streams::fetch),
         )
         .route("/v1/workers", get(api::list_workers))
         .route(

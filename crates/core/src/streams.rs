@@ -1,0 +1,68 @@
+//! Streams as the log records them: each stream's name, partition count and retention.
+//! The records themselves live in partition files (`sluice-stream`), not in the log.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sluice_proto::limits;
+
+use crate::error::{CoreError, Detail, ErrorKind};
+use crate::Millis;
+
+/// Streams that may exist.
+pub const STREAMS_MAX: usize = 1_000;
+/// Partitions of one stream.
+pub const PARTITIONS_MAX: u32 = 1_024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSpec {
+    pub name: String,
+    pub partitions: u32,
+    /// Records older than this go (whole segments at a time); `None` keeps them.
+    pub retention_ms: Option<u64>,
+    /// Each partition is kept under this many bytes (whole segments); `None`: no bound.
+    pub retention_bytes: Option<u64>,
+    pub created_at: Millis,
+}
+
+impl StreamSpec {
+    pub fn check(&self) -> Vec<Detail> {
+        let mut details = Vec::new();
+        if !limits::is_valid_name(&self.name, limits::QUEUE_NAME_BYTES_MAX) {
+            details.push(Detail {
+                path: "name".into(),
+                message: "1 to 128 bytes of A-Z a-z 0-9 _ . : -".into(),
+            });
+        }
+        if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
+            details.push(Detail {
+                path: "partitions".into(),
+                message: format!("must be 1 to {PARTITIONS_MAX}"),
+            });
+        }
+        if self.retention_ms == Some(0) || self.retention_bytes == Some(0) {
+            details.push(Detail {
+                path: "retention".into(),
+                message: "a retention of 0 would keep nothing: leave it out to keep all".into(),
+            });
+        }
+        details
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Streams {
+    pub streams: BTreeMap<String, StreamSpec>,
+}
+
+impl Streams {
+    pub fn too_many(&self, name: &str) -> Option<CoreError> {
+        (!self.streams.contains_key(name) && self.streams.len() >= STREAMS_MAX).then(|| {
+            CoreError::new(
+                ErrorKind::Limit,
+                "too_many_streams",
+                format!("at most {STREAMS_MAX} streams may exist"),
+            )
+        })
+    }
+}

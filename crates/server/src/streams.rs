@@ -1,0 +1,638 @@
+//! Streams over HTTP: create, describe, produce and fetch. A stream's spec is in the job
+//! log (`State::set_stream`); its records are in partition files under
+//! `<data-dir>/streams/<stream>/<partition>/` (`sluice-stream`), opened on first use.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::Json;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sluice_core::streams::StreamSpec;
+use sluice_core::Millis;
+use sluice_proto::{limits, rfc3339};
+use sluice_stream::{Partition, PartitionConfig, Record, StreamError};
+use tokio::sync::Notify;
+use utoipa::ToSchema;
+
+use crate::api::{ApiJson, ApiQuery, AppState};
+use crate::broker::system_now_ms;
+use crate::error::ApiError;
+
+/// Records one produce request may carry.
+pub const PRODUCE_LEN_MAX: usize = 10_000;
+/// Bytes a fetch returns at most (whole batches: at least one however big).
+pub const FETCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const FETCH_BYTES_DEFAULT: usize = 1024 * 1024;
+
+/// Kafka's murmur2 (as `Utils.murmur2`), so that a key lands in the partition a Kafka
+/// producer would pick: `(murmur2(key) & 0x7fffffff) % partitions`.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let length = data.len();
+    let mut h: u32 = SEED ^ (length as u32);
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    match tail.len() {
+        3 => {
+            h ^= u32::from(tail[2]) << 16;
+            h ^= u32::from(tail[1]) << 8;
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        2 => {
+            h ^= u32::from(tail[1]) << 8;
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        1 => {
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        _ => {}
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition Kafka's default partitioner gives a key.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    ((murmur2(key) & 0x7fff_ffff) as u32) % partitions.max(1)
+}
+
+/// An open partition and the long-polls waiting for its next record.
+pub struct Handle {
+    pub partition: Mutex<Partition>,
+    pub appended: Notify,
+}
+
+/// The open partitions, by stream and number.
+pub struct StreamStore {
+    dir: PathBuf,
+    sync_each_write: bool,
+    open: Mutex<HashMap<(String, u32), Arc<Handle>>>,
+    /// Round-robin position per stream, for records with neither key nor partition.
+    next: Mutex<HashMap<String, u32>>,
+}
+
+fn stream_error(error: StreamError) -> ApiError {
+    match error {
+        StreamError::OffsetOutOfRange { offset, earliest } => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "offset_out_of_range",
+            format!("offset {offset} is before the earliest kept, {earliest}"),
+        )
+        .with_detail("offset", format!("at least {earliest}")),
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "stream_storage",
+            other.to_string(),
+        ),
+    }
+}
+
+fn blocking_error(error: tokio::task::JoinError) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        error.to_string(),
+    )
+}
+
+impl StreamStore {
+    pub fn new(dir: PathBuf, sync_each_write: bool) -> StreamStore {
+        StreamStore {
+            dir,
+            sync_each_write,
+            open: Mutex::new(HashMap::new()),
+            next: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The partition, opened (and recovered) on first use: blocking.
+    pub fn handle(&self, stream: &str, partition: u32) -> Result<Arc<Handle>, StreamError> {
+        let key = (stream.to_owned(), partition);
+        if let Some(handle) = self.open.lock().get(&key) {
+            return Ok(handle.clone());
+        }
+        let dir = self.dir.join(stream).join(partition.to_string());
+        let (opened, recovery) = Partition::open(&dir, PartitionConfig::default())?;
+        if recovery.truncated_bytes > 0 {
+            tracing::warn!(
+                stream,
+                partition,
+                truncated_bytes = recovery.truncated_bytes,
+                "cut a torn tail off a stream partition"
+            );
+        }
+        let handle = Arc::new(Handle {
+            partition: Mutex::new(opened),
+            appended: Notify::new(),
+        });
+        Ok(self.open.lock().entry(key).or_insert(handle).clone())
+    }
+
+    /// fdatasyncs every open partition (at shutdown: in `batch` and `never` modes appends
+    /// are otherwise left to the OS until a segment rolls).
+    pub fn sync_all(&self) {
+        let handles: Vec<Arc<Handle>> = self.open.lock().values().cloned().collect();
+        for handle in handles {
+            if let Err(error) = handle.partition.lock().sync() {
+                tracing::warn!(%error, "cannot sync a stream partition");
+            }
+        }
+    }
+
+    fn round_robin(&self, stream: &str, partitions: u32) -> u32 {
+        let mut next = self.next.lock();
+        let slot = next.entry(stream.to_owned()).or_insert(0);
+        let partition = *slot % partitions.max(1);
+        *slot = slot.wrapping_add(1);
+        partition
+    }
+
+    /// Applies each stream's retention to its partitions: blocking.
+    pub fn retain(&self, specs: &[StreamSpec], now: Millis) {
+        for spec in specs {
+            if spec.retention_ms.is_none() && spec.retention_bytes.is_none() {
+                continue;
+            }
+            for p in 0..spec.partitions {
+                let removed = self.handle(&spec.name, p).and_then(|h| {
+                    h.partition
+                        .lock()
+                        .retain(now, spec.retention_ms, spec.retention_bytes)
+                });
+                if let Err(error) = removed {
+                    tracing::warn!(stream = spec.name, partition = p, %error, "retention failed");
+                }
+            }
+        }
+    }
+}
+
+// ---- wire types -------------------------------------------------------------------------
+
+/// `PUT /v1/streams/{stream}`: create a stream, or grow its partitions / set retention.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRequest {
+    #[schema(minimum = 1, maximum = 1024)]
+    pub partitions: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub retention_ms: Option<u64>,
+    /// Per partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub retention_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub earliest_offset: u64,
+    pub next_offset: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StreamInfo {
+    pub name: String,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_bytes: Option<u64>,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StreamList {
+    pub streams: Vec<StreamInfo>,
+}
+
+/// One record to produce.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceRecord {
+    /// Picks the partition (Kafka's murmur2) unless `partition` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Any JSON value; absent makes a tombstone (no value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
+    /// RFC 3339; default now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceRequest {
+    pub records: Vec<ProduceRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProducedOffset {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Where each record went, in the order given.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProduceResponse {
+    pub offsets: Vec<ProducedOffset>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FetchedRecord {
+    pub offset: u64,
+    pub timestamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FetchResponse {
+    pub records: Vec<FetchedRecord>,
+    /// Where the next fetch starts.
+    pub next_offset: u64,
+    pub earliest_offset: u64,
+    /// The partition's end: `latest_offset - next_offset` is how far behind this reader is.
+    pub latest_offset: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchQuery {
+    offset: Option<u64>,
+    /// `earliest` or `latest`, instead of `offset`.
+    from: Option<String>,
+    /// RFC 3339: the first record at or after this time, instead of `offset`.
+    timestamp: Option<String>,
+    max_bytes: Option<usize>,
+    wait_ms: Option<u64>,
+}
+
+// ---- handlers ---------------------------------------------------------------------------
+
+fn stream_missing(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("stream {name} not found"),
+    )
+}
+
+async fn spec_of(app: &AppState, name: &str) -> Result<StreamSpec, ApiError> {
+    app.broker()?
+        .read(|s, _| {
+            s.streams()
+                .streams
+                .get(name)
+                .cloned()
+                .ok_or_else(|| stream_missing(name))
+        })
+        .await
+}
+
+async fn info(app: &AppState, spec: StreamSpec) -> Result<StreamInfo, ApiError> {
+    let broker = app.broker()?.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut partitions = Vec::with_capacity(spec.partitions as usize);
+        for p in 0..spec.partitions {
+            let handle = broker.streams.handle(&spec.name, p).map_err(stream_error)?;
+            let partition = handle.partition.lock();
+            partitions.push(PartitionInfo {
+                partition: p,
+                earliest_offset: partition.earliest_offset(),
+                next_offset: partition.next_offset(),
+                bytes: partition.bytes(),
+            });
+        }
+        Ok(StreamInfo {
+            name: spec.name,
+            created_at: rfc3339::format_ms(spec.created_at),
+            retention_ms: spec.retention_ms,
+            retention_bytes: spec.retention_bytes,
+            partitions,
+        })
+    })
+    .await
+    .map_err(blocking_error)?
+}
+
+#[utoipa::path(put, path = "/v1/streams/{stream}", tag = "streams", params(("stream" = String, Path, description = "Stream name", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = StreamRequest, responses((status = 200, body = StreamInfo), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 429, description = "too many streams", body = sluice_proto::ErrorResponse)))]
+pub async fn set_stream(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<StreamRequest>,
+) -> Result<Json<StreamInfo>, ApiError> {
+    let spec = StreamSpec {
+        name: name.clone(),
+        partitions: request.partitions,
+        retention_ms: request.retention_ms,
+        retention_bytes: request.retention_bytes,
+        created_at: 0,
+    };
+    app.broker()?
+        .execute(|s, now| s.set_stream(now, spec))
+        .await?;
+    let spec = spec_of(&app, &name).await?;
+    Ok(Json(info(&app, spec).await?))
+}
+
+#[utoipa::path(get, path = "/v1/streams/{stream}", tag = "streams", params(("stream" = String, Path, description = "Stream name")), responses((status = 200, body = StreamInfo), (status = 404, body = sluice_proto::ErrorResponse)))]
+pub async fn get_stream(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<StreamInfo>, ApiError> {
+    let spec = spec_of(&app, &name).await?;
+    Ok(Json(info(&app, spec).await?))
+}
+
+#[utoipa::path(get, path = "/v1/streams", tag = "streams", responses((status = 200, body = StreamList)))]
+pub async fn list_streams(
+    app: axum::extract::State<AppState>,
+) -> Result<Json<StreamList>, ApiError> {
+    let specs: Vec<StreamSpec> = app
+        .broker()?
+        .read(|s, _| Ok(s.streams().streams.values().cloned().collect()))
+        .await?;
+    let mut streams = Vec::with_capacity(specs.len());
+    for spec in specs {
+        streams.push(info(&app, spec).await?);
+    }
+    Ok(Json(StreamList { streams }))
+}
+
+#[utoipa::path(post, path = "/v1/streams/{stream}/records", tag = "streams", params(("stream" = String, Path, description = "Stream name")), request_body = ProduceRequest, responses((status = 200, body = ProduceResponse), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 404, body = sluice_proto::ErrorResponse), (status = 413, description = "too many records", body = sluice_proto::ErrorResponse)))]
+pub async fn produce(
+    app: axum::extract::State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<ProduceRequest>,
+) -> Result<Json<ProduceResponse>, ApiError> {
+    if request.records.is_empty() {
+        return Err(ApiError::bad_input("records", "at least one record"));
+    }
+    if request.records.len() > PRODUCE_LEN_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("at most {PRODUCE_LEN_MAX} records per request"),
+        ));
+    }
+    let spec = spec_of(&app, &name).await?;
+    let broker = app.broker()?.clone();
+    let now = system_now_ms();
+    // Group the records by partition, keeping where each came from.
+    let mut by_partition: std::collections::BTreeMap<u32, Vec<(usize, Record)>> =
+        Default::default();
+    for (i, r) in request.records.into_iter().enumerate() {
+        let value = r.value.map(|v| v.get().as_bytes().to_vec());
+        if value
+            .as_ref()
+            .is_some_and(|v| v.len() > limits::PAYLOAD_BYTES_MAX)
+        {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("record {i} is above {} bytes", limits::PAYLOAD_BYTES_MAX),
+            )
+            .with_detail(format!("records[{i}].value"), "too large"));
+        }
+        let partition = match (r.partition, &r.key) {
+            (Some(p), _) if p >= spec.partitions => {
+                return Err(ApiError::bad_input(
+                    format!("records[{i}].partition"),
+                    format!("the stream has partitions 0 to {}", spec.partitions - 1),
+                ))
+            }
+            (Some(p), _) => p,
+            (None, Some(key)) => partition_for_key(key.as_bytes(), spec.partitions),
+            (None, None) => broker.streams.round_robin(&name, spec.partitions),
+        };
+        let timestamp_ms = match &r.timestamp {
+            Some(text) => rfc3339::parse_ms(text).ok_or_else(|| {
+                ApiError::bad_input(format!("records[{i}].timestamp"), "not an RFC 3339 time")
+            })?,
+            None => now,
+        };
+        by_partition.entry(partition).or_default().push((
+            i,
+            Record {
+                timestamp_ms,
+                key: r.key.map(String::into_bytes),
+                value,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect(),
+            },
+        ));
+    }
+    let total: usize = by_partition.values().map(Vec::len).sum();
+    let offsets = tokio::task::spawn_blocking(move || {
+        let mut offsets = vec![None; total];
+        for (p, records) in by_partition {
+            let handle = broker.streams.handle(&name, p).map_err(stream_error)?;
+            let mut partition = handle.partition.lock();
+            let batch: Vec<Record> = records.iter().map(|(_, r)| r.clone()).collect();
+            let base = partition.append(&batch, 0, 0).map_err(stream_error)?;
+            if broker.streams.sync_each_write {
+                partition.sync().map_err(stream_error)?;
+            }
+            drop(partition);
+            handle.appended.notify_waiters();
+            for (n, (i, _)) in records.iter().enumerate() {
+                offsets[*i] = Some(ProducedOffset {
+                    partition: p,
+                    offset: base + n as u64,
+                });
+            }
+        }
+        Ok::<_, ApiError>(offsets.into_iter().flatten().collect())
+    })
+    .await
+    .map_err(blocking_error)??;
+    Ok(Json(ProduceResponse { offsets }))
+}
+
+#[utoipa::path(get, path = "/v1/streams/{stream}/partitions/{partition}/records", tag = "streams", params(("stream" = String, Path, description = "Stream name"), ("partition" = u32, Path, description = "Partition number"), ("offset" = Option<u64>, Query, description = "First offset to read"), ("from" = Option<String>, Query, description = "`earliest` or `latest` instead of offset"), ("timestamp" = Option<String>, Query, description = "RFC 3339: from the first record at or after it"), ("max_bytes" = Option<usize>, Query, description = "Default 1 MiB, at most 16 MiB; at least one batch comes"), ("wait_ms" = Option<u64>, Query, description = "Long-poll: wait up to this long for a record (at most 30,000)")), responses((status = 200, body = FetchResponse), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 404, body = sluice_proto::ErrorResponse)))]
+pub async fn fetch(
+    app: axum::extract::State<AppState>,
+    Path((name, partition)): Path<(String, u32)>,
+    ApiQuery(query): ApiQuery<FetchQuery>,
+) -> Result<Json<FetchResponse>, ApiError> {
+    let spec = spec_of(&app, &name).await?;
+    if partition >= spec.partitions {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("stream {name} has no partition {partition}"),
+        ));
+    }
+    let max_bytes = query.max_bytes.unwrap_or(FETCH_BYTES_DEFAULT);
+    if max_bytes == 0 || max_bytes > FETCH_BYTES_MAX {
+        return Err(ApiError::bad_input(
+            "max_bytes",
+            format!("must be 1 to {FETCH_BYTES_MAX}"),
+        ));
+    }
+    let wait_ms = query.wait_ms.unwrap_or(0);
+    if wait_ms > limits::LONG_POLL_WAIT_MS_MAX {
+        return Err(ApiError::bad_input(
+            "wait_ms",
+            format!("must be at most {}", limits::LONG_POLL_WAIT_MS_MAX),
+        ));
+    }
+    let timestamp = match &query.timestamp {
+        Some(text) => Some(
+            rfc3339::parse_ms(text)
+                .ok_or_else(|| ApiError::bad_input("timestamp", "not an RFC 3339 time"))?,
+        ),
+        None => None,
+    };
+    let broker = app.broker()?.clone();
+    let handle = {
+        let broker = broker.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || broker.streams.handle(&name, partition))
+            .await
+            .map_err(blocking_error)?
+            .map_err(stream_error)?
+    };
+    let start = {
+        let partition = handle.partition.lock();
+        match (query.offset, query.from.as_deref(), timestamp) {
+            (Some(offset), None, None) => offset,
+            (None, Some("earliest"), None) => partition.earliest_offset(),
+            (None, Some("latest"), None) => partition.next_offset(),
+            (None, None, Some(_)) => 0,
+            (None, None, None) => {
+                return Err(ApiError::bad_input(
+                    "offset",
+                    "give offset, from=earliest|latest, or timestamp",
+                ))
+            }
+            (None, Some(_), None) => return Err(ApiError::bad_input("from", "earliest or latest")),
+            _ => {
+                return Err(ApiError::bad_input(
+                    "offset",
+                    "give one of offset, from and timestamp",
+                ))
+            }
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        // Registered before reading, so an append between the read and the wait wakes it.
+        let appended = handle.appended.notified();
+        let read = {
+            let handle = handle.clone();
+            tokio::task::spawn_blocking(move || {
+                let partition = handle.partition.lock();
+                let start = match timestamp {
+                    Some(t) => partition
+                        .offset_for_time(t)?
+                        .unwrap_or(partition.next_offset()),
+                    None => start,
+                };
+                let records = partition.read(start, max_bytes)?;
+                Ok::<_, StreamError>((
+                    start,
+                    records,
+                    partition.earliest_offset(),
+                    partition.next_offset(),
+                ))
+            })
+            .await
+            .map_err(blocking_error)?
+            .map_err(stream_error)?
+        };
+        let (start, records, earliest_offset, latest_offset) = read;
+        if !records.is_empty() || tokio::time::Instant::now() >= deadline {
+            let next_offset = records.last().map_or(start, |(o, _)| o + 1);
+            let records = records
+                .into_iter()
+                .map(|(offset, r)| FetchedRecord {
+                    offset,
+                    timestamp: rfc3339::format_ms(r.timestamp_ms),
+                    key: r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+                    value: r
+                        .value
+                        .and_then(|v| String::from_utf8(v).ok())
+                        .and_then(|v| RawValue::from_string(v).ok()),
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                        .collect(),
+                })
+                .collect();
+            return Ok(Json(FetchResponse {
+                records,
+                next_offset,
+                earliest_offset,
+                latest_offset,
+            }));
+        }
+        tokio::select! {
+            _ = appended => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Kafka's own test vectors (UtilsTest.testMurmur2).
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(murmur2(key), expected, "{}", String::from_utf8_lossy(key));
+        }
+    }
+}

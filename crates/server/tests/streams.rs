@@ -1,0 +1,218 @@
+//! Streams over HTTP against a real server: create, produce keyed and unkeyed records,
+//! fetch from offsets, the ends and a time, long-poll, errors, and a restart.
+
+#[allow(dead_code)]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{assert_error, TestServer};
+
+fn records(reply: &Value) -> Vec<Value> {
+    reply["records"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_keeps_keyed_records_in_order_per_partition_across_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(dir.path()).await;
+    let (status, info) = server
+        .put("/v1/streams/orders", &json!({ "partitions": 3 }))
+        .await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["partitions"].as_array().map(Vec::len), Some(3));
+
+    // 30 records over 5 keys: each key always lands in the same partition (Kafka's
+    // murmur2), and a partition's offsets are dense from 0.
+    let batch: Vec<Value> = (0..30)
+        .map(|n| {
+            json!({ "key": format!("customer-{}", n % 5), "value": { "n": n },
+                    "headers": [["source", "test"]] })
+        })
+        .collect();
+    let (status, produced) = server
+        .post("/v1/streams/orders/records", &json!({ "records": batch }))
+        .await;
+    assert_eq!(status, 200, "{produced}");
+    let offsets = produced["offsets"].as_array().expect("offsets").clone();
+    assert_eq!(offsets.len(), 30);
+    for n in 0..30 {
+        assert_eq!(
+            offsets[n]["partition"],
+            offsets[n % 5]["partition"],
+            "key customer-{} moved",
+            n % 5
+        );
+    }
+    let mut seen = 0;
+    for p in 0..3 {
+        let (status, fetched) = server
+            .get(&format!(
+                "/v1/streams/orders/partitions/{p}/records?from=earliest"
+            ))
+            .await;
+        assert_eq!(status, 200, "{fetched}");
+        let got = records(&fetched);
+        for (i, record) in got.iter().enumerate() {
+            assert_eq!(record["offset"], i as u64, "dense offsets");
+            assert_eq!(record["headers"], json!([["source", "test"]]));
+        }
+        // Within a partition, a key's records keep the order they were produced in.
+        let ns: Vec<u64> = got
+            .iter()
+            .filter_map(|r| r["value"]["n"].as_u64())
+            .collect();
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(ns, sorted);
+        assert_eq!(fetched["next_offset"], got.len() as u64);
+        assert_eq!(fetched["latest_offset"], got.len() as u64);
+        seen += got.len();
+    }
+    assert_eq!(seen, 30);
+
+    // Unkeyed records go round the partitions; an explicit partition is kept.
+    let (_, produced) = server
+        .post(
+            "/v1/streams/orders/records",
+            &json!({ "records": [{ "value": 1 }, { "value": 2 }, { "value": 3 },
+                                 { "value": "pinned", "partition": 2 }] }),
+        )
+        .await;
+    let partitions: Vec<u64> = produced["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .filter_map(|o| o["partition"].as_u64())
+        .collect();
+    assert_eq!(&partitions[..3], &[0, 1, 2]);
+    assert_eq!(partitions[3], 2);
+
+    // A long-poll at the end waits (empty after its wait_ms with nothing new), and is
+    // answered by the next record.
+    let (_, end) = server
+        .get("/v1/streams/orders/partitions/1/records?from=latest")
+        .await;
+    let end = end["next_offset"].as_u64().expect("offset");
+    let started = std::time::Instant::now();
+    let (_, empty) = server
+        .get(&format!(
+            "/v1/streams/orders/partitions/1/records?offset={end}&wait_ms=300"
+        ))
+        .await;
+    assert!(records(&empty).is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let waiting = {
+        let (client, url) = (
+            server.client.clone(),
+            server.url(&format!(
+                "/v1/streams/orders/partitions/1/records?offset={end}&wait_ms=10000"
+            )),
+        );
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let reply: Value = client
+                .get(url)
+                .send()
+                .await
+                .expect("fetch")
+                .json()
+                .await
+                .expect("json");
+            (reply, started.elapsed())
+        })
+    };
+    let (status, _) = server
+        .post(
+            "/v1/streams/orders/records",
+            &json!({ "records": [{ "value": "late", "partition": 1 }] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (reply, waited) = waiting.await.expect("task");
+    assert_eq!(records(&reply)[0]["value"], "late", "{reply}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    // Errors: an unknown stream or partition, fewer partitions, no start.
+    assert_error(
+        &server
+            .get("/v1/streams/nope/partitions/0/records?offset=0")
+            .await,
+        404,
+        "not_found",
+        None,
+    );
+    assert_error(
+        &server
+            .get("/v1/streams/orders/partitions/3/records?offset=0")
+            .await,
+        404,
+        "not_found",
+        None,
+    );
+    assert_error(
+        &server
+            .put("/v1/streams/orders", &json!({ "partitions": 2 }))
+            .await,
+        400,
+        "invalid_request",
+        Some("partitions"),
+    );
+    assert_error(
+        &server.get("/v1/streams/orders/partitions/0/records").await,
+        400,
+        "invalid_request",
+        Some("offset"),
+    );
+    assert_error(
+        &server
+            .post(
+                "/v1/streams/orders/records",
+                &json!({ "records": [{ "value": 1, "partition": 9 }] }),
+            )
+            .await,
+        400,
+        "invalid_request",
+        Some("records[0].partition"),
+    );
+    server.stop().await;
+
+    // Everything acknowledged is there after a restart, and offsets go on.
+    let server = TestServer::start(dir.path()).await;
+    let (_, info) = server.get("/v1/streams/orders").await;
+    let total: u64 = info["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .filter_map(|p| p["next_offset"].as_u64())
+        .sum();
+    assert_eq!(total, 35, "{info}");
+    let (_, fetched) = server
+        .get("/v1/streams/orders/partitions/1/records?offset=0&max_bytes=1")
+        .await;
+    assert!(!records(&fetched).is_empty(), "one batch at least");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_found_by_time() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(dir.path()).await;
+    server
+        .put("/v1/streams/events", &json!({ "partitions": 1 }))
+        .await;
+    let batch: Vec<Value> = (0..10)
+        .map(|n| json!({ "value": n, "timestamp": format!("2026-01-01T00:00:{:02}Z", n * 5) }))
+        .collect();
+    let (status, _) = server
+        .post("/v1/streams/events/records", &json!({ "records": batch }))
+        .await;
+    assert_eq!(status, 200);
+    let (_, fetched) = server
+        .get("/v1/streams/events/partitions/0/records?timestamp=2026-01-01T00:00:12Z")
+        .await;
+    assert_eq!(records(&fetched)[0]["value"], 3, "{fetched}");
+    assert_eq!(records(&fetched)[0]["offset"], 3);
+    server.stop().await;
+}
