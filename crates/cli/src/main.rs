@@ -144,6 +144,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<CronAction>,
     },
+    /// Streams: create, list, describe, produce, consume.
+    Stream {
+        #[command(subcommand)]
+        action: StreamAction,
+    },
     /// A live terminal dashboard of the queues and the workers holding their jobs.
     Top {
         /// How often to refresh.
@@ -176,6 +181,47 @@ enum JobAction {
     Get { id: String },
     Cancel { id: String },
     Retry { id: String },
+}
+
+#[derive(Subcommand)]
+enum StreamAction {
+    /// Create a stream, or grow its partitions or set its retention.
+    Create {
+        stream: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+    },
+    List,
+    /// Partitions with their earliest and next offsets.
+    Describe {
+        stream: String,
+    },
+    /// Append one record (by key, or to --partition, or round robin).
+    Produce {
+        stream: String,
+        /// JSON value.
+        #[arg(long)]
+        value: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// Print records of one partition, one JSON object a line; --follow waits for more.
+    Consume {
+        stream: String,
+        #[arg(long, default_value_t = 0)]
+        partition: u32,
+        /// First offset (default: the earliest kept).
+        #[arg(long)]
+        offset: Option<u64>,
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -312,6 +358,82 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn stream_command(url: &str, action: StreamAction) -> Result<()> {
+    let client = Client::new(url)?;
+    match action {
+        StreamAction::Create {
+            stream,
+            partitions,
+            retention_ms,
+            retention_bytes,
+        } => {
+            let mut body = json!({ "partitions": partitions });
+            if let Some(ms) = retention_ms {
+                body["retention_ms"] = json!(ms);
+            }
+            if let Some(bytes) = retention_bytes {
+                body["retention_bytes"] = json!(bytes);
+            }
+            print(&client.put(&format!("/v1/streams/{stream}"), &body).await?);
+        }
+        StreamAction::List => print(&client.get("/v1/streams").await?),
+        StreamAction::Describe { stream } => {
+            print(&client.get(&format!("/v1/streams/{stream}")).await?)
+        }
+        StreamAction::Produce {
+            stream,
+            value,
+            key,
+            partition,
+        } => {
+            let mut record = json!({});
+            if let Some(value) = value {
+                record["value"] = serde_json::from_str(&value).context("--value must be JSON")?;
+            }
+            if let Some(key) = key {
+                record["key"] = json!(key);
+            }
+            if let Some(partition) = partition {
+                record["partition"] = json!(partition);
+            }
+            let body = json!({ "records": [record] });
+            print(
+                &client
+                    .post(&format!("/v1/streams/{stream}/records"), &body)
+                    .await?,
+            );
+        }
+        StreamAction::Consume {
+            stream,
+            partition,
+            offset,
+            follow,
+        } => {
+            let mut next = match offset {
+                Some(offset) => format!("offset={offset}"),
+                None => "from=earliest".to_owned(),
+            };
+            loop {
+                let wait = if follow { 30_000 } else { 0 };
+                let reply = client
+                    .get(&format!(
+                        "/v1/streams/{stream}/partitions/{partition}/records?{next}&wait_ms={wait}"
+                    ))
+                    .await?;
+                let records = reply["records"].as_array().cloned().unwrap_or_default();
+                for record in &records {
+                    println!("{record}");
+                }
+                next = format!("offset={}", reply["next_offset"]);
+                if records.is_empty() && !follow {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print(value: &Value) {
@@ -553,6 +675,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { args } => bench::run(&cli.url, args).await,
+        Command::Stream { action } => stream_command(&cli.url, action).await,
         Command::Work { args } => work::run(&cli.url, args).await,
         Command::Cron { action } => {
             let client = Client::new(&cli.url)?;

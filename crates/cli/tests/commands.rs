@@ -75,3 +75,64 @@ async fn per_key_limits_from_the_command_line() {
     assert!(error.contains("key_rate.limit"), "{error}");
     server.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = Server::start(dir.path(), &[]);
+    server.wait_ready(&reqwest::Client::new()).await;
+    let base = server.base.clone();
+    let created =
+        sluice(&base, &["stream", "create", "clicks", "--partitions", "2"]).expect("created");
+    assert_eq!(
+        created["partitions"].as_array().map(Vec::len),
+        Some(2),
+        "{created}"
+    );
+    for n in 0..3 {
+        let value = format!("{{\"n\":{n}}}");
+        let produced = sluice(
+            &base,
+            &[
+                "stream",
+                "produce",
+                "clicks",
+                "--partition",
+                "1",
+                "--value",
+                &value,
+            ],
+        )
+        .expect("produced");
+        assert_eq!(produced["offsets"][0]["offset"], n, "{produced}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "--url",
+            &base,
+            "stream",
+            "consume",
+            "clicks",
+            "--partition",
+            "1",
+        ])
+        .output()
+        .expect("consume");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let ns: Vec<u64> = lines
+        .iter()
+        .filter_map(|r| r["value"]["n"].as_u64())
+        .collect();
+    assert_eq!(ns, vec![0, 1, 2]);
+    let described = sluice(&base, &["stream", "describe", "clicks"]).expect("described");
+    assert_eq!(described["partitions"][1]["next_offset"], 3);
+    server.kill();
+}
