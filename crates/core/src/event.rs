@@ -178,6 +178,19 @@ pub enum Event {
     StreamSet {
         spec: StreamSpec,
     },
+    /// A consumer group rebalanced: its generation is now `generation`.
+    GroupGeneration {
+        stream: String,
+        group: String,
+        generation: u64,
+    },
+    /// A member of generation `generation` committed these offsets (next to read).
+    GroupCommitted {
+        stream: String,
+        group: String,
+        generation: u64,
+        offsets: Vec<(u32, u64)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,7 +245,9 @@ impl Event {
             | Event::CronRemoved { .. }
             | Event::Moved { .. }
             | Event::AlertRuleRemoved { .. }
-            | Event::SilenceRemoved { .. } => None,
+            | Event::SilenceRemoved { .. }
+            | Event::GroupGeneration { .. }
+            | Event::GroupCommitted { .. } => None,
             Event::StreamSet { spec } => Some(spec.created_at),
         }
     }

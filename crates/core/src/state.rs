@@ -17,7 +17,7 @@ use crate::alerts::{AlertRule, AlertTransition, Alerts, Silence, SILENCES_MAX};
 use crate::cron::{CronSpec, Missed, Schedule, CATCH_UP_MAX, MISSED_AFTER_MS};
 use crate::error::{CoreError, Detail, ErrorKind};
 use crate::event::{Backoff, CronFire, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
-use crate::streams::{StreamSpec, Streams};
+use crate::streams::{GroupState, Groups, StreamSpec, Streams, GROUPS_PER_STREAM_MAX};
 use crate::table::JobTable;
 use crate::{JobId, LeaseId, Millis};
 
@@ -794,6 +794,7 @@ pub struct State {
     /// Alert rules with their state, silences, and the history of transitions.
     alerts: Alerts,
     streams: Streams,
+    groups: Groups,
 }
 
 /// A cron schedule and when it next fires.
@@ -1836,6 +1837,99 @@ impl State {
         self.commit(new, Some(Event::StreamSet { spec }))
     }
 
+    pub fn groups(&self) -> &Groups {
+        &self.groups
+    }
+
+    pub fn group(&self, stream: &str, group: &str) -> Option<&GroupState> {
+        self.groups
+            .groups
+            .get(&(stream.to_owned(), group.to_owned()))
+    }
+
+    /// Starts the next generation of a consumer group (creating it); replies with it.
+    pub fn next_generation(
+        &mut self,
+        stream: &str,
+        group: &str,
+    ) -> Result<Decided<u64>, CoreError> {
+        if !self.streams.streams.contains_key(stream) {
+            return Err(CoreError::not_found("stream", stream));
+        }
+        if !limits::is_valid_name(group, limits::QUEUE_NAME_BYTES_MAX) {
+            return Err(CoreError::bad_input(
+                "group",
+                "1 to 128 bytes of A-Z a-z 0-9 _ . : -",
+            ));
+        }
+        let key = (stream.to_owned(), group.to_owned());
+        let current = self.groups.groups.get(&key).map(|g| g.generation);
+        if current.is_none()
+            && self
+                .groups
+                .groups
+                .keys()
+                .filter(|(s, _)| s == stream)
+                .count()
+                >= GROUPS_PER_STREAM_MAX
+        {
+            return Err(CoreError::new(
+                ErrorKind::Limit,
+                "too_many_groups",
+                format!("at most {GROUPS_PER_STREAM_MAX} consumer groups per stream"),
+            ));
+        }
+        let generation = current.unwrap_or(0) + 1;
+        self.commit(
+            generation,
+            Some(Event::GroupGeneration {
+                stream: stream.to_owned(),
+                group: group.to_owned(),
+                generation,
+            }),
+        )
+    }
+
+    /// Commits offsets for a member of `generation`; refused (409 `stale_generation`)
+    /// when the group has moved on, and for partitions the stream does not have.
+    pub fn commit_offsets(
+        &mut self,
+        stream: &str,
+        group: &str,
+        generation: u64,
+        offsets: Vec<(u32, u64)>,
+    ) -> Result<Decided<()>, CoreError> {
+        let Some(spec) = self.streams.streams.get(stream) else {
+            return Err(CoreError::not_found("stream", stream));
+        };
+        if let Some(&(p, _)) = offsets.iter().find(|(p, _)| *p >= spec.partitions) {
+            return Err(CoreError::bad_input(
+                "offsets",
+                format!("the stream has no partition {p}"),
+            ));
+        }
+        let current = self.group(stream, group).map_or(0, |g| g.generation);
+        if generation != current {
+            return Err(CoreError::new(
+                ErrorKind::Conflict,
+                "stale_generation",
+                format!("the group is at generation {current}, not {generation}: rejoin"),
+            ));
+        }
+        if offsets.is_empty() {
+            return Ok((None, ()));
+        }
+        self.commit(
+            (),
+            Some(Event::GroupCommitted {
+                stream: stream.to_owned(),
+                group: group.to_owned(),
+                generation,
+                offsets,
+            }),
+        )
+    }
+
     // ---- alerts ---------------------------------------------------------------------
 
     pub fn alerts(&self) -> &Alerts {
@@ -2323,6 +2417,38 @@ impl State {
                 self.alerts.silences.remove(id);
             }
             Event::AlertChanged { transition } => self.alerts.changed(transition),
+            Event::GroupGeneration {
+                stream,
+                group,
+                generation,
+            } => {
+                let state = self
+                    .groups
+                    .groups
+                    .entry((stream.clone(), group.clone()))
+                    .or_default();
+                if *generation <= state.generation {
+                    return Err(format!(
+                        "group {group} went back to generation {generation}"
+                    ));
+                }
+                state.generation = *generation;
+            }
+            Event::GroupCommitted {
+                stream,
+                group,
+                offsets,
+                ..
+            } => {
+                let state = self
+                    .groups
+                    .groups
+                    .entry((stream.clone(), group.clone()))
+                    .or_default();
+                for &(partition, offset) in offsets {
+                    state.offsets.insert(partition, offset);
+                }
+            }
             Event::StreamSet { spec } => {
                 let shrinks = self
                     .streams
@@ -2656,6 +2782,7 @@ impl State {
             job_keys,
             alerts: &self.alerts,
             streams: &self.streams,
+            groups: &self.groups,
         };
         postcard::to_allocvec(&snapshot).unwrap_or_default()
     }
@@ -2813,6 +2940,7 @@ impl State {
             }
         }
         state.streams = snapshot.streams;
+        state.groups = snapshot.groups;
         for (spec, next_at, last_fired_at) in snapshot.crons {
             let schedule = Schedule::parse(&spec.schedule, &spec.timezone)
                 .map_err(|(_, message)| format!("cron {}: {message}", spec.name))?;
@@ -2860,6 +2988,7 @@ struct SnapshotRef<'a> {
     job_keys: Vec<(JobId, &'a str)>,
     alerts: &'a Alerts,
     streams: &'a Streams,
+    groups: &'a Groups,
 }
 
 /// A snapshot as read: its sections in order. Each later section was added by a later
@@ -2881,6 +3010,7 @@ struct SnapshotOwned {
     job_keys: Vec<(JobId, String)>,
     alerts: Alerts,
     streams: Streams,
+    groups: Groups,
 }
 
 /// The jobs and queues (every version).
@@ -2929,6 +3059,7 @@ impl SnapshotOwned {
         let (keys, rest): (KeysSection, _) = section(rest, "limit keys")?;
         let (alerts, rest): (Alerts, _) = section(rest, "alerts")?;
         let (streams, rest): (Streams, _) = section(rest, "streams")?;
+        let (groups, rest): (Groups, _) = section(rest, "consumer groups")?;
         if !rest.is_empty() {
             return Err(format!(
                 "undecodable snapshot: {} bytes after its last section",
@@ -2950,6 +3081,7 @@ impl SnapshotOwned {
             job_keys: keys.job_keys,
             alerts,
             streams,
+            groups,
         })
     }
 }

@@ -66,3 +66,22 @@ impl Streams {
         })
     }
 }
+
+/// A consumer group's durable part: its generation and committed offsets. Membership
+/// and assignment are the server's (members rejoin after a restart); the generation is
+/// logged so that a member of an older one is refused, even across a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub generation: u64,
+    /// Committed offsets: the next offset to read, per partition.
+    pub offsets: BTreeMap<u32, u64>,
+}
+
+/// Consumer groups by `(stream, group)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Groups {
+    pub groups: BTreeMap<(String, String), GroupState>,
+}
+
+/// Consumer groups per stream that may exist.
+pub const GROUPS_PER_STREAM_MAX: usize = 1_000;

@@ -328,6 +328,8 @@ fn variant(event: &Event) -> &'static str {
         Event::SilenceRemoved { .. } => "SilenceRemoved",
         Event::AlertChanged { .. } => "AlertChanged",
         Event::StreamSet { .. } => "StreamSet",
+        Event::GroupGeneration { .. } => "GroupGeneration",
+        Event::GroupCommitted { .. } => "GroupCommitted",
     }
 }
 
@@ -1611,13 +1613,13 @@ fn snapshot_with_a_job_twice_is_refused() {
     let bytes = h.state.encode_snapshot();
     let job = postcard::to_allocvec(h.state.job(id).expect("job")).expect("encode job");
     // The jobs come before the queue limits, batches, cron schedules, key limits, keys,
-    // job keys, alert rules, silences, alert history and streams (none: ten counts of
-    // 0). Add a ready copy of the same id after the job.
-    let jobs_end = bytes.len() - 10;
+    // job keys, alert rules, silences, alert history, streams and consumer groups (none:
+    // eleven counts of 0). Add a ready copy of the same id after the job.
+    let jobs_end = bytes.len() - 11;
     assert_eq!(
         &bytes[jobs_end..],
-        &[0; 10],
-        "no limits, batches, crons, keys, alerts or streams"
+        &[0; 11],
+        "no limits, batches, crons, keys, alerts, streams or groups"
     );
     assert!(bytes[..jobs_end].ends_with(&job) && bytes[jobs_end - job.len() - 1] == 1);
     let mut ready = h.state.job(id).expect("job").clone();
@@ -1626,7 +1628,7 @@ fn snapshot_with_a_job_twice_is_refused() {
     twice.push(2);
     twice.extend_from_slice(&job);
     twice.extend_from_slice(&postcard::to_allocvec(&ready).expect("encode job"));
-    twice.extend_from_slice(&[0; 10]);
+    twice.extend_from_slice(&[0; 11]);
     let error = State::decode_snapshot(Config::default(), &twice).expect_err("refused");
     assert!(error.contains("appears twice"), "{error}");
 }
@@ -1901,15 +1903,15 @@ fn snapshots_from_before_queue_limits_still_decode() {
     // The oldest format ended after the jobs: without the (empty) limits, batches and
     // crons; the next one before the (empty) key limits, keys and job keys; the next
     // before the (empty) alert rules, silences and alert history; the next before the
-    // (empty) streams.
-    assert!(bytes.ends_with(&[0; 10]));
-    for cut in [1, 4, 7, 10] {
+    // (empty) streams; the next before the (empty) consumer groups.
+    assert!(bytes.ends_with(&[0; 11]));
+    for cut in [1, 2, 5, 8, 11] {
         let older = &bytes[..bytes.len() - cut];
         let decoded = State::decode_snapshot(Config::default(), older).expect("older snapshot");
         assert_eq!(decoded.encode_snapshot(), bytes);
     }
     // Cut inside a section, or with bytes after the last, it is damage, not a version.
-    assert!(State::decode_snapshot(Config::default(), &bytes[..bytes.len() - 2]).is_err());
+    assert!(State::decode_snapshot(Config::default(), &bytes[..bytes.len() - 3]).is_err());
     let mut longer = bytes.clone();
     longer.push(0);
     let error = State::decode_snapshot(Config::default(), &longer).expect_err("refused");
@@ -2784,5 +2786,35 @@ fn streams_are_created_grown_and_kept_in_snapshots() {
     assert_eq!(
         replay(Config::default(), &h.events).streams(),
         h.state.streams()
+    );
+
+    // A consumer group: each rebalance is a new generation; a commit from an older one
+    // is refused, also after a restart.
+    let decided = h.state.next_generation("orders", "billing").expect("group");
+    assert_eq!(h.record(decided), 1);
+    let decided = h
+        .state
+        .commit_offsets("orders", "billing", 1, vec![(0, 10), (3, 7)])
+        .expect("commit");
+    h.record(decided);
+    let decided = h.state.next_generation("orders", "billing").expect("group");
+    assert_eq!(h.record(decided), 2);
+    let error = h
+        .state
+        .commit_offsets("orders", "billing", 1, vec![(0, 11)])
+        .expect_err("stale");
+    assert_eq!(error.code, "stale_generation");
+    assert!(h
+        .state
+        .commit_offsets("orders", "billing", 2, vec![(8, 1)])
+        .is_err());
+    let restored =
+        State::decode_snapshot(Config::default(), &h.state.encode_snapshot()).expect("decode");
+    let group = restored.group("orders", "billing").expect("group");
+    assert_eq!(group.generation, 2);
+    assert_eq!(group.offsets.get(&0), Some(&10));
+    assert_eq!(
+        replay(Config::default(), &h.events).groups(),
+        h.state.groups()
     );
 }
