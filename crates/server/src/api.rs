@@ -1516,14 +1516,43 @@ pub async fn prometheus_metrics(
         .any(|v| v.contains("application/openmetrics-text"));
     let broker = app.broker()?;
     // Copied under the locks, written out after: a scrape does not hold up commands.
-    let (export, jobs_len, metrics_bytes, now) = broker
+    let (export, groups, jobs_len, metrics_bytes, now) = broker
         .read_with_metrics(|s, metrics, now| {
-            Ok((metrics.export(s, now), s.job_len(), metrics.bytes(), now))
+            let groups: Vec<(String, String, u32, std::collections::BTreeMap<u32, u64>)> = s
+                .groups()
+                .groups
+                .iter()
+                .filter_map(|((stream, group), state)| {
+                    let partitions = s.streams().streams.get(stream)?.partitions;
+                    Some((
+                        stream.clone(),
+                        group.clone(),
+                        partitions,
+                        state.offsets.clone(),
+                    ))
+                })
+                .collect();
+            Ok((
+                metrics.export(s, now),
+                groups,
+                s.job_len(),
+                metrics.bytes(),
+                now,
+            ))
         })
         .await?;
-    let mut text = tokio::task::spawn_blocking(move || export.render())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let streams = broker.clone();
+    let mut text = tokio::task::spawn_blocking(move || {
+        let mut text = export.render();
+        crate::metrics::group_lag_prometheus(&mut text, &groups, |stream, p| {
+            let handle = streams.streams.handle(stream, p).ok()?;
+            let partition = handle.partition.lock();
+            Some((partition.earliest_offset(), partition.next_offset()))
+        });
+        text
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     crate::metrics::server_prometheus(
         &mut text,
         &broker.wal().stats(),

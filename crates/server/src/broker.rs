@@ -46,6 +46,8 @@ pub struct Broker {
     pub history: Mutex<Recorder>,
     /// Stream partitions, opened on first use.
     pub streams: crate::streams::StreamStore,
+    /// Consumer group members and assignments (not logged).
+    pub groups: crate::groups::Membership,
     last_stream_retention_ms: AtomicI64,
     /// Since when each alert rule's condition has held (not logged: a restart starts
     /// the wait afresh). Locked alone.
@@ -96,6 +98,7 @@ impl Broker {
             workers: Mutex::new(Registry::default()),
             history: Mutex::new(Recorder::new(&options_dir.join("metrics"), system_now_ms())),
             streams: crate::streams::StreamStore::new(options_dir.join("streams"), sync_each_write),
+            groups: crate::groups::Membership::default(),
             last_stream_retention_ms: AtomicI64::new(0),
             alert_pending: Mutex::new(rustc_hash::FxHashMap::default()),
             last_alert_evaluation_ms: AtomicI64::new(0),
@@ -232,6 +235,7 @@ impl Broker {
         self.execute(|s, now| Ok(s.expire_leases(now))).await?;
         self.execute(|s, now| Ok(s.retain(now))).await?;
         self.record_history();
+        crate::groups::reap(self).await;
         let now = system_now_ms();
         if now - self.last_stream_retention_ms.load(Ordering::Relaxed) >= STREAM_RETENTION_EVERY_MS
         {

@@ -10,6 +10,7 @@ pub mod api;
 pub mod broker;
 pub mod conn;
 pub mod error;
+pub mod groups;
 pub mod history;
 pub mod insights;
 pub mod metrics;
@@ -172,6 +173,26 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/streams/{stream}/partitions/{partition}/records",
             get(streams::fetch),
+        )
+        .route(
+            "/v1/streams/{stream}/groups/{group}",
+            get(groups::get_group),
+        )
+        .route(
+            "/v1/streams/{stream}/groups/{group}/join",
+            post(groups::join),
+        )
+        .route(
+            "/v1/streams/{stream}/groups/{group}/heartbeat",
+            post(groups::heartbeat),
+        )
+        .route(
+            "/v1/streams/{stream}/groups/{group}/leave",
+            post(groups::leave),
+        )
+        .route(
+            "/v1/streams/{stream}/groups/{group}/commit",
+            post(groups::commit),
         )
         .route("/v1/workers", get(api::list_workers))
         .route(

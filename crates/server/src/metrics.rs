@@ -749,6 +749,40 @@ pub fn server_prometheus(
     }
 }
 
+/// Consumer group lag per partition: `(stream, group, partitions, committed offsets)`
+/// of each group, and `ends(stream, partition)` giving a partition's earliest and next
+/// offsets. Without a commit, the lag counts from the earliest record kept.
+pub fn group_lag_prometheus(
+    out: &mut String,
+    groups: &[(String, String, u32, std::collections::BTreeMap<u32, u64>)],
+    ends: impl Fn(&str, u32) -> Option<(u64, u64)>,
+) {
+    if groups.is_empty() {
+        return;
+    }
+    header(
+        out,
+        "sluice_stream_group_lag",
+        "gauge",
+        "Records of a stream partition after a consumer group's committed offset.",
+    );
+    for (stream, group, partitions, committed) in groups {
+        for p in 0..*partitions {
+            let Some((earliest, next)) = ends(stream, p) else {
+                continue;
+            };
+            let from = committed.get(&p).copied().unwrap_or(earliest);
+            let _ = writeln!(
+                out,
+                "sluice_stream_group_lag{{stream=\"{}\",group=\"{}\",partition=\"{p}\"}} {}",
+                escape(stream),
+                escape(group),
+                next.saturating_sub(from)
+            );
+        }
+    }
+}
+
 /// Linux's `USER_HZ`, the unit of CPU times in `/proc`: 100 on every mainstream
 /// architecture (the kernel fixes it for user space whatever its own tick rate).
 const CLOCK_TICKS_PER_S: f64 = 100.0;

@@ -216,3 +216,162 @@ async fn records_are_found_by_time() {
     assert_eq!(records(&fetched)[0]["offset"], 3);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_shares_partitions_refuses_stale_commits_and_keeps_offsets() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(dir.path()).await;
+    server
+        .put("/v1/streams/pay", &json!({ "partitions": 4 }))
+        .await;
+    let batch: Vec<Value> = (0..40)
+        .map(|n| json!({ "value": n, "partition": n % 4 }))
+        .collect();
+    server
+        .post("/v1/streams/pay/records", &json!({ "records": batch }))
+        .await;
+    let base = "/v1/streams/pay/groups/billing";
+    let (status, a) = server
+        .post(&format!("{base}/join"), &json!({ "strategy": "sticky" }))
+        .await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["partitions"], json!([0, 1, 2, 3]));
+    let a_id = a["member_id"].as_str().expect("id").to_owned();
+    let first = a["generation"].as_u64().expect("generation");
+
+    let (_, b) = server.post(&format!("{base}/join"), &json!({})).await;
+    let b_id = b["member_id"].as_str().expect("id").to_owned();
+    assert_eq!(b["generation"], first + 1);
+    // A learns of the rebalance at its heartbeat: two partitions each now.
+    let (_, a_now) = server
+        .post(
+            &format!("{base}/heartbeat"),
+            &json!({ "member_id": a_id, "generation": first }),
+        )
+        .await;
+    assert_eq!(a_now["generation"], first + 1);
+    let a_parts: Vec<u64> = a_now["partitions"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(a_parts.len(), 2);
+    let b_parts = b["partitions"].as_array().expect("parts").clone();
+    assert_eq!(b_parts.len(), 2);
+
+    // A commit from the old generation is refused; so is one for another's partition.
+    let stale = server
+        .post(
+            &format!("{base}/commit"),
+            &json!({ "member_id": a_id, "generation": first,
+                     "offsets": [{ "partition": a_parts[0], "offset": 5 }] }),
+        )
+        .await;
+    assert_error(&stale, 409, "stale_generation", None);
+    let theirs = server
+        .post(
+            &format!("{base}/commit"),
+            &json!({ "member_id": a_id, "generation": first + 1,
+                     "offsets": [{ "partition": b_parts[0], "offset": 5 }] }),
+        )
+        .await;
+    assert_error(&theirs, 409, "not_assigned", None);
+    let committed = server
+        .client
+        .post(server.url(&format!("{base}/commit")))
+        .json(&json!({ "member_id": a_id, "generation": first + 1,
+                       "offsets": [{ "partition": a_parts[0], "offset": 6 }] }))
+        .send()
+        .await
+        .expect("commit");
+    assert_eq!(committed.status(), 204);
+    let (_, info) = server.get(base).await;
+    assert_eq!(info["members"].as_array().map(Vec::len), Some(2));
+    let lag = info["partitions"]
+        .as_array()
+        .expect("lag")
+        .iter()
+        .find(|p| p["partition"] == a_parts[0])
+        .expect("partition")
+        .clone();
+    assert_eq!(
+        (lag["committed"].clone(), lag["lag"].clone()),
+        (json!(6), json!(4))
+    );
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let line = format!(
+        "sluice_stream_group_lag{{stream=\"pay\",group=\"billing\",partition=\"{}\"}} 4",
+        a_parts[0]
+    );
+    assert!(metrics.contains(&line), "{line} not in {metrics}");
+
+    // B leaves: A gets everything, in a new generation.
+    let left = server
+        .client
+        .post(server.url(&format!("{base}/leave")))
+        .json(&json!({ "member_id": b_id, "generation": first + 1 }))
+        .send()
+        .await
+        .expect("leave");
+    assert_eq!(left.status(), 204);
+    let (_, a_all) = server
+        .post(
+            &format!("{base}/heartbeat"),
+            &json!({ "member_id": a_id, "generation": first + 1 }),
+        )
+        .await;
+    assert_eq!(a_all["partitions"], json!([0, 1, 2, 3]));
+    assert_eq!(a_all["generation"], first + 2);
+    // The committed offset comes with the assignment.
+    assert!(a_all["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .any(|o| o["partition"] == a_parts[0] && o["offset"] == 6));
+
+    // A member whose session runs out is dropped and the group rebalanced.
+    let (_, c) = server
+        .post(
+            &format!("{base}/join"),
+            &json!({ "session_timeout_ms": 200 }),
+        )
+        .await;
+    let c_gen = c["generation"].as_u64().expect("generation");
+    let reaped = support::wait_until("the silent member to be dropped", || async {
+        let (_, info) = server.get(base).await;
+        info["generation"].as_u64() > Some(c_gen)
+            && info["members"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
+    assert!(reaped);
+    let (_, info) = server.get(base).await;
+    let generation = info["generation"].as_u64().expect("generation");
+    server.stop().await;
+
+    // Offsets and the generation are in the log; members are not.
+    let server = TestServer::start(dir.path()).await;
+    let (_, info) = server.get(base).await;
+    assert_eq!(info["generation"], generation);
+    assert_eq!(info["members"], json!([]));
+    let lag = &info["partitions"].as_array().expect("lag")[a_parts[0] as usize];
+    assert_eq!(lag["committed"], 6);
+    let (_, again) = server.post(&format!("{base}/join"), &json!({})).await;
+    assert_eq!(again["generation"], generation + 1);
+    let stale = server
+        .post(
+            &format!("{base}/heartbeat"),
+            &json!({ "member_id": a_id, "generation": generation }),
+        )
+        .await;
+    assert_error(&stale, 409, "unknown_member", None);
+    server.stop().await;
+}
