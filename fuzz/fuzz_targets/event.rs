@@ -81,11 +81,13 @@ fn scripted_state() -> State {
     state
 }
 
+/// Compared as bytes: an event may hold a NaN (an alert value), which is not equal to
+/// itself.
 fn check_round_trip(event: &Event) {
     let bytes = event.encode();
     assert_eq!(
-        Event::decode(&bytes).as_ref(),
-        Ok(event),
+        Event::decode(&bytes).map(|e| e.encode()),
+        Ok(bytes),
         "event does not round-trip"
     );
 }

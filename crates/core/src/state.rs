@@ -2408,11 +2408,24 @@ impl State {
             Event::QueueLimitsSet { at, queue, limits } => {
                 self.set_queue_limits(*at, queue, *limits, QueueLimits::default());
             }
-            Event::AlertRuleSet { rule, .. } => self.alerts.set_rule(rule),
+            Event::AlertRuleSet { rule, .. } => {
+                // A log this state machine wrote holds only rules it checked.
+                if !rule.check().is_empty() {
+                    return Err(format!("alert rule {:?} is not valid", rule.name));
+                }
+                self.alerts.set_rule(rule);
+            }
             Event::AlertRuleRemoved { name } => {
                 self.alerts.rules.remove(name);
             }
-            Event::SilenceSet { at, silence } => self.alerts.set_silence(*at, silence),
+            Event::SilenceSet { at, silence } => {
+                // Its end may be past by now; anything else wrong, this machine did not write.
+                let details = silence.check(silence.created_at);
+                if details.iter().any(|d| d.path != "until") {
+                    return Err(format!("silence {:?} is not valid", silence.id));
+                }
+                self.alerts.set_silence(*at, silence);
+            }
             Event::SilenceRemoved { id } => {
                 self.alerts.silences.remove(id);
             }

@@ -2818,3 +2818,17 @@ fn streams_are_created_grown_and_kept_in_snapshots() {
         h.state.groups()
     );
 }
+
+/// fuzz `event`: an alert rule with a NaN threshold (and no name) applied from the log.
+/// `apply` now refuses rules and silences the state machine would not have decided.
+#[test]
+fn logged_alert_rules_that_were_never_valid_are_refused() {
+    let mut bad = rule("r");
+    bad.name = String::new();
+    bad.threshold = f64::NAN;
+    let mut state = State::new(Config::default());
+    assert!(state
+        .apply(&Event::AlertRuleSet { at: T0, rule: bad })
+        .is_err());
+    assert!(state.alerts().rules.is_empty());
+}
