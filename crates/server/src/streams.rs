@@ -94,6 +94,9 @@ pub struct StreamStore {
 
 fn stream_error(error: StreamError) -> ApiError {
     match error {
+        StreamError::SequenceTooOld { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "sequence_too_old", error.to_string())
+        }
         StreamError::OffsetOutOfRange { offset, earliest } => ApiError::new(
             StatusCode::BAD_REQUEST,
             "offset_out_of_range",
@@ -253,6 +256,14 @@ pub struct ProduceRecord {
 #[serde(deny_unknown_fields)]
 pub struct ProduceRequest {
     pub records: Vec<ProduceRecord>,
+    /// An idempotent producer: a request retried with the same `producer_id` and
+    /// `sequence` is written once (each record must then have a key or a partition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub producer_id: Option<u64>,
+    /// Grows with each new request of the producer.
+    #[serde(default)]
+    pub sequence: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -265,6 +276,9 @@ pub struct ProducedOffset {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ProduceResponse {
     pub offsets: Vec<ProducedOffset>,
+    /// True when this was a retry of a request already written (nothing was written).
+    #[serde(default)]
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -410,6 +424,11 @@ pub async fn produce(
             format!("at most {PRODUCE_LEN_MAX} records per request"),
         ));
     }
+    let producer_id = request.producer_id.unwrap_or(0);
+    let sequence = request.sequence;
+    if request.producer_id == Some(0) {
+        return Err(ApiError::bad_input("producer_id", "must be at least 1"));
+    }
     let spec = spec_of(&app, &name).await?;
     let broker = app.broker()?.clone();
     let now = system_now_ms();
@@ -438,6 +457,13 @@ pub async fn produce(
             }
             (Some(p), _) => p,
             (None, Some(key)) => partition_for_key(key.as_bytes(), spec.partitions),
+            // A retry must land where the first try did: no round robin.
+            (None, None) if producer_id != 0 => {
+                return Err(ApiError::bad_input(
+                    format!("records[{i}]"),
+                    "an idempotent producer's records need a key or a partition",
+                ))
+            }
             (None, None) => broker.streams.round_robin(&name, spec.partitions),
         };
         let timestamp_ms = match &r.timestamp {
@@ -461,14 +487,18 @@ pub async fn produce(
         ));
     }
     let total: usize = by_partition.values().map(Vec::len).sum();
-    let offsets = tokio::task::spawn_blocking(move || {
+    let (offsets, duplicate) = tokio::task::spawn_blocking(move || {
         let mut offsets = vec![None; total];
+        let mut duplicate = false;
         for (p, records) in by_partition {
             let handle = broker.streams.handle(&name, p).map_err(stream_error)?;
             let mut partition = handle.partition.lock();
             let batch: Vec<Record> = records.iter().map(|(_, r)| r.clone()).collect();
-            let base = partition.append(&batch, 0, 0).map_err(stream_error)?;
-            if broker.streams.sync_each_write {
+            let appended = partition
+                .append(&batch, producer_id, sequence)
+                .map_err(stream_error)?;
+            duplicate |= appended.duplicate;
+            if broker.streams.sync_each_write && !appended.duplicate {
                 partition.sync().map_err(stream_error)?;
             }
             drop(partition);
@@ -476,15 +506,15 @@ pub async fn produce(
             for (n, (i, _)) in records.iter().enumerate() {
                 offsets[*i] = Some(ProducedOffset {
                     partition: p,
-                    offset: base + n as u64,
+                    offset: appended.base_offset + n as u64,
                 });
             }
         }
-        Ok::<_, ApiError>(offsets.into_iter().flatten().collect())
+        Ok::<_, ApiError>((offsets.into_iter().flatten().collect(), duplicate))
     })
     .await
     .map_err(blocking_error)??;
-    Ok(Json(ProduceResponse { offsets }))
+    Ok(Json(ProduceResponse { offsets, duplicate }))
 }
 
 #[utoipa::path(get, path = "/v1/streams/{stream}/partitions/{partition}/records", tag = "streams", params(("stream" = String, Path, description = "Stream name"), ("partition" = u32, Path, description = "Partition number"), ("offset" = Option<u64>, Query, description = "First offset to read"), ("from" = Option<String>, Query, description = "`earliest` or `latest` instead of offset"), ("timestamp" = Option<String>, Query, description = "RFC 3339: from the first record at or after it"), ("max_bytes" = Option<usize>, Query, description = "Default 1 MiB, at most 16 MiB; at least one batch comes"), ("wait_ms" = Option<u64>, Query, description = "Long-poll: wait up to this long for a record (at most 30,000)")), responses((status = 200, body = FetchResponse), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 404, body = sluice_proto::ErrorResponse)))]

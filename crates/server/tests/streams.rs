@@ -375,3 +375,36 @@ async fn a_consumer_group_shares_partitions_refuses_stale_commits_and_keeps_offs
     assert_error(&stale, 409, "unknown_member", None);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_produce_retried_is_written_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(dir.path()).await;
+    server
+        .put("/v1/streams/ledger", &json!({ "partitions": 2 }))
+        .await;
+    let request = json!({ "producer_id": 5, "sequence": 1, "records": [
+        { "key": "a", "value": 1 }, { "key": "b", "value": 2 }, { "partition": 1, "value": 3 } ] });
+    let (status, first) = server.post("/v1/streams/ledger/records", &request).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["duplicate"], false);
+    let (_, again) = server.post("/v1/streams/ledger/records", &request).await;
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["offsets"], first["offsets"]);
+    let (_, info) = server.get("/v1/streams/ledger").await;
+    let total: u64 = info["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .filter_map(|p| p["next_offset"].as_u64())
+        .sum();
+    assert_eq!(total, 3, "written once: {info}");
+    let older =
+        json!({ "producer_id": 5, "sequence": 0, "records": [{ "partition": 1, "value": 0 }] });
+    let reply = server.post("/v1/streams/ledger/records", &older).await;
+    assert_error(&reply, 409, "sequence_too_old", None);
+    let unkeyed = json!({ "producer_id": 5, "sequence": 2, "records": [{ "value": 0 }] });
+    let reply = server.post("/v1/streams/ledger/records", &unkeyed).await;
+    assert_error(&reply, 400, "invalid_request", Some("records[0]"));
+    server.stop().await;
+}

@@ -6,4 +6,4 @@ pub mod batch;
 mod partition;
 
 pub use batch::{BatchHeader, Record};
-pub use partition::{Partition, PartitionConfig, Recovery, StreamError};
+pub use partition::{Appended, Partition, PartitionConfig, Recovery, StreamError};

@@ -23,7 +23,25 @@ pub enum StreamError {
     OffsetOutOfRange { offset: u64, earliest: u64 },
     #[error("a batch needs at least one record")]
     EmptyBatch,
+    #[error("producer {producer_id} sent sequence {sequence}, but it is already at {last}")]
+    SequenceTooOld {
+        producer_id: u64,
+        sequence: u32,
+        last: u32,
+    },
 }
+
+/// Where an append went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    /// The producer's batch of this sequence was already here: nothing was written, and
+    /// `base_offset` is where the first copy went.
+    pub duplicate: bool,
+}
+
+/// The last batch each idempotent producer wrote: `(sequence, base offset)`.
+type Producers = std::collections::HashMap<u64, (u32, u64)>;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StreamError + '_ {
     move |source| StreamError::Io {
@@ -112,7 +130,7 @@ impl Segment {
 
     /// Scans the segment's batches from the start. Returns where the valid ones end and
     /// why they end there (`None`: at the end of the file).
-    fn scan(&mut self, bytes: &[u8], interval: u64) -> Option<String> {
+    fn scan(&mut self, bytes: &[u8], interval: u64, producers: &mut Producers) -> Option<String> {
         let mut position = 0usize;
         let mut expected = self.base_offset;
         while position < bytes.len() {
@@ -128,6 +146,9 @@ impl Segment {
                 ));
             }
             self.note(&header, position as u64, interval);
+            if header.producer_id != 0 {
+                producers.insert(header.producer_id, (header.sequence, header.base_offset));
+            }
             expected = header.next_offset();
             position += header.bytes;
             self.len = position as u64;
@@ -141,6 +162,7 @@ pub struct Partition {
     dir: PathBuf,
     config: PartitionConfig,
     segments: Vec<Segment>,
+    producers: Producers,
     /// The active segment, open for appending.
     active: File,
 }
@@ -174,6 +196,7 @@ impl Partition {
         }
         let mut segments = Vec::with_capacity(bases.len());
         let mut recovery = Recovery::default();
+        let mut producers = Producers::new();
         for (i, &base_offset) in bases.iter().enumerate() {
             let path = dir.join(format!("{}.log", segment_name(base_offset)));
             let bytes = match fs::read(&path) {
@@ -191,7 +214,7 @@ impl Partition {
                 time_index: Vec::new(),
                 bytes_since_index: 0,
             };
-            let problem = segment.scan(&bytes, config.index_interval_bytes);
+            let problem = segment.scan(&bytes, config.index_interval_bytes, &mut producers);
             let last = i + 1 == bases.len();
             match problem {
                 Some(reason) if !last => {
@@ -235,6 +258,7 @@ impl Partition {
         let partition = Partition {
             dir: dir.to_owned(),
             config,
+            producers,
             segments,
             active,
         };
@@ -282,15 +306,34 @@ impl Partition {
     }
 
     /// Appends `records` as one batch; returns its first offset. The OS has it; `sync`
-    /// makes it durable.
+    /// makes it durable. An idempotent producer (`producer_id` not 0) numbers its
+    /// batches: its batch `sequence` is written once (a retry of the last one answers
+    /// where it went), and a sequence below its last is refused.
     pub fn append(
         &mut self,
         records: &[Record],
         producer_id: u64,
         sequence: u32,
-    ) -> Result<u64, StreamError> {
+    ) -> Result<Appended, StreamError> {
         if records.is_empty() {
             return Err(StreamError::EmptyBatch);
+        }
+        if producer_id != 0 {
+            if let Some(&(last, base_offset)) = self.producers.get(&producer_id) {
+                if sequence == last {
+                    return Ok(Appended {
+                        base_offset,
+                        duplicate: true,
+                    });
+                }
+                if sequence < last {
+                    return Err(StreamError::SequenceTooOld {
+                        producer_id,
+                        sequence,
+                        last,
+                    });
+                }
+            }
         }
         if self
             .segments
@@ -317,6 +360,9 @@ impl Partition {
         let position = segment.len;
         segment.len += bytes.len() as u64;
         let (indexed, index, time) = segment.note(&header, position, interval);
+        if producer_id != 0 {
+            self.producers.insert(producer_id, (sequence, base_offset));
+        }
         if indexed {
             for (extension, entry) in [("index", index), ("timeindex", time)] {
                 let path = segment.file_with(extension);
@@ -328,7 +374,10 @@ impl Partition {
                     .map_err(io_err(&path))?;
             }
         }
-        Ok(base_offset)
+        Ok(Appended {
+            base_offset,
+            duplicate: false,
+        })
     }
 
     /// Makes every appended batch durable (fdatasync of the active segment).

@@ -36,7 +36,13 @@ fn fill(partition: &mut Partition, n: u64) {
     while next < n {
         let len = (next % 4 + 1).min(n - next);
         let records: Vec<Record> = (next..next + len).map(record).collect();
-        assert_eq!(partition.append(&records, 0, 0).expect("append"), next);
+        assert_eq!(
+            partition
+                .append(&records, 0, 0)
+                .expect("append")
+                .base_offset,
+            next
+        );
         next += len;
     }
     partition.sync().expect("sync");
@@ -78,7 +84,13 @@ fn records_read_back_from_any_offset_across_segments_and_a_reopen() {
     let (mut partition, recovery) = Partition::open(dir.path(), small()).expect("reopen");
     assert_eq!((recovery.next_offset, recovery.truncated_bytes), (300, 0));
     assert_eq!(partition.read(123, usize::MAX).expect("read").len(), 177);
-    assert_eq!(partition.append(&[record(300)], 0, 0).expect("append"), 300);
+    assert_eq!(
+        partition
+            .append(&[record(300)], 0, 0)
+            .expect("append")
+            .base_offset,
+        300
+    );
 }
 
 #[test]
@@ -117,7 +129,10 @@ fn a_torn_or_damaged_tail_is_cut_off_and_the_log_goes_on_from_there() {
     assert_eq!(p.next_offset(), last_good);
     assert_eq!(recovery.truncated_bytes, batch_len as u64);
     // And the log goes on from there.
-    assert_eq!(p.append(&[record(99)], 0, 0).expect("append"), last_good);
+    assert_eq!(
+        p.append(&[record(99)], 0, 0).expect("append").base_offset,
+        last_good
+    );
     assert_eq!(
         p.read(last_good, usize::MAX).expect("read")[0].1,
         record(99)
@@ -234,7 +249,7 @@ proptest! {
                 Op::Append(len) => {
                     let n = model.len() as u64;
                     let records: Vec<Record> = (n..n + u64::from(len)).map(record).collect();
-                    prop_assert_eq!(partition.append(&records, 0, 0).expect("append"), n);
+                    prop_assert_eq!(partition.append(&records, 0, 0).expect("append").base_offset, n);
                     model.extend(records);
                 }
                 Op::Reopen => {
@@ -267,4 +282,39 @@ proptest! {
             prop_assert_eq!(partition.next_offset(), model.len() as u64);
         }
     }
+}
+
+#[test]
+fn an_idempotent_producer_s_retry_is_written_once_also_after_a_reopen() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut partition = open(dir.path());
+    let first = partition
+        .append(&[record(0), record(1)], 7, 1)
+        .expect("append");
+    assert_eq!((first.base_offset, first.duplicate), (0, false));
+    // Another producer in between.
+    partition.append(&[record(2)], 8, 1).expect("append");
+    let retry = partition
+        .append(&[record(0), record(1)], 7, 1)
+        .expect("retry");
+    assert_eq!((retry.base_offset, retry.duplicate), (0, true));
+    assert_eq!(partition.next_offset(), 3, "nothing written twice");
+    partition.sync().expect("sync");
+    drop(partition);
+    // The producers' last sequences are read back from the batches.
+    let mut partition = open(dir.path());
+    let retry = partition
+        .append(&[record(0), record(1)], 7, 1)
+        .expect("retry");
+    assert!(retry.duplicate);
+    match partition.append(&[record(9)], 7, 0) {
+        Err(StreamError::SequenceTooOld { last: 1, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let next = partition.append(&[record(3)], 7, 2).expect("next");
+    assert_eq!((next.base_offset, next.duplicate), (3, false));
+    // Producer 0 is not idempotent: the same call twice writes twice.
+    partition.append(&[record(4)], 0, 0).expect("append");
+    partition.append(&[record(4)], 0, 0).expect("append");
+    assert_eq!(partition.next_offset(), 6);
 }
