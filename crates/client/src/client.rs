@@ -438,7 +438,7 @@ impl Client {
         Ok(list.workers)
     }
 
-    async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
+    pub(crate) async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -449,7 +449,7 @@ impl Client {
         reply(response).await
     }
 
-    async fn post<B: Serialize, R: DeserializeOwned>(
+    pub(crate) async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
@@ -464,6 +464,22 @@ impl Client {
             .await
             .map_err(Error::Transport)?;
         reply(response).await
+    }
+
+    /// A POST whose success has no body (204).
+    pub(crate) async fn post_no_content<B: Serialize>(&self, path: &str, body: &B) -> Result<()> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .json(body)
+            .send()
+            .await
+            .map_err(Error::Transport)?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        reply::<serde_json::Value>(response).await.map(|_| ())
     }
 }
 

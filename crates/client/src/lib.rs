@@ -8,8 +8,10 @@
 //!   backoff and graceful shutdown. Retries and the dead set are the broker's.
 
 mod client;
+mod stream;
 mod worker;
 
 pub use client::{Client, Enqueued, Error, Limits, NewJob, QueueOrder, Result};
 pub use sluice_proto::{Backoff, JobState};
+pub use stream::{Consumed, GroupConsumer, StreamProducer, StreamRecord};
 pub use worker::{CancelReason, Job, Worker, WorkerController, WorkerReport};

@@ -849,3 +849,95 @@ async fn a_running_worker_registers_itself_and_unregisters_at_shutdown() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_sdk_consumers_shares_a_stream_and_resumes_from_commits() {
+    use sluice_client::{GroupConsumer, StreamProducer, StreamRecord};
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    let http = reqwest::Client::new();
+    let created = http
+        .put(format!("http://{}/v1/streams/events", server.address))
+        .json(&serde_json::json!({ "partitions": 4 }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 200);
+    let mut producer = StreamProducer::new(client.clone(), "events").idempotent(1);
+    let records: Vec<StreamRecord<u32>> = (0..60)
+        .map(|n| StreamRecord::keyed(format!("user-{}", n % 9), n))
+        .collect();
+    let offsets = producer.send(&records).await.expect("send");
+    assert_eq!(offsets.len(), 60);
+
+    let mut a = GroupConsumer::join(client.clone(), "events", "audit")
+        .await
+        .expect("join a");
+    let mut b = GroupConsumer::join(client.clone(), "events", "audit")
+        .await
+        .expect("join b");
+    // a learns of b at its next heartbeat: poll until a holds two partitions.
+    let mut seen: Vec<u32> = Vec::new();
+    let mut by_member: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+    let started = Instant::now();
+    while seen.len() < 60 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "consumed {} of 60",
+            seen.len()
+        );
+        for (i, consumer) in [&mut a, &mut b].into_iter().enumerate() {
+            for r in consumer
+                .poll::<u32>(Duration::from_millis(50))
+                .await
+                .expect("poll")
+            {
+                assert!(consumer.partitions().contains(&r.partition));
+                by_member[i].push(r.value);
+                seen.push(r.value);
+            }
+        }
+    }
+    let mut values = seen.clone();
+    values.sort_unstable();
+    values.dedup();
+    assert_eq!(
+        values,
+        (0..60).collect::<Vec<_>>(),
+        "every record at least once"
+    );
+    // One more round: a's commit from before the rebalance is refused and it takes
+    // its new share.
+    for consumer in [&mut a, &mut b] {
+        consumer
+            .poll::<u32>(Duration::from_millis(10))
+            .await
+            .expect("poll");
+    }
+    assert_eq!(a.generation(), b.generation());
+    assert_eq!(a.partitions().len() + b.partitions().len(), 4);
+    a.close().await.expect("close a");
+    b.close().await.expect("close b");
+
+    // A newcomer starts from the commits: nothing is handed out again.
+    let mut c = GroupConsumer::join(client.clone(), "events", "audit")
+        .await
+        .expect("join c");
+    assert_eq!(c.partitions(), vec![0, 1, 2, 3]);
+    let again = c
+        .poll::<u32>(Duration::from_millis(100))
+        .await
+        .expect("poll");
+    assert!(again.is_empty(), "{} records handed out twice", again.len());
+    // And a retried idempotent send is not written twice.
+    let more = vec![StreamRecord::to_partition(0, 99u32)];
+    producer.send(&more).await.expect("send");
+    let got = c
+        .poll::<u32>(Duration::from_millis(500))
+        .await
+        .expect("poll");
+    assert_eq!(got.iter().map(|r| r.value).collect::<Vec<_>>(), vec![99]);
+    c.close().await.expect("close c");
+    server.stop().await;
+}
