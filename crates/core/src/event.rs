@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::{AlertRule, AlertTransition, Silence};
 use crate::cron::CronSpec;
-use crate::streams::StreamSpec;
+use crate::streams::{Feed, StreamSpec};
 use crate::{JobId, LeaseId, Millis};
 
 /// Retry backoff as stored (the wire form lives in `sluice-proto`).
@@ -191,6 +191,23 @@ pub enum Event {
         generation: u64,
         offsets: Vec<(u32, u64)>,
     },
+    /// A feed set up (its offsets where it starts).
+    FeedSet {
+        feed: Feed,
+    },
+    FeedRemoved {
+        stream: String,
+        queue: String,
+    },
+    /// Records of a stream delivered to a feed's queue as `jobs`, the feed now at
+    /// `offsets`: one record, so both or neither.
+    FeedDelivered {
+        at: Millis,
+        stream: String,
+        queue: String,
+        jobs: Vec<NewJob>,
+        offsets: Vec<(u32, u64)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,7 +264,10 @@ impl Event {
             | Event::AlertRuleRemoved { .. }
             | Event::SilenceRemoved { .. }
             | Event::GroupGeneration { .. }
-            | Event::GroupCommitted { .. } => None,
+            | Event::GroupCommitted { .. }
+            | Event::FeedRemoved { .. } => None,
+            Event::FeedSet { feed } => Some(feed.created_at),
+            Event::FeedDelivered { at, .. } => Some(*at),
             Event::StreamSet { spec } => Some(spec.created_at),
         }
     }

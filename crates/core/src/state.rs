@@ -17,7 +17,9 @@ use crate::alerts::{AlertRule, AlertTransition, Alerts, Silence, SILENCES_MAX};
 use crate::cron::{CronSpec, Missed, Schedule, CATCH_UP_MAX, MISSED_AFTER_MS};
 use crate::error::{CoreError, Detail, ErrorKind};
 use crate::event::{Backoff, CronFire, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
-use crate::streams::{GroupState, Groups, StreamSpec, Streams, GROUPS_PER_STREAM_MAX};
+use crate::streams::{
+    Feed, Feeds, GroupState, Groups, StreamSpec, Streams, FEEDS_MAX, GROUPS_PER_STREAM_MAX,
+};
 use crate::table::JobTable;
 use crate::{JobId, LeaseId, Millis};
 
@@ -795,6 +797,7 @@ pub struct State {
     alerts: Alerts,
     streams: Streams,
     groups: Groups,
+    feeds: Feeds,
 }
 
 /// A cron schedule and when it next fires.
@@ -1837,6 +1840,124 @@ impl State {
         self.commit(new, Some(Event::StreamSet { spec }))
     }
 
+    pub fn feeds(&self) -> &Feeds {
+        &self.feeds
+    }
+
+    /// Sets up (or re-kinds) a feed from `stream` into `queue`; a new one starts at
+    /// `start` per partition. Replies whether it is new.
+    pub fn set_feed(
+        &mut self,
+        now: Millis,
+        stream: &str,
+        queue: &str,
+        kind: &str,
+        start: BTreeMap<u32, u64>,
+    ) -> Result<Decided<bool>, CoreError> {
+        if !self.streams.streams.contains_key(stream) {
+            return Err(CoreError::not_found("stream", stream));
+        }
+        let mut details = Vec::new();
+        if !limits::is_valid_name(queue, limits::QUEUE_NAME_BYTES_MAX) {
+            details.push(Detail {
+                path: "queue".into(),
+                message: "not a valid queue name".into(),
+            });
+        }
+        if !limits::is_valid_name(kind, limits::KIND_BYTES_MAX) {
+            details.push(Detail {
+                path: "kind".into(),
+                message: "1 to 128 bytes of A-Z a-z 0-9 _ . : -".into(),
+            });
+        }
+        if !details.is_empty() {
+            return Err(invalid_request(details));
+        }
+        let key = (stream.to_owned(), queue.to_owned());
+        let existing = self.feeds.feeds.get(&key);
+        if existing.is_none() && self.feeds.feeds.len() >= FEEDS_MAX {
+            return Err(CoreError::new(
+                ErrorKind::Limit,
+                "too_many_feeds",
+                format!("at most {FEEDS_MAX} feeds may exist"),
+            ));
+        }
+        self.check_new_queues(std::iter::once(queue))?;
+        let feed = match existing {
+            Some(feed) if feed.kind == kind => return Ok((None, false)),
+            Some(feed) => Feed {
+                kind: kind.to_owned(),
+                ..feed.clone()
+            },
+            None => Feed {
+                stream: stream.to_owned(),
+                queue: queue.to_owned(),
+                kind: kind.to_owned(),
+                created_at: now,
+                offsets: start,
+            },
+        };
+        let new = existing.is_none();
+        self.commit(new, Some(Event::FeedSet { feed }))
+    }
+
+    pub fn remove_feed(&mut self, stream: &str, queue: &str) -> Result<Decided<()>, CoreError> {
+        if !self
+            .feeds
+            .feeds
+            .contains_key(&(stream.to_owned(), queue.to_owned()))
+        {
+            return Err(CoreError::not_found(
+                "feed",
+                &format!("{stream} -> {queue}"),
+            ));
+        }
+        self.commit(
+            (),
+            Some(Event::FeedRemoved {
+                stream: stream.to_owned(),
+                queue: queue.to_owned(),
+            }),
+        )
+    }
+
+    /// Delivers records to a feed's queue: `payloads` (JSON text, one per record, in
+    /// offset order) become jobs, and the feed moves to `offsets`. Replies with the ids.
+    pub fn deliver_feed(
+        &mut self,
+        now: Millis,
+        stream: &str,
+        queue: &str,
+        payloads: Vec<String>,
+        offsets: Vec<(u32, u64)>,
+    ) -> Result<Decided<Vec<JobId>>, CoreError> {
+        let Some(feed) = self.feeds.feeds.get(&(stream.to_owned(), queue.to_owned())) else {
+            return Err(CoreError::not_found(
+                "feed",
+                &format!("{stream} -> {queue}"),
+            ));
+        };
+        let kind = feed.kind.clone();
+        let mut last_id = self.last_id;
+        let mut jobs = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let id = self.next_id(now, last_id).ok_or_else(ids_exhausted)?;
+            last_id = id;
+            jobs.push(EnqueueSpec::new(queue, &kind, &payload).into_new_job(id, now));
+        }
+        let ids = jobs.iter().map(|j| j.id).collect();
+        self.commit(
+            ids,
+            Some(Event::FeedDelivered {
+                at: now,
+                stream: stream.to_owned(),
+                queue: queue.to_owned(),
+                jobs,
+                offsets,
+            }),
+        )
+    }
+
     pub fn groups(&self) -> &Groups {
         &self.groups
     }
@@ -2430,6 +2551,31 @@ impl State {
                 self.alerts.silences.remove(id);
             }
             Event::AlertChanged { transition } => self.alerts.changed(transition),
+            Event::FeedSet { feed } => {
+                self.ix.queue_id_or_create(&feed.queue);
+                self.feeds
+                    .feeds
+                    .insert((feed.stream.clone(), feed.queue.clone()), feed.clone());
+            }
+            Event::FeedRemoved { stream, queue } => {
+                self.feeds.feeds.remove(&(stream.clone(), queue.clone()));
+            }
+            Event::FeedDelivered {
+                at,
+                stream,
+                queue,
+                jobs,
+                offsets,
+            } => {
+                for new in jobs {
+                    self.insert_new_job(*at, new, None)?;
+                }
+                if let Some(feed) = self.feeds.feeds.get_mut(&(stream.clone(), queue.clone())) {
+                    for &(partition, offset) in offsets {
+                        feed.offsets.insert(partition, offset);
+                    }
+                }
+            }
             Event::GroupGeneration {
                 stream,
                 group,
@@ -2796,6 +2942,7 @@ impl State {
             alerts: &self.alerts,
             streams: &self.streams,
             groups: &self.groups,
+            feeds: &self.feeds,
         };
         postcard::to_allocvec(&snapshot).unwrap_or_default()
     }
@@ -2954,6 +3101,15 @@ impl State {
         }
         state.streams = snapshot.streams;
         state.groups = snapshot.groups;
+        for feed in snapshot.feeds.feeds.values() {
+            if state.queue_id(&feed.queue).is_none() {
+                return Err(format!(
+                    "feed into {:?}, a queue that does not exist",
+                    feed.queue
+                ));
+            }
+        }
+        state.feeds = snapshot.feeds;
         for (spec, next_at, last_fired_at) in snapshot.crons {
             let schedule = Schedule::parse(&spec.schedule, &spec.timezone)
                 .map_err(|(_, message)| format!("cron {}: {message}", spec.name))?;
@@ -3002,6 +3158,7 @@ struct SnapshotRef<'a> {
     alerts: &'a Alerts,
     streams: &'a Streams,
     groups: &'a Groups,
+    feeds: &'a Feeds,
 }
 
 /// A snapshot as read: its sections in order. Each later section was added by a later
@@ -3024,6 +3181,7 @@ struct SnapshotOwned {
     alerts: Alerts,
     streams: Streams,
     groups: Groups,
+    feeds: Feeds,
 }
 
 /// The jobs and queues (every version).
@@ -3073,6 +3231,7 @@ impl SnapshotOwned {
         let (alerts, rest): (Alerts, _) = section(rest, "alerts")?;
         let (streams, rest): (Streams, _) = section(rest, "streams")?;
         let (groups, rest): (Groups, _) = section(rest, "consumer groups")?;
+        let (feeds, rest): (Feeds, _) = section(rest, "feeds")?;
         if !rest.is_empty() {
             return Err(format!(
                 "undecodable snapshot: {} bytes after its last section",
@@ -3095,6 +3254,7 @@ impl SnapshotOwned {
             alerts,
             streams,
             groups,
+            feeds,
         })
     }
 }

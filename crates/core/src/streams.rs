@@ -85,3 +85,25 @@ pub struct Groups {
 
 /// Consumer groups per stream that may exist.
 pub const GROUPS_PER_STREAM_MAX: usize = 1_000;
+
+/// A stream feeding a queue: each record becomes a job of `kind` in `queue`, its payload
+/// the record's value. Delivery and progress are one logged event, so each record
+/// becomes exactly one job, across crashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feed {
+    pub stream: String,
+    pub queue: String,
+    pub kind: String,
+    pub created_at: Millis,
+    /// The next offset to deliver, per partition (absent: from the start).
+    pub offsets: BTreeMap<u32, u64>,
+}
+
+/// Feeds by `(stream, queue)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feeds {
+    pub feeds: BTreeMap<(String, String), Feed>,
+}
+
+/// Feeds that may exist.
+pub const FEEDS_MAX: usize = 1_000;

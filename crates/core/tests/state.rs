@@ -330,6 +330,9 @@ fn variant(event: &Event) -> &'static str {
         Event::StreamSet { .. } => "StreamSet",
         Event::GroupGeneration { .. } => "GroupGeneration",
         Event::GroupCommitted { .. } => "GroupCommitted",
+        Event::FeedSet { .. } => "FeedSet",
+        Event::FeedRemoved { .. } => "FeedRemoved",
+        Event::FeedDelivered { .. } => "FeedDelivered",
     }
 }
 
@@ -1613,13 +1616,13 @@ fn snapshot_with_a_job_twice_is_refused() {
     let bytes = h.state.encode_snapshot();
     let job = postcard::to_allocvec(h.state.job(id).expect("job")).expect("encode job");
     // The jobs come before the queue limits, batches, cron schedules, key limits, keys,
-    // job keys, alert rules, silences, alert history, streams and consumer groups (none:
-    // eleven counts of 0). Add a ready copy of the same id after the job.
-    let jobs_end = bytes.len() - 11;
+    // job keys, alert rules, silences, alert history, streams, consumer groups and feeds
+    // (none: twelve counts of 0). Add a ready copy of the same id after the job.
+    let jobs_end = bytes.len() - 12;
     assert_eq!(
         &bytes[jobs_end..],
-        &[0; 11],
-        "no limits, batches, crons, keys, alerts, streams or groups"
+        &[0; 12],
+        "no limits, batches, crons, keys, alerts, streams, groups or feeds"
     );
     assert!(bytes[..jobs_end].ends_with(&job) && bytes[jobs_end - job.len() - 1] == 1);
     let mut ready = h.state.job(id).expect("job").clone();
@@ -1628,7 +1631,7 @@ fn snapshot_with_a_job_twice_is_refused() {
     twice.push(2);
     twice.extend_from_slice(&job);
     twice.extend_from_slice(&postcard::to_allocvec(&ready).expect("encode job"));
-    twice.extend_from_slice(&[0; 11]);
+    twice.extend_from_slice(&[0; 12]);
     let error = State::decode_snapshot(Config::default(), &twice).expect_err("refused");
     assert!(error.contains("appears twice"), "{error}");
 }
@@ -1903,15 +1906,16 @@ fn snapshots_from_before_queue_limits_still_decode() {
     // The oldest format ended after the jobs: without the (empty) limits, batches and
     // crons; the next one before the (empty) key limits, keys and job keys; the next
     // before the (empty) alert rules, silences and alert history; the next before the
-    // (empty) streams; the next before the (empty) consumer groups.
-    assert!(bytes.ends_with(&[0; 11]));
-    for cut in [1, 2, 5, 8, 11] {
+    // (empty) streams; the next before the (empty) consumer groups; the next before the
+    // (empty) feeds.
+    assert!(bytes.ends_with(&[0; 12]));
+    for cut in [1, 2, 3, 6, 9, 12] {
         let older = &bytes[..bytes.len() - cut];
         let decoded = State::decode_snapshot(Config::default(), older).expect("older snapshot");
         assert_eq!(decoded.encode_snapshot(), bytes);
     }
     // Cut inside a section, or with bytes after the last, it is damage, not a version.
-    assert!(State::decode_snapshot(Config::default(), &bytes[..bytes.len() - 3]).is_err());
+    assert!(State::decode_snapshot(Config::default(), &bytes[..bytes.len() - 4]).is_err());
     let mut longer = bytes.clone();
     longer.push(0);
     let error = State::decode_snapshot(Config::default(), &longer).expect_err("refused");
@@ -2831,4 +2835,51 @@ fn logged_alert_rules_that_were_never_valid_are_refused() {
         .apply(&Event::AlertRuleSet { at: T0, rule: bad })
         .is_err());
     assert!(state.alerts().rules.is_empty());
+}
+
+#[test]
+fn a_feed_turns_records_into_jobs_and_moves_on_in_one_event() {
+    use sluice_core::streams::StreamSpec;
+    let mut h = Harness::new();
+    let spec = StreamSpec {
+        name: "orders".into(),
+        partitions: 2,
+        retention_ms: None,
+        retention_bytes: None,
+        created_at: 0,
+    };
+    let decided = h.state.set_stream(T0, spec).expect("stream");
+    h.record(decided);
+    let decided = h
+        .state
+        .set_feed(T0, "orders", "fulfil", "order.placed", Default::default())
+        .expect("feed");
+    assert!(h.record(decided));
+    let decided = h
+        .state
+        .deliver_feed(
+            T0 + 1,
+            "orders",
+            "fulfil",
+            vec!["{\"n\":1}".into(), "{\"n\":2}".into()],
+            vec![(0, 2)],
+        )
+        .expect("deliver");
+    let ids = h.record(decided);
+    assert_eq!(ids.len(), 2);
+    assert_eq!(h.count("fulfil", JobState::Ready), 2);
+    assert_eq!(&*h.job(ids[1]).payload, "{\"n\":2}");
+    let feed = &h.state.feeds().feeds[&("orders".to_owned(), "fulfil".to_owned())];
+    assert_eq!(feed.offsets.get(&0), Some(&2));
+    let restored =
+        State::decode_snapshot(Config::default(), &h.state.encode_snapshot()).expect("decode");
+    assert_eq!(restored.feeds(), h.state.feeds());
+    assert_eq!(
+        replay(Config::default(), &h.events).feeds(),
+        h.state.feeds()
+    );
+    assert!(h
+        .state
+        .set_feed(T0, "nope", "q", "k", Default::default())
+        .is_err());
 }

@@ -236,6 +236,7 @@ impl Broker {
         self.execute(|s, now| Ok(s.retain(now))).await?;
         self.record_history();
         crate::groups::reap(self).await;
+        crate::streams::run_feeds(self).await;
         let now = system_now_ms();
         if now - self.last_stream_retention_ms.load(Ordering::Relaxed) >= STREAM_RETENTION_EVERY_MS
         {
@@ -457,7 +458,8 @@ impl Wakes {
         match event {
             Event::Enqueued { at, jobs }
             | Event::BatchEnqueued { at, jobs, .. }
-            | Event::EnqueuedKeyed { at, jobs, .. } => {
+            | Event::EnqueuedKeyed { at, jobs, .. }
+            | Event::FeedDelivered { at, jobs, .. } => {
                 for job in jobs.iter().filter(|j| j.run_at <= *at) {
                     self.add(&job.queue, 1);
                 }

@@ -170,6 +170,11 @@ pub fn router(state: AppState) -> Router {
             get(streams::get_stream).put(streams::set_stream),
         )
         .route("/v1/streams/{stream}/records", post(streams::produce))
+        .route("/v1/streams/{stream}/feeds", get(streams::list_feeds))
+        .route(
+            "/v1/streams/{stream}/feeds/{queue}",
+            put(streams::set_feed).delete(streams::remove_feed),
+        )
         .route(
             "/v1/streams/{stream}/partitions/{partition}/records",
             get(streams::fetch),

@@ -228,7 +228,8 @@ impl Metrics {
         match event {
             Event::Enqueued { at, jobs }
             | Event::EnqueuedKeyed { at, jobs, .. }
-            | Event::BatchEnqueued { at, jobs, .. } => {
+            | Event::BatchEnqueued { at, jobs, .. }
+            | Event::FeedDelivered { at, jobs, .. } => {
                 for job in jobs {
                     self.enqueued(state, job.id, *at);
                 }

@@ -666,3 +666,241 @@ mod tests {
         }
     }
 }
+
+// ---- feeds --------------------------------------------------------------------------------
+
+/// Records a feed moves into its queue per tick at most (over all its partitions).
+pub const FEED_BATCH_MAX: usize = 1_000;
+
+/// Delivers what each feed has not yet delivered (from the tick): reads its partitions
+/// from its offsets and logs the jobs and the new offsets as one event.
+pub async fn run_feeds(broker: &Arc<crate::broker::Broker>) {
+    let feeds: Vec<(String, String, u32, std::collections::BTreeMap<u32, u64>)> = match broker
+        .read(|s, _| {
+            Ok(s.feeds()
+                .feeds
+                .values()
+                .filter_map(|f| {
+                    let partitions = s.streams().streams.get(&f.stream)?.partitions;
+                    Some((
+                        f.stream.clone(),
+                        f.queue.clone(),
+                        partitions,
+                        f.offsets.clone(),
+                    ))
+                })
+                .collect())
+        })
+        .await
+    {
+        Ok(feeds) => feeds,
+        Err(_) => return,
+    };
+    for (stream, queue, partitions, offsets) in feeds {
+        let read = {
+            let broker = broker.clone();
+            let stream = stream.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut payloads = Vec::new();
+                let mut moved = Vec::new();
+                for p in 0..partitions {
+                    if payloads.len() >= FEED_BATCH_MAX {
+                        break;
+                    }
+                    let handle = broker.streams.handle(&stream, p)?;
+                    let partition = handle.partition.lock();
+                    // Retention may have dropped what the feed had not reached.
+                    let from = offsets
+                        .get(&p)
+                        .copied()
+                        .unwrap_or(0)
+                        .max(partition.earliest_offset());
+                    if from >= partition.next_offset() {
+                        continue;
+                    }
+                    let records = partition.read(from, FETCH_BYTES_DEFAULT)?;
+                    let room = FEED_BATCH_MAX - payloads.len();
+                    let Some(&(last, _)) = records.iter().take(room).last() else {
+                        continue;
+                    };
+                    for (_, record) in records.into_iter().take(room) {
+                        let payload = record
+                            .value
+                            .and_then(|v| String::from_utf8(v).ok())
+                            .unwrap_or_else(|| "null".to_owned());
+                        payloads.push(payload);
+                    }
+                    moved.push((p, last + 1));
+                }
+                Ok::<_, StreamError>((payloads, moved))
+            })
+            .await
+        };
+        let (payloads, moved) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(error)) => {
+                tracing::warn!(stream, queue, %error, "feed cannot read its stream");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if moved.is_empty() {
+            continue;
+        }
+        let delivered = broker
+            .execute(|s, now| s.deliver_feed(now, &stream, &queue, payloads, moved))
+            .await;
+        if let Err(error) = delivered {
+            tracing::warn!(stream, queue, ?error, "feed cannot deliver");
+        }
+    }
+}
+
+/// `PUT /v1/streams/{stream}/feeds/{queue}`: each record becomes a job of `kind`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedRequest {
+    pub kind: String,
+    /// `earliest` (default): every record kept; `latest`: only records from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FeedPartition {
+    pub partition: u32,
+    /// The next offset to deliver.
+    pub next_offset: u64,
+    pub latest_offset: u64,
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FeedInfo {
+    pub stream: String,
+    pub queue: String,
+    pub kind: String,
+    pub partitions: Vec<FeedPartition>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FeedList {
+    pub feeds: Vec<FeedInfo>,
+}
+
+async fn feed_infos(
+    app: &AppState,
+    stream: &str,
+    queue: Option<&str>,
+) -> Result<Vec<FeedInfo>, ApiError> {
+    let broker = app.broker()?.clone();
+    let feeds: Vec<(sluice_core::streams::Feed, u32)> = broker
+        .read(|s, _| {
+            let partitions = s
+                .streams()
+                .streams
+                .get(stream)
+                .map(|spec| spec.partitions)
+                .ok_or_else(|| stream_missing(stream))?;
+            Ok(s.feeds()
+                .feeds
+                .values()
+                .filter(|f| f.stream == stream && queue.is_none_or(|q| q == f.queue))
+                .map(|f| (f.clone(), partitions))
+                .collect())
+        })
+        .await?;
+    tokio::task::spawn_blocking(move || {
+        feeds
+            .into_iter()
+            .map(|(feed, partitions)| {
+                let parts = (0..partitions)
+                    .map(|p| {
+                        let handle = broker.streams.handle(&feed.stream, p)?;
+                        let partition = handle.partition.lock();
+                        let next = feed
+                            .offsets
+                            .get(&p)
+                            .copied()
+                            .unwrap_or(0)
+                            .max(partition.earliest_offset());
+                        let latest = partition.next_offset();
+                        Ok(FeedPartition {
+                            partition: p,
+                            next_offset: next,
+                            latest_offset: latest,
+                            lag: latest.saturating_sub(next),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StreamError>>()?;
+                Ok(FeedInfo {
+                    stream: feed.stream,
+                    queue: feed.queue,
+                    kind: feed.kind,
+                    partitions: parts,
+                })
+            })
+            .collect::<Result<Vec<_>, StreamError>>()
+            .map_err(stream_error)
+    })
+    .await
+    .map_err(blocking_error)?
+}
+
+#[utoipa::path(put, path = "/v1/streams/{stream}/feeds/{queue}", tag = "streams", params(("stream" = String, Path, description = "Stream name"), ("queue" = String, Path, description = "Queue the jobs go to", pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = FeedRequest, responses((status = 200, body = FeedInfo), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 404, body = sluice_proto::ErrorResponse), (status = 429, description = "too many feeds or queues", body = sluice_proto::ErrorResponse)))]
+pub async fn set_feed(
+    app: axum::extract::State<AppState>,
+    Path((stream, queue)): Path<(String, String)>,
+    ApiJson(request): ApiJson<FeedRequest>,
+) -> Result<Json<FeedInfo>, ApiError> {
+    let spec = spec_of(&app, &stream).await?;
+    let latest = match request.from.as_deref() {
+        None | Some("earliest") => false,
+        Some("latest") => true,
+        Some(_) => return Err(ApiError::bad_input("from", "earliest or latest")),
+    };
+    let start: std::collections::BTreeMap<u32, u64> = if latest {
+        let broker = app.broker()?.clone();
+        let name = stream.clone();
+        tokio::task::spawn_blocking(move || {
+            (0..spec.partitions)
+                .map(|p| {
+                    let handle = broker.streams.handle(&name, p)?;
+                    let next = handle.partition.lock().next_offset();
+                    Ok((p, next))
+                })
+                .collect::<Result<_, StreamError>>()
+        })
+        .await
+        .map_err(blocking_error)?
+        .map_err(stream_error)?
+    } else {
+        Default::default()
+    };
+    app.broker()?
+        .execute(|s, now| s.set_feed(now, &stream, &queue, &request.kind, start))
+        .await?;
+    let mut infos = feed_infos(&app, &stream, Some(&queue)).await?;
+    infos.pop().map(Json).ok_or_else(|| stream_missing(&stream))
+}
+
+#[utoipa::path(get, path = "/v1/streams/{stream}/feeds", tag = "streams", params(("stream" = String, Path, description = "Stream name")), responses((status = 200, body = FeedList), (status = 404, body = sluice_proto::ErrorResponse)))]
+pub async fn list_feeds(
+    app: axum::extract::State<AppState>,
+    Path(stream): Path<String>,
+) -> Result<Json<FeedList>, ApiError> {
+    Ok(Json(FeedList {
+        feeds: feed_infos(&app, &stream, None).await?,
+    }))
+}
+
+#[utoipa::path(delete, path = "/v1/streams/{stream}/feeds/{queue}", tag = "streams", params(("stream" = String, Path, description = "Stream name"), ("queue" = String, Path, description = "Queue")), responses((status = 204, description = "removed; jobs already made stay"), (status = 404, body = sluice_proto::ErrorResponse)))]
+pub async fn remove_feed(
+    app: axum::extract::State<AppState>,
+    Path((stream, queue)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    app.broker()?
+        .execute(|s, _| s.remove_feed(&stream, &queue))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

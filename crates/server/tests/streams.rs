@@ -408,3 +408,82 @@ async fn an_idempotent_produce_retried_is_written_once() {
     assert_error(&reply, 400, "invalid_request", Some("records[0]"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_feeds_a_queue_each_record_once_across_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(dir.path()).await;
+    server
+        .put("/v1/streams/signups", &json!({ "partitions": 2 }))
+        .await;
+    let batch: Vec<Value> = (0..10)
+        .map(|n| json!({ "key": format!("u{n}"), "value": { "user": n } }))
+        .collect();
+    server
+        .post("/v1/streams/signups/records", &json!({ "records": batch }))
+        .await;
+    let (status, feed) = server
+        .put(
+            "/v1/streams/signups/feeds/welcome",
+            &json!({ "kind": "email.welcome" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{feed}");
+    let ready = |n: u64| {
+        let server = &server;
+        async move {
+            support::wait_until(&format!("{n} jobs in welcome"), || async {
+                let (_, queue) = server.get("/v1/queues/welcome").await;
+                queue["counts"]["ready"] == n
+            })
+            .await
+        }
+    };
+    assert!(ready(10).await);
+    let (_, jobs) = server.get("/v1/queues/welcome/jobs?limit=100").await;
+    let mut users: Vec<u64> = jobs["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| {
+            assert_eq!(j["kind"], "email.welcome");
+            j["payload"]["user"].as_u64().expect("user")
+        })
+        .collect();
+    users.sort_unstable();
+    assert_eq!(users, (0..10).collect::<Vec<_>>());
+    let (_, feeds) = server.get("/v1/streams/signups/feeds").await;
+    let lag: u64 = feeds["feeds"][0]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .filter_map(|p| p["lag"].as_u64())
+        .sum();
+    assert_eq!(lag, 0, "{feeds}");
+    server.stop().await;
+
+    // After a restart nothing is delivered twice, and new records keep coming.
+    let server = TestServer::start(dir.path()).await;
+    server
+        .post(
+            "/v1/streams/signups/records",
+            &json!({ "records": [{ "key": "u10", "value": { "user": 10 } }] }),
+        )
+        .await;
+    let eleven = support::wait_until("11 jobs", || async {
+        let (_, queue) = server.get("/v1/queues/welcome").await;
+        queue["counts"]["ready"] == 11
+    })
+    .await;
+    assert!(eleven);
+    let (_, queue) = server.get("/v1/queues/welcome").await;
+    assert_eq!(queue["counts"]["ready"], 11, "no job twice: {queue}");
+    let deleted = server
+        .client
+        .delete(server.url("/v1/streams/signups/feeds/welcome"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), 204);
+    server.stop().await;
+}
