@@ -720,7 +720,8 @@ pub async fn run_feeds(broker: &Arc<crate::broker::Broker>) {
                     }
                     let records = partition.read(from, FETCH_BYTES_DEFAULT)?;
                     let room = FEED_BATCH_MAX - payloads.len();
-                    let Some(&(last, _)) = records.iter().take(room).last() else {
+                    let Some(&(last, _)) = records.get(records.len().min(room).wrapping_sub(1))
+                    else {
                         continue;
                     };
                     for (_, record) in records.into_iter().take(room) {
