@@ -51,6 +51,9 @@ pub enum Scenario {
     /// 1,000 queues x 10 kinds of jobs run once, then GET /metrics 200 times: scrape
     /// p50/p95/p99 and the metrics' memory. Not part of `all`.
     Metrics,
+    /// Stream produce and consume throughput (1 and 8 partitions) and end-to-end
+    /// latency at 10,000 records/s. Not part of `all`.
+    Stream,
 }
 
 impl Scenario {
@@ -67,6 +70,7 @@ impl Scenario {
             Scenario::HttpWorker => "http-worker",
             Scenario::Limits => "limits",
             Scenario::Metrics => "metrics",
+            Scenario::Stream => "stream",
         }
     }
 }
@@ -187,6 +191,7 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
             Scenario::HttpWorker => crate::bench_workers::http_worker(url, &args, &run_id).await,
             Scenario::Limits => crate::bench_workers::limits(url, &args, &run_id).await,
             Scenario::Metrics => crate::bench_workers::metrics_scrape(url, &run_id).await,
+            Scenario::Stream => crate::bench_workers::stream(url, &run_id).await,
             Scenario::All => continue,
         };
         match report {
