@@ -373,7 +373,7 @@ pub async fn join(
     Ok(Json(assignment_of(&app, &stream, &group, &member).await?))
 }
 
-#[utoipa::path(post, path = "/v1/streams/{stream}/groups/{group}/heartbeat", tag = "streams", params(("stream" = String, Path, description = "Stream name"), ("group" = String, Path, description = "Group name")), request_body = MemberRequest, responses((status = 200, description = "the member's assignment in the current generation: a different generation than sent means a rebalance happened", body = Assignment), (status = 409, description = "unknown member", body = sluice_proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/streams/{stream}/groups/{group}/heartbeat", operation_id = "group_heartbeat", tag = "streams", params(("stream" = String, Path, description = "Stream name"), ("group" = String, Path, description = "Group name")), request_body = MemberRequest, responses((status = 200, description = "the member's assignment in the current generation: a different generation than sent means a rebalance happened", body = Assignment), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 409, description = "unknown member", body = sluice_proto::ErrorResponse)))]
 pub async fn heartbeat(
     app: axum::extract::State<AppState>,
     Path((stream, group)): Path<(String, String)>,
@@ -393,7 +393,7 @@ pub async fn heartbeat(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/streams/{stream}/groups/{group}/leave", tag = "streams", params(("stream" = String, Path, description = "Stream name"), ("group" = String, Path, description = "Group name")), request_body = MemberRequest, responses((status = 204, description = "left; the others are rebalanced"), (status = 409, description = "unknown member", body = sluice_proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/streams/{stream}/groups/{group}/leave", tag = "streams", params(("stream" = String, Path, description = "Stream name"), ("group" = String, Path, description = "Group name")), request_body = MemberRequest, responses((status = 204, description = "left; the others are rebalanced"), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 409, description = "unknown member", body = sluice_proto::ErrorResponse)))]
 pub async fn leave(
     app: axum::extract::State<AppState>,
     Path((stream, group)): Path<(String, String)>,

@@ -520,9 +520,12 @@ pub async fn produce(
 #[utoipa::path(get, path = "/v1/streams/{stream}/partitions/{partition}/records", tag = "streams", params(("stream" = String, Path, description = "Stream name"), ("partition" = u32, Path, description = "Partition number"), ("offset" = Option<u64>, Query, description = "First offset to read"), ("from" = Option<String>, Query, description = "`earliest` or `latest` instead of offset"), ("timestamp" = Option<String>, Query, description = "RFC 3339: from the first record at or after it"), ("max_bytes" = Option<usize>, Query, description = "Default 1 MiB, at most 16 MiB; at least one batch comes"), ("wait_ms" = Option<u64>, Query, description = "Long-poll: wait up to this long for a record (at most 30,000)")), responses((status = 200, body = FetchResponse), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 404, body = sluice_proto::ErrorResponse)))]
 pub async fn fetch(
     app: axum::extract::State<AppState>,
-    Path((name, partition)): Path<(String, u32)>,
+    Path((name, partition)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<FetchQuery>,
 ) -> Result<Json<FetchResponse>, ApiError> {
+    let partition: u32 = partition
+        .parse()
+        .map_err(|_| ApiError::bad_input("partition", "a partition number"))?;
     let spec = spec_of(&app, &name).await?;
     if partition >= spec.partitions {
         return Err(ApiError::new(
