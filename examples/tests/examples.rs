@@ -5,25 +5,18 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use sluice_client::{Client, JobState};
-use sluice_server::ServerConfig;
-use tokio::net::TcpListener;
+use support::TestServer;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_enqueues_and_worker_runs_every_job_then_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("dir");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sluice_server::run(
-        listener,
-        ServerConfig::new(dir.path()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let server = TestServer::start(dir.path()).await;
+    let url = server.url.clone();
 
     let produced = tokio::task::spawn_blocking({
         let url = url.clone();
@@ -89,9 +82,5 @@ async fn producer_enqueues_and_worker_runs_every_job_then_stops_on_sigterm() {
     assert_eq!(stdout.lines().filter(|l| l.contains("sending")).count(), 25);
     assert!(stderr.contains("succeeded: 25"), "{stderr}");
 
-    let _ = stop.send(());
-    server
-        .await
-        .expect("server task")
-        .expect("server stopped cleanly");
+    server.stop().await;
 }

@@ -8,9 +8,10 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use sluice_client::{Client, JobState};
-use sluice_server::ServerConfig;
-use tokio::net::TcpListener;
+use support::TestServer;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -33,22 +34,19 @@ async fn pg_worker_writes_each_job_once_to_postgresql() {
         .expect("drop");
 
     let dir = tempfile::tempdir().expect("dir");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sluice_server::run(
-        listener,
-        ServerConfig::new(dir.path()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    // Ready before the producer runs: a server still replaying its log answers 503.
+    let server = TestServer::start(dir.path()).await;
+    let url = server.url.clone();
 
     let produced = Command::new(env!("CARGO_BIN_EXE_producer"))
         .args(["--url", &url, "--count", "20"])
         .output()
         .expect("run the producer");
-    assert!(produced.status.success());
+    assert!(
+        produced.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
     let ids: BTreeSet<String> = String::from_utf8(produced.stdout)
         .expect("utf-8")
         .lines()
@@ -95,9 +93,5 @@ async fn pg_worker_writes_each_job_once_to_postgresql() {
         .iter()
         .all(|r| r.1.ends_with("@example.com") && r.2 == 1));
 
-    let _ = stop.send(());
-    server
-        .await
-        .expect("server task")
-        .expect("server stopped cleanly");
+    server.stop().await;
 }
