@@ -406,13 +406,13 @@ impl Client {
     pub async fn beat_worker(&self, name: &str, beat: &WorkerBeat) -> Result<WorkerInfo> {
         let name = sluice_proto::encode_path_segment(name);
         let response = self
-            .http
-            .put(format!("{}/v1/workers/{name}", self.base))
-            .timeout(REQUEST_TIMEOUT)
-            .json(beat)
-            .send()
-            .await
-            .map_err(Error::Transport)?;
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/workers/{name}"),
+                Some(beat),
+                None,
+            )
+            .await?;
         reply(response).await
     }
 
@@ -420,16 +420,14 @@ impl Client {
     pub async fn remove_worker(&self, name: &str) -> Result<()> {
         let name = sluice_proto::encode_path_segment(name);
         let response = self
-            .http
-            .delete(format!("{}/v1/workers/{name}", self.base))
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(Error::Transport)?;
-        if response.status().is_success() {
-            return Ok(());
-        }
-        reply::<serde_json::Value>(response).await.map(|_| ())
+            .send::<()>(
+                reqwest::Method::DELETE,
+                &format!("/v1/workers/{name}"),
+                None,
+                None,
+            )
+            .await?;
+        no_content(response).await
     }
 
     /// The registered workers with the jobs they hold.
@@ -438,15 +436,31 @@ impl Client {
         Ok(list.workers)
     }
 
-    pub(crate) async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
-        let response = self
+    /// One request: the method, a path under the base URL, a JSON body if any, and the
+    /// usual timeout plus how long the server may hold it (a long-poll).
+    async fn send<B: Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+        long_poll: Option<Duration>,
+    ) -> Result<reqwest::Response> {
+        let mut request = self
             .http
-            .get(format!("{}{path}", self.base))
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(Error::Transport)?;
-        reply(response).await
+            .request(method, format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT + long_poll.unwrap_or_default());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.map_err(Error::Transport)
+    }
+
+    pub(crate) async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
+        reply(
+            self.send::<()>(reqwest::Method::GET, path, None, None)
+                .await?,
+        )
+        .await
     }
 
     pub(crate) async fn post<B: Serialize, R: DeserializeOwned>(
@@ -455,32 +469,29 @@ impl Client {
         body: &B,
         long_poll: Option<Duration>,
     ) -> Result<R> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .timeout(REQUEST_TIMEOUT + long_poll.unwrap_or_default())
-            .json(body)
-            .send()
-            .await
-            .map_err(Error::Transport)?;
-        reply(response).await
+        reply(
+            self.send(reqwest::Method::POST, path, Some(body), long_poll)
+                .await?,
+        )
+        .await
     }
 
     /// A POST whose success has no body (204).
     pub(crate) async fn post_no_content<B: Serialize>(&self, path: &str, body: &B) -> Result<()> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .timeout(REQUEST_TIMEOUT)
-            .json(body)
-            .send()
-            .await
-            .map_err(Error::Transport)?;
-        if response.status().is_success() {
-            return Ok(());
-        }
-        reply::<serde_json::Value>(response).await.map(|_| ())
+        no_content(
+            self.send(reqwest::Method::POST, path, Some(body), None)
+                .await?,
+        )
+        .await
     }
+}
+
+/// A reply whose success has no body: any 2xx is done, else the error as `reply` reads it.
+async fn no_content(response: reqwest::Response) -> Result<()> {
+    if response.status().is_success() {
+        return Ok(());
+    }
+    reply::<serde_json::Value>(response).await.map(|_| ())
 }
 
 async fn reply<R: DeserializeOwned>(response: reqwest::Response) -> Result<R> {
