@@ -245,8 +245,11 @@ fn stale(current: u64, given: u64) -> ApiError {
 }
 
 /// Starts a new generation (logged) and reassigns; called with membership changed.
-async fn rebalance(app: &AppState, stream: &str, group: &str) -> Result<(), ApiError> {
-    let broker = app.broker()?;
+async fn rebalance(
+    broker: &crate::broker::Broker,
+    stream: &str,
+    group: &str,
+) -> Result<u64, ApiError> {
     let (generation, partitions) = broker
         .execute(|s, _| {
             let partitions = s
@@ -265,7 +268,7 @@ async fn rebalance(app: &AppState, stream: &str, group: &str) -> Result<(), ApiE
     let members: Vec<String> = entry.members.keys().cloned().collect();
     entry.assignment = assign(entry.strategy, partitions, &members, &entry.assignment);
     entry.generation = generation;
-    Ok(())
+    Ok(generation)
 }
 
 async fn assignment_of(
@@ -362,7 +365,7 @@ pub async fn join(
             },
         );
     }
-    if let Err(error) = rebalance(&app, &stream, &group).await {
+    if let Err(error) = rebalance(broker, &stream, &group).await {
         // Not joined after all (no stream, bad name): leave no trace.
         let mut groups = broker.groups.groups.lock();
         if let Some(entry) = groups.get_mut(&(stream.clone(), group.clone())) {
@@ -409,7 +412,7 @@ pub async fn leave(
             return Err(member_unknown(&request.member_id));
         }
     }
-    rebalance(&app, &stream, &group).await?;
+    rebalance(app.broker()?, &stream, &group).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -550,27 +553,9 @@ pub async fn get_group(
 pub async fn reap(app_broker: &std::sync::Arc<crate::broker::Broker>) {
     let changed = app_broker.groups.expired();
     for (stream, group) in changed {
-        let partitions = app_broker
-            .read(|s, _| {
-                Ok(s.streams()
-                    .streams
-                    .get(&stream)
-                    .map_or(0, |spec| spec.partitions))
-            })
-            .await
-            .unwrap_or(0);
-        let generation = app_broker
-            .execute(|s, _| s.next_generation(&stream, &group))
-            .await;
-        let Ok(generation) = generation else {
+        let Ok(generation) = rebalance(app_broker, &stream, &group).await else {
             continue;
         };
-        let mut groups = app_broker.groups.groups.lock();
-        if let Some(entry) = groups.get_mut(&(stream.clone(), group.clone())) {
-            let members: Vec<String> = entry.members.keys().cloned().collect();
-            entry.assignment = assign(entry.strategy, partitions, &members, &entry.assignment);
-            entry.generation = generation;
-        }
         tracing::info!(
             stream,
             group,

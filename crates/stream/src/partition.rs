@@ -99,6 +99,20 @@ fn segment_name(base_offset: u64) -> String {
 }
 
 impl Segment {
+    /// The segment starting at `base_offset` in `dir`, before anything is read or written.
+    fn empty(dir: &Path, base_offset: u64) -> Segment {
+        Segment {
+            base_offset,
+            path: dir.join(format!("{}.log", segment_name(base_offset))),
+            len: 0,
+            next_offset: base_offset,
+            max_timestamp_ms: i64::MIN,
+            index: Vec::new(),
+            time_index: Vec::new(),
+            bytes_since_index: 0,
+        }
+    }
+
     fn file_with(&self, extension: &str) -> PathBuf {
         self.path.with_extension(extension)
     }
@@ -198,21 +212,11 @@ impl Partition {
         let mut recovery = Recovery::default();
         let mut producers = Producers::new();
         for (i, &base_offset) in bases.iter().enumerate() {
-            let path = dir.join(format!("{}.log", segment_name(base_offset)));
-            let bytes = match fs::read(&path) {
+            let mut segment = Segment::empty(dir, base_offset);
+            let bytes = match fs::read(&segment.path) {
                 Ok(bytes) => bytes,
                 Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
-                Err(error) => return Err(io_err(&path)(error)),
-            };
-            let mut segment = Segment {
-                base_offset,
-                path,
-                len: 0,
-                next_offset: base_offset,
-                max_timestamp_ms: i64::MIN,
-                index: Vec::new(),
-                time_index: Vec::new(),
-                bytes_since_index: 0,
+                Err(error) => return Err(io_err(&segment.path)(error)),
             };
             let problem = segment.scan(&bytes, config.index_interval_bytes, &mut producers);
             let last = i + 1 == bases.len();
@@ -392,25 +396,15 @@ impl Partition {
 
     fn roll(&mut self) -> Result<(), StreamError> {
         self.sync()?;
-        let base_offset = self.next_offset();
-        let path = self.dir.join(format!("{}.log", segment_name(base_offset)));
+        let segment = Segment::empty(&self.dir, self.next_offset());
         let file = OpenOptions::new()
             .create_new(true)
             .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+            .open(&segment.path)
+            .map_err(io_err(&segment.path))?;
         sync_dir(&self.dir)?;
         self.active = file;
-        self.segments.push(Segment {
-            base_offset,
-            path,
-            len: 0,
-            next_offset: base_offset,
-            max_timestamp_ms: i64::MIN,
-            index: Vec::new(),
-            time_index: Vec::new(),
-            bytes_since_index: 0,
-        });
+        self.segments.push(segment);
         Ok(())
     }
 
