@@ -123,3 +123,12 @@ pub fn is_valid_name(name: &str, max_bytes: usize) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
+/// Events held for the live subscribers of `GET /v1/events` (one ring shared by all). A
+/// subscriber that falls this far behind loses the oldest and is told how many
+/// (`lagged`), so a slow browser costs the server no more memory than the ring.
+pub const LIVE_EVENTS_BUFFER: usize = 1_024;
+/// Concurrent `GET /v1/events` subscribers. Past it: 503 `too_many_subscribers`.
+pub const LIVE_SUBSCRIBERS_MAX: usize = 256;
+/// A comment line is sent on an idle event stream this often, so that proxies and the
+/// client see it is alive.
+pub const LIVE_KEEP_ALIVE_MS: u64 = 15_000;

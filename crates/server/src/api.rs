@@ -1588,11 +1588,7 @@ pub async fn readyz(
         return Err(sluice_wal::WalError::Poisoned.into());
     }
     if *app.shutting_down.borrow() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down",
-        ));
+        return Err(ApiError::shutting_down());
     }
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }

@@ -40,6 +40,8 @@ pub struct Broker {
     pub waiters: Waiters,
     /// Counters and histograms fed by every decided event (locked after `state`).
     pub metrics: Mutex<Metrics>,
+    /// Live events for `GET /v1/events` subscribers.
+    pub live: crate::live::Live,
     /// Registered workers (locked after `state`, never with `metrics`).
     pub workers: Mutex<Registry>,
     /// Metric history on disk (locked alone).
@@ -95,6 +97,7 @@ impl Broker {
             wal,
             waiters: Waiters::default(),
             metrics: Mutex::new(Metrics::default()),
+            live: crate::live::Live::default(),
             workers: Mutex::new(Registry::default()),
             history: Mutex::new(Recorder::new(&options_dir.join("metrics"), system_now_ms())),
             streams: crate::streams::StreamStore::new(options_dir.join("streams"), sync_each_write),
@@ -156,6 +159,11 @@ impl Broker {
                 let mut metrics = self.metrics.lock();
                 for event in &events {
                     metrics.observe(&state, event);
+                }
+            }
+            if self.live.active() {
+                for event in &events {
+                    self.live.observe(&state, event);
                 }
             }
             count_worker_attempts(&self.workers, &state, &events);
@@ -281,6 +289,17 @@ impl Broker {
             self.snapshot().await?;
         }
         Ok(())
+    }
+
+    /// Sends the live `stats` summary, when anyone subscribes.
+    pub fn live_stats(&self) {
+        if !self.live.active() {
+            return;
+        }
+        let workers = self.workers.lock().iter().count();
+        let state = self.state.lock();
+        let metrics = self.metrics.lock();
+        self.live.stats(&state, &metrics, workers, system_now_ms());
     }
 
     /// Writes a snapshot of the state as of now and lets the log drop what it covers.

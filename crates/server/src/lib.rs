@@ -9,10 +9,12 @@ pub mod analytics;
 pub mod api;
 pub mod broker;
 pub mod conn;
+pub mod dashboard;
 pub mod error;
 pub mod groups;
 pub mod history;
 pub mod insights;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 #[cfg(feature = "otel")]
@@ -111,10 +113,13 @@ pub enum ServerError {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/ui/{*path}", get(dashboard::asset))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::prometheus_metrics))
         .route("/v1/openapi.json", get(openapi::serve))
+        .route("/v1/events", get(live::events))
         .route("/v1/jobs", post(api::enqueue))
         .route("/v1/jobs/batch", post(api::enqueue_batch))
         .route("/v1/jobs/{id}", get(api::get_job))
@@ -304,6 +309,20 @@ pub async fn run(
     };
 
     let notifier = tokio::spawn(alerting::notifier(broker.clone(), stop_rx.clone()));
+    let live_stats = {
+        let broker = broker.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => broker.live_stats(),
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
     #[cfg(feature = "otel")]
     if let Some(endpoint) = config.otlp_endpoint.clone() {
         tokio::spawn(otel::exporter(
@@ -320,6 +339,7 @@ pub async fn run(
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let served = tokio::time::timeout(grace, server).await;
     let _ = ticker.await;
+    let _ = live_stats.await;
     // A delivery in flight takes at most its timeout; an unfinished one is retried
     // after the restart (its lease runs out).
     let _ = tokio::time::timeout(grace, notifier).await;

@@ -281,6 +281,18 @@ impl Metrics {
         }
     }
 
+    /// Jobs enqueued, attempts that succeeded, and attempts that failed (to be retried or
+    /// dead), over every queue since the start.
+    pub fn outcome_totals(&self) -> [u64; 3] {
+        let mut sums = [0; 3];
+        for counts in self.totals.values() {
+            sums[0] += counts[Outcome::Enqueued as usize];
+            sums[1] += counts[Outcome::Succeeded as usize];
+            sums[2] += counts[Outcome::Failed as usize] + counts[Outcome::Dead as usize];
+        }
+        sums
+    }
+
     fn count(&mut self, queue: u32, kind: u32, outcome: Outcome) {
         self.totals.entry((queue, kind)).or_default()[outcome as usize] += 1;
     }

@@ -40,6 +40,7 @@ use crate::api;
         api::get_cron,
         api::remove_cron,
         api::healthz,
+        crate::live::events,
         api::readyz,
         api::prometheus_metrics,
         api::register_worker,

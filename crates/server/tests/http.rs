@@ -3078,3 +3078,36 @@ async fn move_takes_jobs_of_one_state_to_another_queue() {
     assert_error(&bad, 404, "not_found", None);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_page_and_its_files_are_served_with_validators() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(dir.path()).await;
+    let page = server
+        .client
+        .get(server.url("/"))
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        page.headers()["content-type"].to_str().ok(),
+        Some("text/html; charset=utf-8")
+    );
+    let etag = page.headers()["etag"].clone();
+    assert!(page.text().await.expect("body").contains("<html"));
+    let again = server
+        .client
+        .get(server.url("/"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("GET / again");
+    assert_eq!(again.status(), 304, "an unchanged page is not sent twice");
+    for path in ["/ui/no-such-file.js", "/ui/../Cargo.toml"] {
+        let missing = server.get(path).await;
+        assert_eq!(missing.0, 404, "{path}");
+        assert_eq!(missing.1["error"]["code"], "not_found", "{path}");
+    }
+    server.stop().await;
+}
