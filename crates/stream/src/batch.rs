@@ -1,8 +1,8 @@
 //! The record batch: its byte layout (docs/design/stream-format.md), encoding and decoding.
 
-/// Bytes before a batch's records: base offset, length, CRC, count, first and max
-/// timestamps, producer id, sequence.
-pub const BATCH_HEADER_BYTES: usize = 8 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
+/// Bytes before a batch's records: base offset, length, CRC, count, last offset delta,
+/// first and max timestamps, producer id, sequence.
+pub const BATCH_HEADER_BYTES: usize = 8 + 4 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
 /// The largest batch accepted when reading: anything longer is damage, not data.
 pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -20,7 +20,11 @@ pub struct Record {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
     pub base_offset: u64,
+    /// Records in the batch: `last_offset_delta + 1` as written, fewer once compaction
+    /// removed some (0 for a batch kept only for its end offset or producer sequence).
     pub count: u32,
+    /// The offset of the batch's last record as written, from `base_offset`.
+    pub last_offset_delta: u32,
     pub first_timestamp_ms: i64,
     pub max_timestamp_ms: i64,
     pub producer_id: u64,
@@ -30,9 +34,9 @@ pub struct BatchHeader {
 }
 
 impl BatchHeader {
-    /// The offset after the batch's last record.
+    /// The offset after the batch's last record as written (compaction keeps it).
     pub fn next_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.count)
+        self.base_offset + u64::from(self.last_offset_delta) + 1
     }
 }
 
@@ -54,21 +58,51 @@ fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     }
 }
 
-/// Encodes `records` (at least one) as a batch starting at `base_offset`.
+/// Encodes `records` (at least one) as a batch starting at `base_offset`, with dense
+/// offsets.
 pub fn encode(base_offset: u64, producer_id: u64, sequence: u32, records: &[Record]) -> Vec<u8> {
+    let last_offset_delta = records.len().saturating_sub(1) as u32;
     let first = records.first().map_or(0, |r| r.timestamp_ms);
     let max = records
         .iter()
         .map(|r| r.timestamp_ms)
         .max()
         .unwrap_or(first);
+    encode_sparse(
+        BatchHeader {
+            base_offset,
+            count: records.len() as u32,
+            last_offset_delta,
+            first_timestamp_ms: first,
+            max_timestamp_ms: max,
+            producer_id,
+            sequence,
+            bytes: 0,
+        },
+        records.iter().enumerate().map(|(i, r)| (i as u32, r)),
+    )
+}
+
+/// Encodes the records compaction kept of a batch: `header` as the batch was written
+/// (its offsets, timestamps and producer), `records` with their offset deltas, ascending
+/// and at most `header.last_offset_delta` (none: the batch keeps only its end offset and
+/// producer sequence). `header.count` and `header.bytes` are ignored.
+pub fn encode_sparse<'a>(
+    header: BatchHeader,
+    records: impl IntoIterator<Item = (u32, &'a Record)>,
+) -> Vec<u8> {
+    let first = header.first_timestamp_ms;
     let mut body = Vec::new();
-    body.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.extend_from_slice(&header.last_offset_delta.to_le_bytes());
     body.extend_from_slice(&first.to_le_bytes());
-    body.extend_from_slice(&max.to_le_bytes());
-    body.extend_from_slice(&producer_id.to_le_bytes());
-    body.extend_from_slice(&sequence.to_le_bytes());
-    for record in records {
+    body.extend_from_slice(&header.max_timestamp_ms.to_le_bytes());
+    body.extend_from_slice(&header.producer_id.to_le_bytes());
+    body.extend_from_slice(&header.sequence.to_le_bytes());
+    let mut count = 0u32;
+    for (delta, record) in records {
+        count += 1;
+        body.extend_from_slice(&delta.to_le_bytes());
         body.extend_from_slice(&record.timestamp_ms.wrapping_sub(first).to_le_bytes());
         put_bytes(&mut body, record.key.as_deref());
         put_bytes(&mut body, record.value.as_deref());
@@ -80,8 +114,9 @@ pub fn encode(base_offset: u64, producer_id: u64, sequence: u32, records: &[Reco
             body.extend_from_slice(value);
         }
     }
+    body[0..4].copy_from_slice(&count.to_le_bytes());
     let mut out = Vec::with_capacity(16 + body.len());
-    out.extend_from_slice(&base_offset.to_le_bytes());
+    out.extend_from_slice(&header.base_offset.to_le_bytes());
     out.extend_from_slice(&((body.len() + 4) as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     out.extend_from_slice(&body);
@@ -139,12 +174,17 @@ pub fn header(bytes: &[u8]) -> Result<BatchHeader, Bad> {
     }
     let mut reader = Reader { bytes: body };
     let count = u32::from_le_bytes(reader.array()?);
-    if count == 0 {
-        return Err(Bad::Corrupt("a batch of no records".into()));
+    let last_offset_delta = u32::from_le_bytes(reader.array()?);
+    if u64::from(count) > u64::from(last_offset_delta) + 1 {
+        return Err(Bad::Corrupt(format!(
+            "{count} records in a batch of {} offsets",
+            u64::from(last_offset_delta) + 1
+        )));
     }
     Ok(BatchHeader {
         base_offset,
         count,
+        last_offset_delta,
         first_timestamp_ms: i64::from_le_bytes(reader.array()?),
         max_timestamp_ms: i64::from_le_bytes(reader.array()?),
         producer_id: u64::from_le_bytes(reader.array()?),
@@ -153,14 +193,23 @@ pub fn header(bytes: &[u8]) -> Result<BatchHeader, Bad> {
     })
 }
 
-/// Decodes the batch at the start of `bytes`: its header and records.
-pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<Record>), Bad> {
+/// Decodes the batch at the start of `bytes`: its header and records, each with its
+/// offset.
+pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<(u64, Record)>), Bad> {
     let header = header(bytes)?;
     let mut reader = Reader {
         bytes: &bytes[BATCH_HEADER_BYTES..header.bytes],
     };
     let mut records = Vec::with_capacity(header.count.min(4_096) as usize);
+    let mut next_delta = 0u64;
     for _ in 0..header.count {
+        let offset_delta = u32::from_le_bytes(reader.array()?);
+        if u64::from(offset_delta) < next_delta || offset_delta > header.last_offset_delta {
+            return Err(Bad::Corrupt(format!(
+                "record offset delta {offset_delta} out of order or past the batch"
+            )));
+        }
+        next_delta = u64::from(offset_delta) + 1;
         let delta = i64::from_le_bytes(reader.array()?);
         let key = reader.optional()?;
         let value = reader.optional()?;
@@ -173,12 +222,15 @@ pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<Record>), Bad> {
             let value_len = u32::from_le_bytes(reader.array()?) as usize;
             headers.push((name, reader.take(value_len)?.to_vec()));
         }
-        records.push(Record {
-            timestamp_ms: header.first_timestamp_ms.wrapping_add(delta),
-            key,
-            value,
-            headers,
-        });
+        records.push((
+            header.base_offset + u64::from(offset_delta),
+            Record {
+                timestamp_ms: header.first_timestamp_ms.wrapping_add(delta),
+                key,
+                value,
+                headers,
+            },
+        ));
     }
     if !reader.bytes.is_empty() {
         return Err(Bad::Corrupt("bytes after the last record".into()));
@@ -208,7 +260,10 @@ mod tests {
         ];
         let bytes = encode(42, 7, 3, &records);
         let (header, decoded) = decode(&bytes).expect("decodes");
-        assert_eq!(decoded, records);
+        assert_eq!(
+            decoded,
+            vec![(42, records[0].clone()), (43, records[1].clone())]
+        );
         assert_eq!(
             (header.base_offset, header.count, header.next_offset()),
             (42, 2, 44)

@@ -50,6 +50,43 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StreamError + '_ {
     }
 }
 
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compacted {
+    pub segments_rewritten: usize,
+    pub records_removed: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// The batches of a segment's bytes, decoded, with each one's bytes.
+fn batches<'a>(
+    path: &'a Path,
+    bytes: &'a [u8],
+) -> impl Iterator<Item = Result<(BatchHeader, Vec<(u64, Record)>, &'a [u8]), StreamError>> + 'a {
+    let mut position = 0usize;
+    std::iter::from_fn(move || {
+        if position >= bytes.len() {
+            return None;
+        }
+        let at = position;
+        match batch::decode(&bytes[at..]) {
+            Ok((header, records)) => {
+                position += header.bytes;
+                Some(Ok((header, records, &bytes[at..at + header.bytes])))
+            }
+            Err(e) => {
+                position = bytes.len();
+                Some(Err(StreamError::Corrupt {
+                    path: path.to_owned(),
+                    position: at as u64,
+                    reason: format!("{e:?}"),
+                }))
+            }
+        }
+    })
+}
+
 /// The largest segment: index entries hold 32-bit positions.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 
@@ -153,7 +190,8 @@ impl Segment {
                 Err(Bad::Incomplete) => return Some("a batch cut short".into()),
                 Err(Bad::Corrupt(reason)) => return Some(reason),
             };
-            if header.base_offset != expected {
+            // Compaction may leave gaps between batches, never overlaps.
+            if header.base_offset < expected {
                 return Some(format!(
                     "a batch at offset {} where {expected} was next",
                     header.base_offset
@@ -205,6 +243,13 @@ impl Partition {
             })
             .collect();
         bases.sort_unstable();
+        // A compaction that crashed before its rename left its rewrite behind: the
+        // segment it would have replaced is whole.
+        for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "cleaned") {
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+            }
+        }
         if bases.is_empty() {
             bases.push(0);
         }
@@ -408,6 +453,119 @@ impl Partition {
         Ok(())
     }
 
+    /// The first offset of each segment, oldest first (the last is the active one).
+    pub fn segment_bases(&self) -> Vec<u64> {
+        self.segments.iter().map(|s| s.base_offset).collect()
+    }
+
+    fn segment_bytes(&self, i: usize) -> Result<Vec<u8>, StreamError> {
+        let segment = &self.segments[i];
+        let mut bytes = fs::read(&segment.path).map_err(io_err(&segment.path))?;
+        bytes.truncate(segment.len as usize);
+        Ok(bytes)
+    }
+
+    /// Compaction by key: in every segment but the active one, keeps only the newest
+    /// record of each key (newest in the whole partition, the active segment included),
+    /// so that reading from the earliest offset still ends with every key's latest value.
+    /// Records without a key are kept. A tombstone (no value) that is its key's newest is
+    /// kept until its timestamp is `tombstone_retention_ms` before `now_ms` (readers that
+    /// saw the key learn of its deletion), then removed. Offsets never change: the kept
+    /// records keep theirs, leaving gaps. A batch left empty is dropped, except a
+    /// segment's last (it carries where the segment ends) and an idempotent producer's
+    /// last (it carries the producer's sequence).
+    ///
+    /// Each rewritten segment is written beside the old one, synced, and renamed over it,
+    /// so a crash leaves either; the active segment is never touched, so appends can go on
+    /// between calls. Holds every key of the partition in memory while it runs.
+    pub fn compact(
+        &mut self,
+        now_ms: i64,
+        tombstone_retention_ms: u64,
+    ) -> Result<Compacted, StreamError> {
+        let mut done = Compacted::default();
+        if self.segments.len() < 2 {
+            return Ok(done);
+        }
+        let mut latest: std::collections::HashMap<Vec<u8>, u64> = Default::default();
+        for i in 0..self.segments.len() {
+            let bytes = self.segment_bytes(i)?;
+            for item in batches(&self.segments[i].path, &bytes) {
+                let (_, records, _) = item?;
+                for (offset, record) in records {
+                    if let Some(key) = record.key {
+                        latest.insert(key, offset);
+                    }
+                }
+            }
+        }
+        let expired_before = now_ms.saturating_sub(tombstone_retention_ms as i64);
+        let producer_last: std::collections::HashSet<u64> =
+            self.producers.values().map(|&(_, base)| base).collect();
+        for i in 0..self.segments.len() - 1 {
+            let path = self.segments[i].path.clone();
+            let bytes = self.segment_bytes(i)?;
+            let mut rewritten = Vec::with_capacity(bytes.len());
+            let mut removed = 0u64;
+            let mut all: Vec<_> = batches(&path, &bytes).collect::<Result<_, _>>()?;
+            let last = all.len().saturating_sub(1);
+            for (b, (header, records, raw)) in all.drain(..).enumerate() {
+                let total = records.len();
+                let kept: Vec<(u32, Record)> = records
+                    .into_iter()
+                    .filter(|(offset, record)| match &record.key {
+                        None => true,
+                        Some(key) => {
+                            latest.get(key) == Some(offset)
+                                && (record.value.is_some() || record.timestamp_ms >= expired_before)
+                        }
+                    })
+                    .map(|(offset, record)| ((offset - header.base_offset) as u32, record))
+                    .collect();
+                removed += (total - kept.len()) as u64;
+                if kept.len() == total {
+                    rewritten.extend_from_slice(raw);
+                } else if !kept.is_empty()
+                    || b == last
+                    || (header.producer_id != 0 && producer_last.contains(&header.base_offset))
+                {
+                    rewritten.extend(batch::encode_sparse(
+                        header,
+                        kept.iter().map(|(delta, record)| (*delta, record)),
+                    ));
+                }
+            }
+            if removed == 0 {
+                continue;
+            }
+            let cleaned = path.with_extension("cleaned");
+            let mut file = File::create(&cleaned).map_err(io_err(&cleaned))?;
+            file.write_all(&rewritten)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err(&cleaned))?;
+            fs::rename(&cleaned, &path).map_err(io_err(&path))?;
+            sync_dir(&self.dir)?;
+            let mut segment = Segment::empty(&self.dir, self.segments[i].base_offset);
+            let mut scratch = Producers::new();
+            if let Some(reason) =
+                segment.scan(&rewritten, self.config.index_interval_bytes, &mut scratch)
+            {
+                return Err(StreamError::Corrupt {
+                    path,
+                    position: segment.len,
+                    reason: format!("compaction wrote an unreadable segment: {reason}"),
+                });
+            }
+            done.segments_rewritten += 1;
+            done.records_removed += removed;
+            done.bytes_before += bytes.len() as u64;
+            done.bytes_after += rewritten.len() as u64;
+            self.segments[i] = segment;
+            self.write_indexes(i)?;
+        }
+        Ok(done)
+    }
+
     /// Records from `offset` on, whole batches, until about `max_bytes` (at least one
     /// batch when there is one, however big). Empty at the end of the log.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<(u64, Record)>, StreamError> {
@@ -464,12 +622,11 @@ impl Partition {
                 if header.next_offset() <= offset {
                     continue;
                 }
-                read_bytes += total;
-                for (i, record) in records.into_iter().enumerate() {
-                    let record_offset = header.base_offset + i as u64;
-                    if record_offset >= offset {
-                        out.push((record_offset, record));
-                    }
+                let before = out.len();
+                out.extend(records.into_iter().filter(|&(o, _)| o >= offset));
+                // Batches compaction emptied do not count against `max_bytes`.
+                if out.len() > before {
+                    read_bytes += total;
                 }
             }
         }
