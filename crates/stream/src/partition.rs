@@ -59,11 +59,14 @@ pub struct Compacted {
     pub bytes_after: u64,
 }
 
+/// A batch as read: its header, its records with their offsets, and its bytes.
+type ReadBatch<'a> = (BatchHeader, Vec<(u64, Record)>, &'a [u8]);
+
 /// The batches of a segment's bytes, decoded, with each one's bytes.
 fn batches<'a>(
     path: &'a Path,
     bytes: &'a [u8],
-) -> impl Iterator<Item = Result<(BatchHeader, Vec<(u64, Record)>, &'a [u8]), StreamError>> + 'a {
+) -> impl Iterator<Item = Result<ReadBatch<'a>, StreamError>> + 'a {
     let mut position = 0usize;
     std::iter::from_fn(move || {
         if position >= bytes.len() {
