@@ -98,6 +98,16 @@ enum Command {
         otlp_endpoint: Option<String>,
         #[arg(long, default_value_t = 10_000)]
         otlp_interval_ms: u64,
+        /// A stream partition rolls to a new segment past this size; retention and
+        /// compaction work on whole segments and never touch the active one (1 KiB to
+        /// 1 GiB).
+        #[arg(long, default_value_t = 64 * 1024 * 1024,
+              value_parser = clap::value_parser!(u64).range(1_024..=1_073_741_824))]
+        stream_segment_bytes_max: u64,
+        /// Stream retention and compaction run this often.
+        #[arg(long, default_value_t = 30_000,
+              value_parser = clap::value_parser!(u64).range(100..))]
+        stream_maintenance_ms: u64,
     },
     /// Enqueue one job.
     Enqueue {
@@ -460,6 +470,8 @@ async fn run(cli: Cli) -> Result<()> {
             metrics,
             otlp_endpoint,
             otlp_interval_ms,
+            stream_segment_bytes_max,
+            stream_maintenance_ms,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -489,6 +501,8 @@ async fn run(cli: Cli) -> Result<()> {
                 metrics_enabled: matches!(metrics, Switch::On),
                 otlp_endpoint,
                 otlp_interval_ms,
+                stream_segment_bytes_max,
+                stream_maintenance_ms,
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::{AlertRule, AlertTransition, Silence};
 use crate::cron::CronSpec;
-use crate::streams::{Feed, StreamSpec};
+use crate::streams::{Compaction, Feed, StreamSpec};
 use crate::{JobId, LeaseId, Millis};
 
 /// Retry backoff as stored (the wire form lives in `sluice-proto`).
@@ -208,6 +208,11 @@ pub enum Event {
         jobs: Vec<NewJob>,
         offsets: Vec<(u32, u64)>,
     },
+    /// A stream's compaction turned on (or its tombstone retention changed), or off.
+    StreamCompactionSet {
+        stream: String,
+        compaction: Option<Compaction>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,7 +270,8 @@ impl Event {
             | Event::SilenceRemoved { .. }
             | Event::GroupGeneration { .. }
             | Event::GroupCommitted { .. }
-            | Event::FeedRemoved { .. } => None,
+            | Event::FeedRemoved { .. }
+            | Event::StreamCompactionSet { .. } => None,
             Event::FeedSet { feed } => Some(feed.created_at),
             Event::FeedDelivered { at, .. } => Some(*at),
             Event::StreamSet { spec } => Some(spec.created_at),

@@ -18,7 +18,8 @@ use crate::cron::{CronSpec, Missed, Schedule, CATCH_UP_MAX, MISSED_AFTER_MS};
 use crate::error::{CoreError, Detail, ErrorKind};
 use crate::event::{Backoff, CronFire, Event, FailedItem, LeasedItem, NewJob, QueueLimits, Rate};
 use crate::streams::{
-    Feed, Feeds, GroupState, Groups, StreamSpec, Streams, FEEDS_MAX, GROUPS_PER_STREAM_MAX,
+    Compaction, Compactions, Feed, Feeds, GroupState, Groups, StreamSpec, Streams, FEEDS_MAX,
+    GROUPS_PER_STREAM_MAX,
 };
 use crate::table::JobTable;
 use crate::{JobId, LeaseId, Millis};
@@ -798,6 +799,7 @@ pub struct State {
     streams: Streams,
     groups: Groups,
     feeds: Feeds,
+    compactions: Compactions,
 }
 
 /// A cron schedule and when it next fires.
@@ -1804,6 +1806,38 @@ impl State {
         &self.streams
     }
 
+    /// The compaction of stream `name`, if it is on.
+    pub fn compaction(&self, name: &str) -> Option<Compaction> {
+        self.compactions.streams.get(name).copied()
+    }
+
+    /// Turns compaction of an existing stream on (or changes it), or off.
+    pub fn set_stream_compaction(
+        &mut self,
+        stream: &str,
+        compaction: Option<Compaction>,
+    ) -> Result<Decided<()>, CoreError> {
+        if !self.streams.streams.contains_key(stream) {
+            return Err(CoreError::not_found("stream", stream));
+        }
+        if let Some(c) = compaction {
+            let details = c.check();
+            if !details.is_empty() {
+                return Err(invalid_request(details));
+            }
+        }
+        if self.compaction(stream) == compaction {
+            return self.commit((), None);
+        }
+        self.commit(
+            (),
+            Some(Event::StreamCompactionSet {
+                stream: stream.to_owned(),
+                compaction,
+            }),
+        )
+    }
+
     /// Creates a stream, or updates one: its partitions may grow (records already
     /// written stay where they are) and its retention change. Replies whether it is new.
     pub fn set_stream(
@@ -2608,6 +2642,17 @@ impl State {
                     state.offsets.insert(partition, offset);
                 }
             }
+            Event::StreamCompactionSet { stream, compaction } => {
+                if !self.streams.streams.contains_key(stream)
+                    || compaction.is_some_and(|c| !c.check().is_empty())
+                {
+                    return Err(format!("compaction of {stream:?} set to an invalid value"));
+                }
+                match compaction {
+                    Some(c) => self.compactions.streams.insert(stream.clone(), *c),
+                    None => self.compactions.streams.remove(stream),
+                };
+            }
             Event::StreamSet { spec } => {
                 let shrinks = self
                     .streams
@@ -2943,6 +2988,7 @@ impl State {
             streams: &self.streams,
             groups: &self.groups,
             feeds: &self.feeds,
+            compactions: &self.compactions,
         };
         postcard::to_allocvec(&snapshot).unwrap_or_default()
     }
@@ -3110,6 +3156,14 @@ impl State {
             }
         }
         state.feeds = snapshot.feeds;
+        for (stream, compaction) in &snapshot.compactions.streams {
+            if !state.streams.streams.contains_key(stream) || !compaction.check().is_empty() {
+                return Err(format!(
+                    "compaction of {stream:?} in the snapshot is not valid"
+                ));
+            }
+        }
+        state.compactions = snapshot.compactions;
         for (spec, next_at, last_fired_at) in snapshot.crons {
             let schedule = Schedule::parse(&spec.schedule, &spec.timezone)
                 .map_err(|(_, message)| format!("cron {}: {message}", spec.name))?;
@@ -3159,6 +3213,7 @@ struct SnapshotRef<'a> {
     streams: &'a Streams,
     groups: &'a Groups,
     feeds: &'a Feeds,
+    compactions: &'a Compactions,
 }
 
 /// A snapshot as read: its sections in order. Each later section was added by a later
@@ -3182,6 +3237,7 @@ struct SnapshotOwned {
     streams: Streams,
     groups: Groups,
     feeds: Feeds,
+    compactions: Compactions,
 }
 
 /// The jobs and queues (every version).
@@ -3232,6 +3288,7 @@ impl SnapshotOwned {
         let (streams, rest): (Streams, _) = section(rest, "streams")?;
         let (groups, rest): (Groups, _) = section(rest, "consumer groups")?;
         let (feeds, rest): (Feeds, _) = section(rest, "feeds")?;
+        let (compactions, rest): (Compactions, _) = section(rest, "stream compaction")?;
         if !rest.is_empty() {
             return Err(format!(
                 "undecodable snapshot: {} bytes after its last section",
@@ -3255,6 +3312,7 @@ impl SnapshotOwned {
             streams,
             groups,
             feeds,
+            compactions,
         })
     }
 }

@@ -50,6 +50,34 @@ impl StreamSpec {
     }
 }
 
+/// Compaction by key of a stream's partitions (see `sluice_stream::Partition::compact`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compaction {
+    /// A key's newest tombstone is kept this long (by its timestamp), then removed.
+    pub tombstone_retention_ms: u64,
+}
+
+/// How long a tombstone may be kept at most: a year.
+pub const TOMBSTONE_RETENTION_MS_MAX: u64 = 366 * 86_400_000;
+
+impl Compaction {
+    pub fn check(&self) -> Vec<Detail> {
+        if self.tombstone_retention_ms > TOMBSTONE_RETENTION_MS_MAX {
+            return vec![Detail {
+                path: "compaction.tombstone_retention_ms".into(),
+                message: format!("at most {TOMBSTONE_RETENTION_MS_MAX}"),
+            }];
+        }
+        Vec::new()
+    }
+}
+
+/// The streams with compaction on (a snapshot section of its own, added after streams).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compactions {
+    pub streams: BTreeMap<String, Compaction>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Streams {
     pub streams: BTreeMap<String, StreamSpec>,

@@ -333,6 +333,7 @@ fn variant(event: &Event) -> &'static str {
         Event::FeedSet { .. } => "FeedSet",
         Event::FeedRemoved { .. } => "FeedRemoved",
         Event::FeedDelivered { .. } => "FeedDelivered",
+        Event::StreamCompactionSet { .. } => "StreamCompactionSet",
     }
 }
 
@@ -1616,13 +1617,14 @@ fn snapshot_with_a_job_twice_is_refused() {
     let bytes = h.state.encode_snapshot();
     let job = postcard::to_allocvec(h.state.job(id).expect("job")).expect("encode job");
     // The jobs come before the queue limits, batches, cron schedules, key limits, keys,
-    // job keys, alert rules, silences, alert history, streams, consumer groups and feeds
-    // (none: twelve counts of 0). Add a ready copy of the same id after the job.
-    let jobs_end = bytes.len() - 12;
+    // job keys, alert rules, silences, alert history, streams, consumer groups, feeds and
+    // stream compactions (none: thirteen counts of 0). Add a ready copy of the same id
+    // after the job.
+    let jobs_end = bytes.len() - 13;
     assert_eq!(
         &bytes[jobs_end..],
-        &[0; 12],
-        "no limits, batches, crons, keys, alerts, streams, groups or feeds"
+        &[0; 13],
+        "no limits, batches, crons, keys, alerts, streams, groups, feeds or compactions"
     );
     assert!(bytes[..jobs_end].ends_with(&job) && bytes[jobs_end - job.len() - 1] == 1);
     let mut ready = h.state.job(id).expect("job").clone();
@@ -1631,7 +1633,7 @@ fn snapshot_with_a_job_twice_is_refused() {
     twice.push(2);
     twice.extend_from_slice(&job);
     twice.extend_from_slice(&postcard::to_allocvec(&ready).expect("encode job"));
-    twice.extend_from_slice(&[0; 12]);
+    twice.extend_from_slice(&[0; 13]);
     let error = State::decode_snapshot(Config::default(), &twice).expect_err("refused");
     assert!(error.contains("appears twice"), "{error}");
 }
@@ -1907,15 +1909,15 @@ fn snapshots_from_before_queue_limits_still_decode() {
     // crons; the next one before the (empty) key limits, keys and job keys; the next
     // before the (empty) alert rules, silences and alert history; the next before the
     // (empty) streams; the next before the (empty) consumer groups; the next before the
-    // (empty) feeds.
-    assert!(bytes.ends_with(&[0; 12]));
-    for cut in [1, 2, 3, 6, 9, 12] {
+    // (empty) feeds; the next before the (empty) stream compactions.
+    assert!(bytes.ends_with(&[0; 13]));
+    for cut in [1, 2, 3, 4, 7, 10, 13] {
         let older = &bytes[..bytes.len() - cut];
         let decoded = State::decode_snapshot(Config::default(), older).expect("older snapshot");
         assert_eq!(decoded.encode_snapshot(), bytes);
     }
     // Cut inside a section, or with bytes after the last, it is damage, not a version.
-    assert!(State::decode_snapshot(Config::default(), &bytes[..bytes.len() - 4]).is_err());
+    assert!(State::decode_snapshot(Config::default(), &bytes[..bytes.len() - 5]).is_err());
     let mut longer = bytes.clone();
     longer.push(0);
     let error = State::decode_snapshot(Config::default(), &longer).expect_err("refused");
@@ -2790,6 +2792,44 @@ fn streams_are_created_grown_and_kept_in_snapshots() {
     assert_eq!(
         replay(Config::default(), &h.events).streams(),
         h.state.streams()
+    );
+
+    // Compaction: on, the same again (nothing logged), off; kept by snapshots and replay.
+    use sluice_core::streams::Compaction;
+    let on = Compaction {
+        tombstone_retention_ms: 60_000,
+    };
+    let decided = h
+        .state
+        .set_stream_compaction("orders", Some(on))
+        .expect("on");
+    assert!(decided.0.is_some());
+    h.record(decided);
+    let (event, ()) = h
+        .state
+        .set_stream_compaction("orders", Some(on))
+        .expect("same");
+    assert!(event.is_none(), "the same compaction logs nothing");
+    assert!(h.state.set_stream_compaction("nope", Some(on)).is_err());
+    let too_long = Compaction {
+        tombstone_retention_ms: u64::MAX,
+    };
+    assert!(h
+        .state
+        .set_stream_compaction("orders", Some(too_long))
+        .is_err());
+    let restored =
+        State::decode_snapshot(Config::default(), &h.state.encode_snapshot()).expect("decode");
+    assert_eq!(restored.compaction("orders"), Some(on));
+    assert_eq!(
+        replay(Config::default(), &h.events).compaction("orders"),
+        Some(on)
+    );
+    let decided = h.state.set_stream_compaction("orders", None).expect("off");
+    h.record(decided);
+    assert_eq!(
+        replay(Config::default(), &h.events).compaction("orders"),
+        None
     );
 
     // A consumer group: each rebalance is a new generation; a commit from an older one

@@ -20,9 +20,6 @@ use crate::workers::Registry;
 
 use crate::error::ApiError;
 
-/// How often stream retention runs.
-const STREAM_RETENTION_EVERY_MS: Millis = 30_000;
-
 /// Bytes appended but not yet written past which commands are refused with 503
 /// `overloaded` instead of queueing more in memory.
 pub const WAL_PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -51,6 +48,8 @@ pub struct Broker {
     /// Consumer group members and assignments (not logged).
     pub groups: crate::groups::Membership,
     last_stream_retention_ms: AtomicI64,
+    /// Stream retention and compaction run this often.
+    pub stream_maintenance_ms: Millis,
     /// Since when each alert rule's condition has held (not logged: a restart starts
     /// the wait afresh). Locked alone.
     pub alert_pending: Mutex<rustc_hash::FxHashMap<String, Millis>>,
@@ -103,6 +102,7 @@ impl Broker {
             streams: crate::streams::StreamStore::new(options_dir.join("streams"), sync_each_write),
             groups: crate::groups::Membership::default(),
             last_stream_retention_ms: AtomicI64::new(0),
+            stream_maintenance_ms: 30_000,
             alert_pending: Mutex::new(rustc_hash::FxHashMap::default()),
             last_alert_evaluation_ms: AtomicI64::new(0),
             worker_stale_ms: sluice_proto::limits::WORKER_STALE_MS_DEFAULT,
@@ -246,17 +246,18 @@ impl Broker {
         crate::groups::reap(self).await;
         crate::streams::run_feeds(self).await;
         let now = system_now_ms();
-        if now - self.last_stream_retention_ms.load(Ordering::Relaxed) >= STREAM_RETENTION_EVERY_MS
+        if now - self.last_stream_retention_ms.load(Ordering::Relaxed) >= self.stream_maintenance_ms
         {
             self.last_stream_retention_ms.store(now, Ordering::Relaxed);
-            let specs: Vec<sluice_core::streams::StreamSpec> = self
-                .state
-                .lock()
-                .streams()
-                .streams
-                .values()
-                .cloned()
-                .collect();
+            let specs: Vec<crate::streams::Described> = {
+                let state = self.state.lock();
+                state
+                    .streams()
+                    .streams
+                    .values()
+                    .map(|spec| (spec.clone(), state.compaction(&spec.name)))
+                    .collect()
+            };
             let this = self.clone();
             let _ = tokio::task::spawn_blocking(move || this.streams.retain(&specs, now)).await;
         }

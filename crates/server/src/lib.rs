@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// URL) every `otlp_interval_ms`. Needs the `otel` cargo feature.
     pub otlp_endpoint: Option<String>,
     pub otlp_interval_ms: u64,
+    /// A stream partition rolls to a new segment past this size (retention and
+    /// compaction work on whole segments, never the active one).
+    pub stream_segment_bytes_max: u64,
+    /// Stream retention and compaction run this often.
+    pub stream_maintenance_ms: u64,
 }
 
 impl ServerConfig {
@@ -83,6 +88,8 @@ impl ServerConfig {
             metrics_enabled: true,
             otlp_endpoint: None,
             otlp_interval_ms: 10_000,
+            stream_segment_bytes_max: 64 * 1024 * 1024,
+            stream_maintenance_ms: 30_000,
         }
     }
 }
@@ -277,6 +284,8 @@ pub async fn run(
     };
     broker.worker_stale_ms = config.worker_stale_ms.max(1);
     broker.metrics_enabled = config.metrics_enabled;
+    broker.streams.segment_bytes_max = config.stream_segment_bytes_max;
+    broker.stream_maintenance_ms = config.stream_maintenance_ms.max(1) as sluice_core::Millis;
     let broker = Arc::new(broker);
     tracing::info!(
         snapshot_lsn = ?report.snapshot_lsn,

@@ -86,6 +86,8 @@ pub struct Handle {
 /// The open partitions, by stream and number.
 pub struct StreamStore {
     dir: PathBuf,
+    /// Partitions roll to a new segment past this size.
+    pub segment_bytes_max: u64,
     sync_each_write: bool,
     open: Mutex<HashMap<(String, u32), Arc<Handle>>>,
     /// Round-robin position per stream, for records with neither key nor partition.
@@ -123,6 +125,7 @@ impl StreamStore {
     pub fn new(dir: PathBuf, sync_each_write: bool) -> StreamStore {
         StreamStore {
             dir,
+            segment_bytes_max: PartitionConfig::default().segment_bytes_max,
             sync_each_write,
             open: Mutex::new(HashMap::new()),
             next: Mutex::new(HashMap::new()),
@@ -136,7 +139,11 @@ impl StreamStore {
             return Ok(handle.clone());
         }
         let dir = self.dir.join(stream).join(partition.to_string());
-        let (opened, recovery) = Partition::open(&dir, PartitionConfig::default())?;
+        let config = PartitionConfig {
+            segment_bytes_max: self.segment_bytes_max,
+            ..PartitionConfig::default()
+        };
+        let (opened, recovery) = Partition::open(&dir, config)?;
         if recovery.truncated_bytes > 0 {
             tracing::warn!(
                 stream,
@@ -171,20 +178,37 @@ impl StreamStore {
         partition
     }
 
-    /// Applies each stream's retention to its partitions: blocking.
-    pub fn retain(&self, specs: &[StreamSpec], now: Millis) {
-        for spec in specs {
-            if spec.retention_ms.is_none() && spec.retention_bytes.is_none() {
+    /// Applies each stream's retention, then its compaction, to its partitions: blocking.
+    /// A partition is locked while it is compacted (appends to it wait).
+    pub fn retain(&self, specs: &[Described], now: Millis) {
+        for (spec, compaction) in specs {
+            let retained = spec.retention_ms.is_some() || spec.retention_bytes.is_some();
+            if !retained && compaction.is_none() {
                 continue;
             }
             for p in 0..spec.partitions {
-                let removed = self.handle(&spec.name, p).and_then(|h| {
-                    h.partition
-                        .lock()
-                        .retain(now, spec.retention_ms, spec.retention_bytes)
+                let done = self.handle(&spec.name, p).and_then(|h| {
+                    let mut partition = h.partition.lock();
+                    if retained {
+                        partition.retain(now, spec.retention_ms, spec.retention_bytes)?;
+                    }
+                    if let Some(c) = compaction {
+                        let done = partition.compact(now, c.tombstone_retention_ms)?;
+                        if done.records_removed > 0 {
+                            tracing::debug!(
+                                stream = spec.name,
+                                partition = p,
+                                records_removed = done.records_removed,
+                                bytes_before = done.bytes_before,
+                                bytes_after = done.bytes_after,
+                                "compacted"
+                            );
+                        }
+                    }
+                    Ok(())
                 });
-                if let Err(error) = removed {
-                    tracing::warn!(stream = spec.name, partition = p, %error, "retention failed");
+                if let Err(error) = done {
+                    tracing::warn!(stream = spec.name, partition = p, %error, "retention or compaction failed");
                 }
             }
         }
@@ -206,7 +230,25 @@ pub struct StreamRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub retention_bytes: Option<u64>,
+    /// Compaction by key (keep each key's newest record); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<CompactionSpec>,
 }
+
+/// Compaction of a stream: every 30 s, each partition keeps only each key's newest
+/// record outside its active segment.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionSpec {
+    /// A key's newest tombstone (a record with no value) is kept this long by its
+    /// timestamp, then removed. Default 86,400,000 (24 h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 31_622_400_000_u64)]
+    pub tombstone_retention_ms: Option<u64>,
+}
+
+/// A tombstone's default retention under compaction, as Kafka's `delete.retention.ms`.
+pub const TOMBSTONE_RETENTION_MS_DEFAULT: u64 = 86_400_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PartitionInfo {
@@ -224,6 +266,8 @@ pub struct StreamInfo {
     pub retention_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<CompactionSpec>,
     pub partitions: Vec<PartitionInfo>,
 }
 
@@ -326,19 +370,24 @@ fn stream_missing(name: &str) -> ApiError {
     )
 }
 
-async fn spec_of(app: &AppState, name: &str) -> Result<StreamSpec, ApiError> {
+/// A stream's spec and its compaction.
+pub type Described = (StreamSpec, Option<sluice_core::streams::Compaction>);
+
+async fn spec_of(app: &AppState, name: &str) -> Result<Described, ApiError> {
     app.broker()?
         .read(|s, _| {
-            s.streams()
+            let spec = s
+                .streams()
                 .streams
                 .get(name)
                 .cloned()
-                .ok_or_else(|| stream_missing(name))
+                .ok_or_else(|| stream_missing(name))?;
+            Ok((spec, s.compaction(name)))
         })
         .await
 }
 
-async fn info(app: &AppState, spec: StreamSpec) -> Result<StreamInfo, ApiError> {
+async fn info(app: &AppState, (spec, compaction): Described) -> Result<StreamInfo, ApiError> {
     let broker = app.broker()?.clone();
     tokio::task::spawn_blocking(move || {
         let mut partitions = Vec::with_capacity(spec.partitions as usize);
@@ -357,6 +406,9 @@ async fn info(app: &AppState, spec: StreamSpec) -> Result<StreamInfo, ApiError> 
             created_at: rfc3339::format_ms(spec.created_at),
             retention_ms: spec.retention_ms,
             retention_bytes: spec.retention_bytes,
+            compaction: compaction.map(|c| CompactionSpec {
+                tombstone_retention_ms: Some(c.tombstone_retention_ms),
+            }),
             partitions,
         })
     })
@@ -377,8 +429,19 @@ pub async fn set_stream(
         retention_bytes: request.retention_bytes,
         created_at: 0,
     };
+    let compaction = request
+        .compaction
+        .map(|c| sluice_core::streams::Compaction {
+            tombstone_retention_ms: c
+                .tombstone_retention_ms
+                .unwrap_or(TOMBSTONE_RETENTION_MS_DEFAULT),
+        });
     app.broker()?
-        .execute(|s, now| s.set_stream(now, spec))
+        .execute_all(|s, now| {
+            let (set, _) = s.set_stream(now, spec)?;
+            let (compacted, ()) = s.set_stream_compaction(&name, compaction)?;
+            Ok((set.into_iter().chain(compacted).collect(), ()))
+        })
         .await?;
     let spec = spec_of(&app, &name).await?;
     Ok(Json(info(&app, spec).await?))
@@ -397,9 +460,15 @@ pub async fn get_stream(
 pub async fn list_streams(
     app: axum::extract::State<AppState>,
 ) -> Result<Json<StreamList>, ApiError> {
-    let specs: Vec<StreamSpec> = app
+    let specs: Vec<Described> = app
         .broker()?
-        .read(|s, _| Ok(s.streams().streams.values().cloned().collect()))
+        .read(|s, _| {
+            Ok(s.streams()
+                .streams
+                .values()
+                .map(|spec| (spec.clone(), s.compaction(&spec.name)))
+                .collect())
+        })
         .await?;
     let mut streams = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -429,7 +498,7 @@ pub async fn produce(
     if request.producer_id == Some(0) {
         return Err(ApiError::bad_input("producer_id", "must be at least 1"));
     }
-    let spec = spec_of(&app, &name).await?;
+    let (spec, _) = spec_of(&app, &name).await?;
     let broker = app.broker()?.clone();
     let now = system_now_ms();
     // Group the records by partition, keeping where each came from.
@@ -526,7 +595,7 @@ pub async fn fetch(
     let partition: u32 = partition
         .parse()
         .map_err(|_| ApiError::bad_input("partition", "a partition number"))?;
-    let spec = spec_of(&app, &name).await?;
+    let (spec, _) = spec_of(&app, &name).await?;
     if partition >= spec.partitions {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -857,7 +926,7 @@ pub async fn set_feed(
     Path((stream, queue)): Path<(String, String)>,
     ApiJson(request): ApiJson<FeedRequest>,
 ) -> Result<Json<FeedInfo>, ApiError> {
-    let spec = spec_of(&app, &stream).await?;
+    let (spec, _) = spec_of(&app, &stream).await?;
     let latest = match request.from.as_deref() {
         None | Some("earliest") => false,
         Some("latest") => true,

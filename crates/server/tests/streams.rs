@@ -487,3 +487,122 @@ async fn a_stream_feeds_a_queue_each_record_once_across_a_restart() {
     assert_eq!(deleted.status(), 204);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_stream_keeps_each_key_s_newest_record_across_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = || {
+        let mut config = sluice_server::ServerConfig::new(dir.path());
+        config.stream_segment_bytes_max = 2_048;
+        config.stream_maintenance_ms = 100;
+        config
+    };
+    let server = TestServer::start_with(config()).await;
+    let (status, info) = server
+        .put(
+            "/v1/streams/accounts",
+            &json!({ "partitions": 1, "compaction": { "tombstone_retention_ms": 0 } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["compaction"], json!({ "tombstone_retention_ms": 0 }));
+    // 400 updates of 10 accounts, then account-3 deleted (a tombstone), over many
+    // segments.
+    for round in 0..40 {
+        let batch: Vec<Value> = (0..10)
+            .map(|a| json!({ "key": format!("account-{a}"), "value": { "balance": round * 10 + a } }))
+            .collect();
+        let (status, reply) = server
+            .post("/v1/streams/accounts/records", &json!({ "records": batch }))
+            .await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    let (status, _) = server
+        .post(
+            "/v1/streams/accounts/records",
+            &json!({ "records": [{ "key": "account-3" }] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Filler in later segments, so that the updates above are all in closed ones.
+    for round in 0..10 {
+        let filler: Vec<Value> = (0..10)
+            .map(|n| json!({ "key": format!("other-{round}-{n}"), "value": "x".repeat(40) }))
+            .collect();
+        let (status, _) = server
+            .post(
+                "/v1/streams/accounts/records",
+                &json!({ "records": filler }),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+
+    let read_all = |server: &TestServer| {
+        let (client, url) = (
+            server.client.clone(),
+            server
+                .url("/v1/streams/accounts/partitions/0/records?from=earliest&max_bytes=16777216"),
+        );
+        async move {
+            let reply: Value = client
+                .get(url)
+                .send()
+                .await
+                .expect("fetch")
+                .json()
+                .await
+                .expect("json");
+            reply
+        }
+    };
+    let accounts_left = |reply: &Value| {
+        records(reply)
+            .iter()
+            .filter(|r| r["key"].as_str().is_some_and(|k| k.starts_with("account-")))
+            .count()
+    };
+    let compacted = support::wait_until("the stream is compacted", || async {
+        accounts_left(&read_all(&server).await) == 9
+    })
+    .await;
+    assert!(compacted);
+    let check = |reply: &Value| {
+        let got = records(reply);
+        let accounts: Vec<(String, Value)> = got
+            .iter()
+            .filter(|r| r["key"].as_str().is_some_and(|k| k.starts_with("account-")))
+            .map(|r| {
+                (
+                    r["key"].as_str().unwrap_or("").to_owned(),
+                    r["value"].clone(),
+                )
+            })
+            .collect();
+        // Each account once, with its last balance; account-3's tombstone is gone.
+        let expected: Vec<(String, Value)> = (0..10)
+            .filter(|&a| a != 3)
+            .map(|a| (format!("account-{a}"), json!({ "balance": 390 + a })))
+            .collect();
+        assert_eq!(accounts, expected);
+        // Offsets keep their numbers (with gaps) and the end is where it was.
+        let offsets: Vec<u64> = got.iter().filter_map(|r| r["offset"].as_u64()).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+        assert_eq!(reply["latest_offset"], 501);
+        assert!(
+            offsets.contains(&399),
+            "the last update of account-9 is at 399"
+        );
+    };
+    check(&read_all(&server).await);
+    server.stop().await;
+    let server = TestServer::start_with(config()).await;
+    check(&read_all(&server).await);
+    // Turning compaction off is logged too.
+    let (status, info) = server
+        .put("/v1/streams/accounts", &json!({ "partitions": 1 }))
+        .await;
+    assert_eq!(status, 200);
+    assert!(info.get("compaction").is_none(), "{info}");
+    server.stop().await;
+}
