@@ -145,6 +145,17 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// Skips a length-prefixed field (−1: absent), refusing one above `max` bytes.
+    fn skip_optional(&mut self, max: usize) -> Result<(), Bad> {
+        let len = i32::from_le_bytes(self.array()?);
+        match len {
+            -1 => Ok(()),
+            len if len >= 0 && len as usize <= max => self.take(len as usize).map(|_| ()),
+            len if len >= 0 => Err(Bad::Corrupt(format!("a value of {len} bytes, above {max}"))),
+            _ => Err(Bad::Corrupt(format!("negative length {len}"))),
+        }
+    }
+
     fn optional(&mut self) -> Result<Option<Vec<u8>>, Bad> {
         let len = i32::from_le_bytes(self.array()?);
         match len {
@@ -191,6 +202,53 @@ pub fn header(bytes: &[u8]) -> Result<BatchHeader, Bad> {
         sequence: u32::from_le_bytes(reader.array()?),
         bytes: 12 + length,
     })
+}
+
+/// Checks a batch a client sent, as written by [`encode`] (its `base_offset` is ignored:
+/// the partition sets it): length, CRC, every record's fields within the batch, offsets
+/// dense from 0, header names UTF-8, and no value above `value_bytes_max`. Allocates
+/// nothing. Returns the header; `bytes` must be exactly the batch.
+pub fn check_new(bytes: &[u8], value_bytes_max: usize) -> Result<BatchHeader, Bad> {
+    let header = header(bytes)?;
+    if header.bytes != bytes.len() {
+        return Err(Bad::Corrupt(format!(
+            "the batch says {} bytes but {} were given",
+            header.bytes,
+            bytes.len()
+        )));
+    }
+    if header.count == 0 || header.count != header.last_offset_delta.wrapping_add(1) {
+        return Err(Bad::Corrupt(format!(
+            "{} records with a last offset delta of {}: a new batch's offsets are dense",
+            header.count, header.last_offset_delta
+        )));
+    }
+    let mut reader = Reader {
+        bytes: &bytes[BATCH_HEADER_BYTES..],
+    };
+    for expected in 0..header.count {
+        let delta = u32::from_le_bytes(reader.array()?);
+        if delta != expected {
+            return Err(Bad::Corrupt(format!(
+                "record {expected} has offset delta {delta}"
+            )));
+        }
+        reader.take(8)?;
+        reader.skip_optional(usize::MAX)?;
+        reader.skip_optional(value_bytes_max)?;
+        let header_count = u16::from_le_bytes(reader.array()?);
+        for _ in 0..header_count {
+            let name_len = u16::from_le_bytes(reader.array()?);
+            std::str::from_utf8(reader.take(usize::from(name_len))?)
+                .map_err(|_| Bad::Corrupt("a header name that is not UTF-8".into()))?;
+            let value_len = u32::from_le_bytes(reader.array()?) as usize;
+            reader.take(value_len)?;
+        }
+    }
+    if !reader.bytes.is_empty() {
+        return Err(Bad::Corrupt("bytes after the last record".into()));
+    }
+    Ok(header)
 }
 
 /// Decodes the batch at the start of `bytes`: its header and records, each with its
@@ -287,6 +345,15 @@ mod tests {
             let mut flipped = bytes.clone();
             flipped[i] ^= 0x10;
             assert!(decode(&flipped).is_err(), "flip at {i}");
+            assert!(check_new(&flipped, usize::MAX).is_err(), "flip at {i}");
         }
+        assert_eq!(check_new(&bytes, usize::MAX), Ok(header));
+        assert!(check_new(&bytes, 4).is_err(), "a value above the bound");
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(
+            check_new(&longer, usize::MAX).is_err(),
+            "bytes after the batch"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Stream partitions: append-only segment files of CRC-checked record batches with sparse
-//! offset and time indexes, torn-tail recovery, retention by age and size, and compaction by key. Knows
-//! nothing of jobs, HTTP or consumer groups. The layout is in docs/design/stream-format.md.
+//! offset and time indexes, torn-tail recovery, retention by age and size, and compaction
+//! by key. Knows nothing of jobs, HTTP or consumer groups. The layout is in
+//! docs/design/stream-format.md; the API's binary encoding is the same batch layout.
 
 pub mod batch;
 mod partition;

@@ -23,6 +23,8 @@ pub enum StreamError {
     OffsetOutOfRange { offset: u64, earliest: u64 },
     #[error("a batch needs at least one record")]
     EmptyBatch,
+    #[error("not a valid record batch: {0}")]
+    BadBatch(String),
     #[error("producer {producer_id} sent sequence {sequence}, but it is already at {last}")]
     SequenceTooOld {
         producer_id: u64,
@@ -371,22 +373,63 @@ impl Partition {
             return Err(StreamError::EmptyBatch);
         }
         if producer_id != 0 {
-            if let Some(&(last, base_offset)) = self.producers.get(&producer_id) {
-                if sequence == last {
-                    return Ok(Appended {
-                        base_offset,
-                        duplicate: true,
-                    });
-                }
-                if sequence < last {
-                    return Err(StreamError::SequenceTooOld {
-                        producer_id,
-                        sequence,
-                        last,
-                    });
-                }
+            if let Some(duplicate) = self.check_sequence(producer_id, sequence)? {
+                return Ok(duplicate);
             }
         }
+        let mut bytes = batch::encode(0, producer_id, sequence, records);
+        let header = batch::header(&bytes).map_err(|e| StreamError::Corrupt {
+            path: self.dir.clone(),
+            position: 0,
+            reason: format!("encoded an unreadable batch: {e:?}"),
+        })?;
+        self.place(&mut bytes, header)
+    }
+
+    /// Appends a batch encoded elsewhere (a client's, in the binary encoding) after
+    /// checking it (`batch::check_new`, values at most `value_bytes_max`): its
+    /// `base_offset` is set here; its producer id and sequence are honoured as in
+    /// [`append`](Self::append). The bytes are written as they are.
+    pub fn append_encoded(
+        &mut self,
+        bytes: &mut [u8],
+        value_bytes_max: usize,
+    ) -> Result<Appended, StreamError> {
+        let header = batch::check_new(bytes, value_bytes_max).map_err(|e| match e {
+            Bad::Incomplete => StreamError::BadBatch("the batch is cut short".into()),
+            Bad::Corrupt(reason) => StreamError::BadBatch(reason),
+        })?;
+        if header.producer_id != 0 {
+            if let Some(duplicate) = self.check_sequence(header.producer_id, header.sequence)? {
+                return Ok(duplicate);
+            }
+        }
+        self.place(bytes, header)
+    }
+
+    /// Whether producer `producer_id`'s batch `sequence` was the last written (where it
+    /// went), or is refused as older.
+    fn check_sequence(
+        &self,
+        producer_id: u64,
+        sequence: u32,
+    ) -> Result<Option<Appended>, StreamError> {
+        match self.producers.get(&producer_id) {
+            Some(&(last, base_offset)) if sequence == last => Ok(Some(Appended {
+                base_offset,
+                duplicate: true,
+            })),
+            Some(&(last, _)) if sequence < last => Err(StreamError::SequenceTooOld {
+                producer_id,
+                sequence,
+                last,
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes an encoded batch at the end, with its base offset set.
+    fn place(&mut self, bytes: &mut [u8], header: BatchHeader) -> Result<Appended, StreamError> {
         if self
             .segments
             .last()
@@ -395,19 +438,19 @@ impl Partition {
             self.roll()?;
         }
         let base_offset = self.next_offset();
-        let bytes = batch::encode(base_offset, producer_id, sequence, records);
-        let header = batch::header(&bytes).map_err(|e| StreamError::Corrupt {
-            path: self.dir.clone(),
-            position: 0,
-            reason: format!("encoded an unreadable batch: {e:?}"),
-        })?;
+        bytes[0..8].copy_from_slice(&base_offset.to_le_bytes());
+        let header = BatchHeader {
+            base_offset,
+            ..header
+        };
+        let (producer_id, sequence) = (header.producer_id, header.sequence);
         let interval = self.config.index_interval_bytes;
         let Some(segment) = self.segments.last_mut() else {
             return Err(StreamError::EmptyBatch);
         };
         let path = segment.path.clone();
         self.active
-            .write_all_at(&bytes, segment.len)
+            .write_all_at(bytes, segment.len)
             .map_err(io_err(&path))?;
         let position = segment.len;
         segment.len += bytes.len() as u64;
@@ -634,6 +677,74 @@ impl Partition {
             }
         }
         Ok(out)
+    }
+
+    /// Whole batches as stored, holding the records from `offset` on, until about
+    /// `max_bytes` (at least one batch when there is one, however big); the first may
+    /// also hold records before `offset`, which the reader skips. Batches compaction
+    /// emptied are left out. Each batch's CRC is checked. Returns the bytes and the offset
+    /// after the last batch looked at (where the next read starts).
+    pub fn read_encoded(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<u8>, u64), StreamError> {
+        if offset < self.earliest_offset() {
+            return Err(StreamError::OffsetOutOfRange {
+                offset,
+                earliest: self.earliest_offset(),
+            });
+        }
+        let mut out = Vec::new();
+        let mut next = offset;
+        let first = self
+            .segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        for segment in &self.segments[first..] {
+            if offset >= segment.next_offset {
+                continue;
+            }
+            let relative = offset.saturating_sub(segment.base_offset) as u32;
+            let mut position = segment
+                .index
+                .partition_point(|&(o, _)| o <= relative)
+                .checked_sub(1)
+                .map_or(0, |i| u64::from(segment.index[i].1));
+            let file = File::open(&segment.path).map_err(io_err(&segment.path))?;
+            while position < segment.len {
+                if !out.is_empty() && out.len() >= max_bytes {
+                    return Ok((out, next));
+                }
+                let mut head = [0u8; 16];
+                file.read_exact_at(&mut head, position)
+                    .map_err(io_err(&segment.path))?;
+                let total =
+                    12 + u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
+                if !(BATCH_HEADER_BYTES..=batch::BATCH_BYTES_MAX).contains(&total) {
+                    return Err(StreamError::Corrupt {
+                        path: segment.path.clone(),
+                        position,
+                        reason: format!("batch length {total}"),
+                    });
+                }
+                let start = out.len();
+                out.resize(start + total, 0);
+                file.read_exact_at(&mut out[start..], position)
+                    .map_err(io_err(&segment.path))?;
+                let header = batch::header(&out[start..]).map_err(|e| StreamError::Corrupt {
+                    path: segment.path.clone(),
+                    position,
+                    reason: format!("{e:?}"),
+                })?;
+                position += total as u64;
+                if header.next_offset() <= offset || header.count == 0 {
+                    out.truncate(start);
+                }
+                next = next.max(header.next_offset());
+            }
+        }
+        Ok((out, next))
     }
 
     /// The first offset whose record's timestamp is at or after `timestamp_ms`, reading
