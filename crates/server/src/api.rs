@@ -43,29 +43,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes =
-            Bytes::from_request(req, state)
-                .await
-                .map_err(|rejection: BytesRejection| {
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "request_too_large",
-                            format!(
-                                "request bodies are limited to {} bytes",
-                                limits::REQUEST_BYTES_MAX
-                            ),
-                        )
-                    } else {
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_body",
-                            rejection.body_text(),
-                        )
-                    }
-                })?;
+        let bytes = read_body(req, state).await?;
         decode_json(&bytes).map(ApiJson)
     }
+}
+
+/// A request's body, within `REQUEST_BYTES_MAX`, with errors in the API's format.
+pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|rejection: BytesRejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    format!(
+                        "request bodies are limited to {} bytes",
+                        limits::REQUEST_BYTES_MAX
+                    ),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    rejection.body_text(),
+                )
+            }
+        })
 }
 
 /// Parses a request body as [`ApiJson`] does. Public for the fuzz targets only.

@@ -325,17 +325,75 @@ pub struct ProduceResponse {
     pub duplicate: bool,
 }
 
+/// The content type of the binary encoding: record batches as stored
+/// (docs/design/stream-format.md), for produce (request) and fetch (`Accept`).
+pub const BATCH_CONTENT_TYPE: &str = "application/vnd.sluice.batch";
+
+/// Where one batch of a binary produce went.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProducedBatch {
+    pub partition: u32,
+    /// The offset of its first record; the others follow densely.
+    pub base_offset: u64,
+    pub count: u32,
+    /// A retry of the producer's last batch: nothing was written.
+    pub duplicate: bool,
+}
+
+/// A produce's reply: `ProduceResponse` to JSON, `ProduceBatchesResponse` to batches.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ProduceReply {
+    Records(ProduceResponse),
+    Batches(ProduceBatchesResponse),
+}
+
+/// The reply to a binary produce: each batch, in the order sent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProduceBatchesResponse {
+    pub batches: Vec<ProducedBatch>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FetchedRecord {
     pub offset: u64,
     pub timestamp: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// A key that is not UTF-8 (from a binary producer), in base64, instead of `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub value: Option<Box<RawValue>>,
+    /// A value that is not JSON (from a binary producer), in base64, instead of `value`.
+    /// Neither: a tombstone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+}
+
+/// Standard base64 with padding (RFC 4648), for keys and values that JSON cannot carry.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -361,6 +419,44 @@ pub struct FetchQuery {
 }
 
 // ---- handlers ---------------------------------------------------------------------------
+
+/// What a fetch read: records for JSON, or stored batches and where the next read starts.
+enum Read {
+    Records(Vec<(u64, Record)>),
+    Encoded(Vec<u8>, u64),
+}
+
+/// A record as JSON: a key that is not UTF-8 and a value that is not JSON go in base64.
+fn fetched(offset: u64, r: Record) -> FetchedRecord {
+    let (key, key_base64) = match r.key.map(String::from_utf8) {
+        None => (None, None),
+        Some(Ok(key)) => (Some(key), None),
+        Some(Err(e)) => (None, Some(base64(e.as_bytes()))),
+    };
+    let (value, value_base64) = match r.value {
+        None => (None, None),
+        Some(bytes) => match std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|v| RawValue::from_string(v.to_owned()).ok())
+        {
+            Some(value) => (Some(value), None),
+            None => (None, Some(base64(&bytes))),
+        },
+    };
+    FetchedRecord {
+        offset,
+        timestamp: rfc3339::format_ms(r.timestamp_ms),
+        key,
+        key_base64,
+        value,
+        value_base64,
+        headers: r
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect(),
+    }
+}
 
 fn stream_missing(name: &str) -> ApiError {
     ApiError::new(
@@ -477,12 +573,129 @@ pub async fn list_streams(
     Ok(Json(StreamList { streams }))
 }
 
-#[utoipa::path(post, path = "/v1/streams/{stream}/records", tag = "streams", params(("stream" = String, Path, description = "Stream name")), request_body = ProduceRequest, responses((status = 200, body = ProduceResponse), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 404, body = sluice_proto::ErrorResponse), (status = 413, description = "too many records", body = sluice_proto::ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/streams/{stream}/records", tag = "streams", params(("stream" = String, Path, description = "Stream name")), request_body(content((ProduceRequest = "application/json"), (Vec<u8> = "application/vnd.sluice.batch")), description = "JSON records, or record batches in the binary encoding (docs/design/stream-format.md)"), responses((status = 200, body = ProduceReply, description = "per record for JSON, per batch for the binary encoding"), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 404, body = sluice_proto::ErrorResponse), (status = 413, description = "too many records", body = sluice_proto::ErrorResponse)))]
 pub async fn produce(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,
-    ApiJson(request): ApiJson<ProduceRequest>,
-) -> Result<Json<ProduceResponse>, ApiError> {
+    request: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let binary = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().starts_with(BATCH_CONTENT_TYPE));
+    let body = crate::api::read_body(request, &()).await?;
+    if binary {
+        return Ok(Json(produce_encoded(&app, name, body.to_vec()).await?).into_response());
+    }
+    let request: ProduceRequest = crate::api::decode_json(&body)?;
+    Ok(Json(produce_json(&app, name, request).await?).into_response())
+}
+
+/// The binary produce: `[partition: u32 LE][record batch]...`, each batch as
+/// `sluice_stream::batch::encode` writes it, appended as sent (its base offset set here).
+async fn produce_encoded(
+    app: &AppState,
+    name: String,
+    mut body: Vec<u8>,
+) -> Result<ProduceBatchesResponse, ApiError> {
+    let (spec, _) = spec_of(app, &name).await?;
+    // Where each batch is: (partition, start, end).
+    let mut frames = Vec::new();
+    let mut position = 0;
+    let mut records = 0usize;
+    while position < body.len() {
+        let at = format!("batches[{}]", frames.len());
+        let Some(partition) = body.get(position..position + 4) else {
+            return Err(ApiError::bad_input(
+                at,
+                "a partition number (4 bytes) cut short",
+            ));
+        };
+        let partition = u32::from_le_bytes(partition.try_into().unwrap_or_default());
+        if partition >= spec.partitions {
+            return Err(ApiError::bad_input(
+                format!("{at}.partition"),
+                format!("the stream has partitions 0 to {}", spec.partitions - 1),
+            ));
+        }
+        let bad = |e| {
+            ApiError::bad_input(
+                at.clone(),
+                match e {
+                    sluice_stream::batch::Bad::Incomplete => "a record batch cut short".into(),
+                    sluice_stream::batch::Bad::Corrupt(reason) => reason,
+                },
+            )
+        };
+        let header = sluice_stream::batch::header(&body[position + 4..]).map_err(bad)?;
+        // Every batch is checked before any is written: a request is refused whole.
+        sluice_stream::batch::check_new(
+            &body[position + 4..position + 4 + header.bytes],
+            limits::PAYLOAD_BYTES_MAX,
+        )
+        .map_err(bad)?;
+        records += header.count as usize;
+        frames.push((partition, position + 4, position + 4 + header.bytes));
+        position += 4 + header.bytes;
+    }
+    if frames.is_empty() {
+        return Err(ApiError::bad_input("batches", "at least one record batch"));
+    }
+    if records > PRODUCE_LEN_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("at most {PRODUCE_LEN_MAX} records per request"),
+        ));
+    }
+    let broker = app.broker()?.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut batches = Vec::with_capacity(frames.len());
+        let mut written = std::collections::BTreeSet::new();
+        for (i, &(p, start, end)) in frames.iter().enumerate() {
+            let handle = broker.streams.handle(&name, p).map_err(stream_error)?;
+            let appended = handle
+                .partition
+                .lock()
+                .append_encoded(&mut body[start..end], limits::PAYLOAD_BYTES_MAX)
+                .map_err(|e| match e {
+                    StreamError::BadBatch(reason) => {
+                        ApiError::bad_input(format!("batches[{i}]"), reason)
+                    }
+                    other => stream_error(other),
+                })?;
+            if !appended.duplicate {
+                written.insert(p);
+            }
+            let count =
+                u32::from_le_bytes(body[start + 16..start + 20].try_into().unwrap_or_default());
+            batches.push(ProducedBatch {
+                partition: p,
+                base_offset: appended.base_offset,
+                count,
+                duplicate: appended.duplicate,
+            });
+        }
+        for p in written {
+            let handle = broker.streams.handle(&name, p).map_err(stream_error)?;
+            if broker.streams.sync_each_write {
+                handle.partition.lock().sync().map_err(stream_error)?;
+            }
+            handle.appended.notify_waiters();
+        }
+        Ok(ProduceBatchesResponse { batches })
+    })
+    .await
+    .map_err(blocking_error)?
+}
+
+async fn produce_json(
+    app: &AppState,
+    name: String,
+    request: ProduceRequest,
+) -> Result<ProduceResponse, ApiError> {
     if request.records.is_empty() {
         return Err(ApiError::bad_input("records", "at least one record"));
     }
@@ -498,7 +711,7 @@ pub async fn produce(
     if request.producer_id == Some(0) {
         return Err(ApiError::bad_input("producer_id", "must be at least 1"));
     }
-    let (spec, _) = spec_of(&app, &name).await?;
+    let (spec, _) = spec_of(app, &name).await?;
     let broker = app.broker()?.clone();
     let now = system_now_ms();
     // Group the records by partition, keeping where each came from.
@@ -583,15 +796,21 @@ pub async fn produce(
     })
     .await
     .map_err(blocking_error)??;
-    Ok(Json(ProduceResponse { offsets, duplicate }))
+    Ok(ProduceResponse { offsets, duplicate })
 }
 
-#[utoipa::path(get, path = "/v1/streams/{stream}/partitions/{partition}/records", tag = "streams", params(("stream" = String, Path, description = "Stream name"), ("partition" = u32, Path, description = "Partition number"), ("offset" = Option<u64>, Query, description = "First offset to read"), ("from" = Option<String>, Query, description = "`earliest` or `latest` instead of offset"), ("timestamp" = Option<String>, Query, description = "RFC 3339: from the first record at or after it"), ("max_bytes" = Option<usize>, Query, description = "Default 1 MiB, at most 16 MiB; at least one batch comes"), ("wait_ms" = Option<u64>, Query, description = "Long-poll: wait up to this long for a record (at most 30,000)")), responses((status = 200, body = FetchResponse), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 404, body = sluice_proto::ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/streams/{stream}/partitions/{partition}/records", tag = "streams", params(("stream" = String, Path, description = "Stream name"), ("partition" = u32, Path, description = "Partition number"), ("offset" = Option<u64>, Query, description = "First offset to read"), ("from" = Option<String>, Query, description = "`earliest` or `latest` instead of offset"), ("timestamp" = Option<String>, Query, description = "RFC 3339: from the first record at or after it"), ("max_bytes" = Option<usize>, Query, description = "Default 1 MiB, at most 16 MiB; at least one batch comes"), ("wait_ms" = Option<u64>, Query, description = "Long-poll: wait up to this long for a record (at most 30,000)")), responses((status = 200, content((FetchResponse = "application/json"), (Vec<u8> = "application/vnd.sluice.batch")), description = "records as JSON, or stored record batches when Accept asks for application/vnd.sluice.batch (with x-sluice-next-offset, x-sluice-earliest-offset and x-sluice-latest-offset headers)"), (status = 400, description = "bad input", body = sluice_proto::ErrorResponse), (status = 404, body = sluice_proto::ErrorResponse)))]
 pub async fn fetch(
     app: axum::extract::State<AppState>,
     Path((name, partition)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<FetchQuery>,
-) -> Result<Json<FetchResponse>, ApiError> {
+    request_headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let binary = request_headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(BATCH_CONTENT_TYPE));
     let partition: u32 = partition
         .parse()
         .map_err(|_| ApiError::bad_input("partition", "a partition number"))?;
@@ -669,10 +888,15 @@ pub async fn fetch(
                         .unwrap_or(partition.next_offset()),
                     None => start,
                 };
-                let records = partition.read(start, max_bytes)?;
+                let read = if binary {
+                    let (bytes, next) = partition.read_encoded(start, max_bytes)?;
+                    Read::Encoded(bytes, next)
+                } else {
+                    Read::Records(partition.read(start, max_bytes)?)
+                };
                 Ok::<_, StreamError>((
                     start,
-                    records,
+                    read,
                     partition.earliest_offset(),
                     partition.next_offset(),
                 ))
@@ -681,32 +905,40 @@ pub async fn fetch(
             .map_err(blocking_error)?
             .map_err(stream_error)?
         };
-        let (start, records, earliest_offset, latest_offset) = read;
-        if !records.is_empty() || tokio::time::Instant::now() >= deadline {
-            let next_offset = records.last().map_or(start, |(o, _)| o + 1);
-            let records = records
-                .into_iter()
-                .map(|(offset, r)| FetchedRecord {
-                    offset,
-                    timestamp: rfc3339::format_ms(r.timestamp_ms),
-                    key: r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
-                    value: r
-                        .value
-                        .and_then(|v| String::from_utf8(v).ok())
-                        .and_then(|v| RawValue::from_string(v).ok()),
-                    headers: r
-                        .headers
-                        .into_iter()
-                        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-                        .collect(),
-                })
-                .collect();
-            return Ok(Json(FetchResponse {
-                records,
-                next_offset,
-                earliest_offset,
-                latest_offset,
-            }));
+        let (start, read, earliest_offset, latest_offset) = read;
+        let empty = match &read {
+            Read::Encoded(bytes, _) => bytes.is_empty(),
+            Read::Records(records) => records.is_empty(),
+        };
+        if !empty || tokio::time::Instant::now() >= deadline {
+            return Ok(match read {
+                Read::Encoded(bytes, next) => {
+                    let offsets = [
+                        ("x-sluice-next-offset", next.max(start)),
+                        ("x-sluice-earliest-offset", earliest_offset),
+                        ("x-sluice-latest-offset", latest_offset),
+                    ];
+                    let mut headers = axum::http::HeaderMap::new();
+                    headers.insert(
+                        axum::http::header::CONTENT_TYPE,
+                        axum::http::HeaderValue::from_static(BATCH_CONTENT_TYPE),
+                    );
+                    for (name, value) in offsets {
+                        headers.insert(name, axum::http::HeaderValue::from(value));
+                    }
+                    (headers, bytes).into_response()
+                }
+                Read::Records(records) => {
+                    let next_offset = records.last().map_or(start, |(o, _)| o + 1);
+                    Json(FetchResponse {
+                        records: records.into_iter().map(|(o, r)| fetched(o, r)).collect(),
+                        next_offset,
+                        earliest_offset,
+                        latest_offset,
+                    })
+                    .into_response()
+                }
+            });
         }
         tokio::select! {
             _ = appended => {}
@@ -718,6 +950,23 @@ pub async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_test_vectors() {
+        let vectors = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in vectors {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
+        }
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
+    }
 
     #[test]
     fn murmur2_matches_kafka() {

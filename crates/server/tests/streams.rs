@@ -606,3 +606,129 @@ async fn a_compacted_stream_keeps_each_key_s_newest_record_across_a_restart() {
     assert!(info.get("compaction").is_none(), "{info}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_batches_in_the_binary_encoding_are_produced_and_fetched_as_stored() {
+    use sluice_stream::{batch, Record};
+    const BATCH: &str = "application/vnd.sluice.batch";
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(dir.path()).await;
+    let (status, _) = server
+        .put("/v1/streams/raw", &json!({ "partitions": 2 }))
+        .await;
+    assert_eq!(status, 200);
+    let record = |n: u32| Record {
+        timestamp_ms: 1_700_000_000_000 + i64::from(n),
+        key: Some(vec![0xff, n as u8]),
+        value: Some(if n % 2 == 0 {
+            format!("{{\"n\":{n}}}").into_bytes()
+        } else {
+            vec![0, 1, 2, n as u8]
+        }),
+        headers: vec![("h".into(), b"v".to_vec())],
+    };
+    let frame = |partition: u32, records: &[Record], producer: u64, sequence: u32| {
+        let mut out = partition.to_le_bytes().to_vec();
+        out.extend(batch::encode(0, producer, sequence, records));
+        out
+    };
+    let post = |body: Vec<u8>| {
+        let request = server
+            .client
+            .post(server.url("/v1/streams/raw/records"))
+            .header("content-type", BATCH)
+            .body(body);
+        async move {
+            let reply = request.send().await.expect("POST");
+            let status = reply.status().as_u16();
+            (status, reply.json::<Value>().await.expect("JSON"))
+        }
+    };
+    // Two batches to partition 0, one to partition 1, in one request.
+    let first: Vec<Record> = (0..3).map(record).collect();
+    let second: Vec<Record> = (3..5).map(record).collect();
+    let mut body = frame(0, &first, 0, 0);
+    body.extend(frame(1, &[record(9)], 0, 0));
+    body.extend(frame(0, &second, 0, 0));
+    let (status, reply) = post(body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["batches"],
+        json!([
+            { "partition": 0, "base_offset": 0, "count": 3, "duplicate": false },
+            { "partition": 1, "base_offset": 0, "count": 1, "duplicate": false },
+            { "partition": 0, "base_offset": 3, "count": 2, "duplicate": false },
+        ])
+    );
+
+    // Fetched as stored: the batches come back whole, from the one holding offset 1.
+    let fetched = server
+        .client
+        .get(server.url("/v1/streams/raw/partitions/0/records?offset=1"))
+        .header("accept", BATCH)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.headers()["content-type"], BATCH);
+    assert_eq!(fetched.headers()["x-sluice-next-offset"], "5");
+    assert_eq!(fetched.headers()["x-sluice-latest-offset"], "5");
+    let bytes = fetched.bytes().await.expect("body");
+    let mut got = Vec::new();
+    let mut position = 0;
+    while position < bytes.len() {
+        let (header, records) = batch::decode(&bytes[position..]).expect("a batch");
+        position += header.bytes;
+        got.extend(records);
+    }
+    let expected: Vec<(u64, Record)> = (0..5).map(|n| (u64::from(n), record(n))).collect();
+    assert_eq!(got, expected);
+
+    // The same records as JSON: a key that is not UTF-8 and a value that is not JSON come
+    // in base64.
+    let (_, json_fetch) = server
+        .get("/v1/streams/raw/partitions/0/records?offset=0")
+        .await;
+    let records = records(&json_fetch);
+    assert_eq!(records[0]["key_base64"], "/wA=");
+    assert_eq!(records[0]["value"], json!({ "n": 0 }));
+    assert_eq!(records[1]["value_base64"], "AAECAQ==");
+    assert!(records[1].get("value").is_none());
+
+    // An idempotent producer's batch retried is written once.
+    let (_, once) = post(frame(1, &[record(7)], 42, 1)).await;
+    let (_, again) = post(frame(1, &[record(7)], 42, 1)).await;
+    assert_eq!(once["batches"][0]["duplicate"], false);
+    assert_eq!(again["batches"][0]["duplicate"], true);
+    assert_eq!(
+        again["batches"][0]["base_offset"],
+        once["batches"][0]["base_offset"]
+    );
+
+    // Bad input is refused whole, naming the batch; nothing of the request is written.
+    let mut damaged = frame(0, &[record(1)], 0, 0);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    let mut body = frame(0, &[record(1)], 0, 0);
+    body.extend(damaged);
+    let refused = post(body).await;
+    assert_error(&refused, 400, "invalid_request", Some("batches[1]"));
+    let mut too_big = record(1);
+    too_big.value = Some(vec![b'x'; sluice_proto::limits::PAYLOAD_BYTES_MAX + 1]);
+    let mut body = frame(0, &[record(1)], 0, 0);
+    body.extend(frame(0, &[too_big], 0, 0));
+    let refused = post(body).await;
+    assert_error(&refused, 400, "invalid_request", Some("batches[1]"));
+    let refused = post(frame(5, &[record(1)], 0, 0)).await;
+    assert_error(
+        &refused,
+        400,
+        "invalid_request",
+        Some("batches[0].partition"),
+    );
+    let refused = post(vec![0, 0, 0]).await;
+    assert_error(&refused, 400, "invalid_request", Some("batches[0]"));
+    let (_, info) = server.get("/v1/streams/raw").await;
+    assert_eq!(info["partitions"][0]["next_offset"], 5, "{info}");
+    server.stop().await;
+}
