@@ -204,11 +204,25 @@ enum StreamAction {
         retention_ms: Option<u64>,
         #[arg(long)]
         retention_bytes: Option<u64>,
+        /// Compact by key: keep each key's newest record (a create without it turns
+        /// compaction off).
+        #[arg(long)]
+        compact: bool,
+        /// Under --compact: how long a key's newest tombstone is kept (default 24 h).
+        #[arg(long, requires = "compact")]
+        tombstone_retention_ms: Option<u64>,
     },
     List,
     /// Partitions with their earliest and next offsets.
     Describe {
         stream: String,
+    },
+    /// Consumer groups of a stream: generation, members and their partitions, committed
+    /// offsets and lag per partition (or one group with --group).
+    Groups {
+        stream: String,
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Append one record (by key, or to --partition, or round robin).
     Produce {
@@ -378,8 +392,16 @@ async fn stream_command(url: &str, action: StreamAction) -> Result<()> {
             partitions,
             retention_ms,
             retention_bytes,
+            compact,
+            tombstone_retention_ms,
         } => {
             let mut body = json!({ "partitions": partitions });
+            if compact {
+                body["compaction"] = match tombstone_retention_ms {
+                    Some(ms) => json!({ "tombstone_retention_ms": ms }),
+                    None => json!({}),
+                };
+            }
             if let Some(ms) = retention_ms {
                 body["retention_ms"] = json!(ms);
             }
@@ -391,6 +413,13 @@ async fn stream_command(url: &str, action: StreamAction) -> Result<()> {
         StreamAction::List => print(&client.get("/v1/streams").await?),
         StreamAction::Describe { stream } => {
             print(&client.get(&format!("/v1/streams/{stream}")).await?)
+        }
+        StreamAction::Groups { stream, group } => {
+            let path = match group {
+                Some(group) => format!("/v1/streams/{stream}/groups/{group}"),
+                None => format!("/v1/streams/{stream}/groups"),
+            };
+            print(&client.get(&path).await?)
         }
         StreamAction::Produce {
             stream,

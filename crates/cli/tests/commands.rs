@@ -134,5 +134,40 @@ async fn streams_from_the_command_line() {
     assert_eq!(ns, vec![0, 1, 2]);
     let described = sluice(&base, &["stream", "describe", "clicks"]).expect("described");
     assert_eq!(described["partitions"][1]["next_offset"], 3);
+
+    // A consumer group joined and committed over HTTP shows in `stream groups`.
+    let http = reqwest::Client::new();
+    let joined: Value = http
+        .post(format!("{base}/v1/streams/clicks/groups/billing/join"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("join")
+        .json()
+        .await
+        .expect("joined");
+    let member = joined["member_id"]
+        .as_str()
+        .expect("a member id")
+        .to_owned();
+    let committed = http
+        .post(format!("{base}/v1/streams/clicks/groups/billing/commit"))
+        .json(
+            &serde_json::json!({ "member_id": member, "generation": joined["generation"],
+                                   "offsets": [{ "partition": 1, "offset": 2 }] }),
+        )
+        .send()
+        .await
+        .expect("commit");
+    assert!(committed.status().is_success(), "{:?}", committed.status());
+    let groups = sluice(&base, &["stream", "groups", "clicks"]).expect("groups");
+    let group = &groups["groups"][0];
+    assert_eq!(group["group"], "billing");
+    assert_eq!(group["members"][0]["member_id"], member.as_str());
+    assert_eq!(group["partitions"][1]["committed"], 2);
+    assert_eq!(group["partitions"][1]["lag"], 1);
+    let one = sluice(&base, &["stream", "groups", "clicks", "--group", "billing"]).expect("one");
+    assert_eq!(one["generation"], joined["generation"]);
+    assert!(sluice(&base, &["stream", "groups", "nope"]).is_err());
     server.kill();
 }

@@ -1996,6 +1996,16 @@ impl State {
         &self.groups
     }
 
+    /// The names of stream `stream`'s consumer groups, in order.
+    pub fn groups_of(&self, stream: &str) -> Vec<String> {
+        self.groups
+            .groups
+            .range((stream.to_owned(), String::new())..)
+            .take_while(|((s, _), _)| s == stream)
+            .map(|((_, g), _)| g.clone())
+            .collect()
+    }
+
     pub fn group(&self, stream: &str, group: &str) -> Option<&GroupState> {
         self.groups
             .groups

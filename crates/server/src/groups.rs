@@ -473,6 +473,46 @@ pub async fn get_group(
     Path((stream, group)): Path<(String, String)>,
 ) -> Result<Json<GroupInfo>, ApiError> {
     let broker = app.broker()?.clone();
+    Ok(Json(describe(&broker, stream, group).await?))
+}
+
+/// The groups of a stream.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GroupList {
+    pub groups: Vec<GroupInfo>,
+}
+
+#[utoipa::path(get, path = "/v1/streams/{stream}/groups", tag = "streams", params(("stream" = String, Path, description = "Stream name")), responses((status = 200, body = GroupList), (status = 404, body = sluice_proto::ErrorResponse)))]
+pub async fn list_groups(
+    app: axum::extract::State<AppState>,
+    Path(stream): Path<String>,
+) -> Result<Json<GroupList>, ApiError> {
+    let broker = app.broker()?.clone();
+    let names: Vec<String> = broker
+        .read(|s, _| {
+            if !s.streams().streams.contains_key(&stream) {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("stream {stream} not found"),
+                ));
+            }
+            Ok(s.groups_of(&stream))
+        })
+        .await?;
+    let mut groups = Vec::with_capacity(names.len());
+    for group in names {
+        groups.push(describe(&broker, stream.clone(), group).await?);
+    }
+    Ok(Json(GroupList { groups }))
+}
+
+/// A group's generation, members, assignment, committed offsets and lag.
+async fn describe(
+    broker: &std::sync::Arc<crate::broker::Broker>,
+    stream: String,
+    group: String,
+) -> Result<GroupInfo, ApiError> {
     let (partitions, committed, generation) = broker
         .read(|s, _| {
             let spec = s.streams().streams.get(&stream).ok_or_else(|| {
@@ -539,14 +579,14 @@ pub async fn get_group(
             )
         })?
     };
-    Ok(Json(GroupInfo {
+    Ok(GroupInfo {
         stream,
         group,
         generation,
         strategy,
         members,
         partitions: lags,
-    }))
+    })
 }
 
 /// Rebalances the groups that lost members to session timeouts (from the tick).

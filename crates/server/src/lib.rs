@@ -191,6 +191,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/streams/{stream}/partitions/{partition}/records",
             get(streams::fetch),
         )
+        .route("/v1/streams/{stream}/groups", get(groups::list_groups))
         .route(
             "/v1/streams/{stream}/groups/{group}",
             get(groups::get_group),

@@ -71,7 +71,8 @@ use crate::api;
         crate::groups::heartbeat,
         crate::groups::leave,
         crate::groups::commit,
-        crate::groups::get_group
+        crate::groups::get_group,
+        crate::groups::list_groups
     ),
     components(schemas(
         proto::ErrorResponse,
