@@ -81,6 +81,7 @@ impl Broker {
         let mut snapshot_bytes = 0;
         let options_dir = options.dir.clone();
         let sync_each_write = matches!(options.fsync, sluice_wal::FsyncPolicy::Always);
+        let sync_periodic = matches!(options.fsync, sluice_wal::FsyncPolicy::Batch { .. });
         let (wal, report) = Wal::open(options, &mut |item| match item {
             Replayed::Snapshot { bytes, .. } => {
                 snapshot_bytes = bytes.len() as u64;
@@ -99,7 +100,11 @@ impl Broker {
             live: crate::live::Live::default(),
             workers: Mutex::new(Registry::default()),
             history: Mutex::new(Recorder::new(&options_dir.join("metrics"), system_now_ms())),
-            streams: crate::streams::StreamStore::new(options_dir.join("streams"), sync_each_write),
+            streams: crate::streams::StreamStore::new(
+                options_dir.join("streams"),
+                sync_each_write,
+                sync_periodic,
+            ),
             groups: crate::groups::Membership::default(),
             last_stream_retention_ms: AtomicI64::new(0),
             stream_maintenance_ms: 30_000,
@@ -245,6 +250,10 @@ impl Broker {
         self.record_history();
         crate::groups::reap(self).await;
         crate::streams::run_feeds(self).await;
+        {
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.streams.sync_due()).await;
+        }
         let now = system_now_ms();
         if now - self.last_stream_retention_ms.load(Ordering::Relaxed) >= self.stream_maintenance_ms
         {

@@ -81,6 +81,28 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
 pub struct Handle {
     pub partition: Mutex<Partition>,
     pub appended: Notify,
+    /// The offset below which every record is known durable. Held while syncing, so
+    /// producers that wait behind a sync find their records covered by it and return:
+    /// one fdatasync serves every append made before it began (group commit).
+    durable: Mutex<u64>,
+}
+
+impl Handle {
+    /// Returns once every record below `end` is durable, syncing if no sync since covered
+    /// it; the partition stays open to appends while the disk works. Blocking.
+    pub fn make_durable(&self, end: u64) -> Result<(), StreamError> {
+        let mut durable = self.durable.lock();
+        if *durable >= end {
+            return Ok(());
+        }
+        let (file, target) = self.partition.lock().sync_handle()?;
+        file.sync_data().map_err(|source| StreamError::Io {
+            path: PathBuf::from("stream partition"),
+            source,
+        })?;
+        *durable = target;
+        Ok(())
+    }
 }
 
 /// The open partitions, by stream and number.
@@ -89,6 +111,8 @@ pub struct StreamStore {
     /// Partitions roll to a new segment past this size.
     pub segment_bytes_max: u64,
     sync_each_write: bool,
+    /// `--fsync batch`: appends are synced by the periodic tick (`sync_due`).
+    sync_periodic: bool,
     open: Mutex<HashMap<(String, u32), Arc<Handle>>>,
     /// Round-robin position per stream, for records with neither key nor partition.
     next: Mutex<HashMap<String, u32>>,
@@ -122,11 +146,12 @@ fn blocking_error(error: tokio::task::JoinError) -> ApiError {
 }
 
 impl StreamStore {
-    pub fn new(dir: PathBuf, sync_each_write: bool) -> StreamStore {
+    pub fn new(dir: PathBuf, sync_each_write: bool, sync_periodic: bool) -> StreamStore {
         StreamStore {
             dir,
             segment_bytes_max: PartitionConfig::default().segment_bytes_max,
             sync_each_write,
+            sync_periodic,
             open: Mutex::new(HashMap::new()),
             next: Mutex::new(HashMap::new()),
         }
@@ -152,9 +177,12 @@ impl StreamStore {
                 "cut a torn tail off a stream partition"
             );
         }
+        // Opening synced what it recovered.
+        let durable = Mutex::new(opened.next_offset());
         let handle = Arc::new(Handle {
             partition: Mutex::new(opened),
             appended: Notify::new(),
+            durable,
         });
         Ok(self.open.lock().entry(key).or_insert(handle).clone())
     }
@@ -165,6 +193,21 @@ impl StreamStore {
         let handles: Vec<Arc<Handle>> = self.open.lock().values().cloned().collect();
         for handle in handles {
             if let Err(error) = handle.partition.lock().sync() {
+                tracing::warn!(%error, "cannot sync a stream partition");
+            }
+        }
+    }
+
+    /// Under `--fsync batch`, makes every open partition's appends durable (from the
+    /// tick, every 50 ms; a partition with nothing new costs no sync): blocking.
+    pub fn sync_due(&self) {
+        if !self.sync_periodic {
+            return;
+        }
+        let handles: Vec<Arc<Handle>> = self.open.lock().values().cloned().collect();
+        for handle in handles {
+            let end = handle.partition.lock().next_offset();
+            if let Err(error) = handle.make_durable(end) {
                 tracing::warn!(%error, "cannot sync a stream partition");
             }
         }
@@ -653,9 +696,12 @@ async fn produce_encoded(
     let broker = app.broker()?.clone();
     tokio::task::spawn_blocking(move || {
         let mut batches = Vec::with_capacity(frames.len());
-        let mut written = std::collections::BTreeSet::new();
+        // Per partition written to: its handle and the offset its records end before.
+        let mut written: std::collections::BTreeMap<u32, (Arc<Handle>, u64)> = Default::default();
         for (i, &(p, start, end)) in frames.iter().enumerate() {
             let handle = broker.streams.handle(&name, p).map_err(stream_error)?;
+            let count =
+                u32::from_le_bytes(body[start + 16..start + 20].try_into().unwrap_or_default());
             let appended = handle
                 .partition
                 .lock()
@@ -666,11 +712,10 @@ async fn produce_encoded(
                     }
                     other => stream_error(other),
                 })?;
-            if !appended.duplicate {
-                written.insert(p);
-            }
-            let count =
-                u32::from_le_bytes(body[start + 16..start + 20].try_into().unwrap_or_default());
+            // A duplicate's first copy must be durable too before it is acknowledged.
+            let ends = appended.base_offset + u64::from(count);
+            let entry = written.entry(p).or_insert((handle, 0));
+            entry.1 = entry.1.max(ends);
             batches.push(ProducedBatch {
                 partition: p,
                 base_offset: appended.base_offset,
@@ -678,10 +723,9 @@ async fn produce_encoded(
                 duplicate: appended.duplicate,
             });
         }
-        for p in written {
-            let handle = broker.streams.handle(&name, p).map_err(stream_error)?;
+        for (handle, ends) in written.into_values() {
             if broker.streams.sync_each_write {
-                handle.partition.lock().sync().map_err(stream_error)?;
+                handle.make_durable(ends).map_err(stream_error)?;
             }
             handle.appended.notify_waiters();
         }
@@ -780,10 +824,12 @@ async fn produce_json(
                 .append(&batch, producer_id, sequence)
                 .map_err(stream_error)?;
             duplicate |= appended.duplicate;
-            if broker.streams.sync_each_write && !appended.duplicate {
-                partition.sync().map_err(stream_error)?;
-            }
             drop(partition);
+            if broker.streams.sync_each_write {
+                handle
+                    .make_durable(appended.base_offset + batch.len() as u64)
+                    .map_err(stream_error)?;
+            }
             handle.appended.notify_waiters();
             for (n, (i, _)) in records.iter().enumerate() {
                 offsets[*i] = Some(ProducedOffset {

@@ -485,6 +485,20 @@ impl Partition {
         self.active.sync_data().map_err(io_err(&path))
     }
 
+    /// A second handle on the active segment and the offset it holds up to: syncing it
+    /// (`File::sync_data`) makes every append before this call durable, without holding
+    /// the partition while the disk works (group commit by the caller). A roll in
+    /// between syncs the old segment itself.
+    pub fn sync_handle(&self) -> Result<(File, u64), StreamError> {
+        let path = self
+            .segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        let file = self.active.try_clone().map_err(io_err(&path))?;
+        Ok((file, self.next_offset()))
+    }
+
     fn roll(&mut self) -> Result<(), StreamError> {
         self.sync()?;
         let segment = Segment::empty(&self.dir, self.next_offset());
