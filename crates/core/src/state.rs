@@ -1048,11 +1048,16 @@ impl State {
 
     /// Queues in name order, from after `after`, at most `limit`.
     pub fn queues_page(&self, after: Option<&str>, limit: usize) -> Vec<&Queue> {
+        self.queues_page_with(after, "", limit)
+    }
+
+    /// As `queues_page`, only queues whose name starts with `prefix`.
+    pub fn queues_page_with(&self, after: Option<&str>, prefix: &str, limit: usize) -> Vec<&Queue> {
         let mut names: Vec<&Queue> = self
             .ix
             .queues
             .iter()
-            .filter(|q| after.is_none_or(|a| &*q.name > a))
+            .filter(|q| after.is_none_or(|a| &*q.name > a) && q.name.starts_with(prefix))
             .collect();
         names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         names.truncate(limit);
@@ -1081,6 +1086,44 @@ impl State {
         iter.take(limit)
             .filter_map(|id| self.jobs.get(id))
             .collect()
+    }
+
+    /// The number of kind `name`, if any job ever had it.
+    pub fn kind_number(&self, name: &str) -> Option<u32> {
+        self.kind_ids.get(name).copied()
+    }
+
+    /// As `jobs_page`, keeping only jobs `keep` accepts, looking at no more than
+    /// `scan_max` jobs. Returns the page and, when the scan stopped before the end of the
+    /// set, the last id it looked at (where the next page starts).
+    pub fn jobs_page_where(
+        &self,
+        queue: &Queue,
+        state: JobState,
+        after: Option<JobId>,
+        limit: usize,
+        scan_max: usize,
+        keep: impl Fn(&Job) -> bool,
+    ) -> (Vec<&Job>, Option<JobId>) {
+        let set = &queue.by_state[state_index(state)];
+        let iter: Box<dyn Iterator<Item = &JobId>> = match after {
+            Some(after) => {
+                Box::new(set.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)))
+            }
+            None => Box::new(set.iter()),
+        };
+        let mut page = Vec::new();
+        let mut last = None;
+        for (scanned, id) in iter.enumerate() {
+            if page.len() == limit || scanned == scan_max {
+                return (page, last);
+            }
+            last = Some(*id);
+            if let Some(job) = self.jobs.get(id).filter(|j| keep(j)) {
+                page.push(job);
+            }
+        }
+        (page, None)
     }
 
     /// Earliest time at which a tick has work: a lease expiring or a delayed job due.

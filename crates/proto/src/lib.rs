@@ -835,6 +835,17 @@ pub struct QueueHistory {
     pub points: Vec<HistoryPoint>,
 }
 
+/// `GET /v1/history`: every queue's history summed per step (`ready`, `leased`,
+/// `enqueued`, `succeeded`, `failed`); `wait_p95_ms` and `run_p95_ms` are the largest
+/// of any queue in the step (percentiles do not add up).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerHistory {
+    pub resolution_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub points: Vec<HistoryPoint>,
+}
+
 /// A least-squares trend of one metric over the window.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TrendInfo {

@@ -132,3 +132,7 @@ pub const LIVE_SUBSCRIBERS_MAX: usize = 256;
 /// A comment line is sent on an idle event stream this often, so that proxies and the
 /// client see it is alive.
 pub const LIVE_KEEP_ALIVE_MS: u64 = 15_000;
+/// Jobs one filtered job listing (`kind`, `tag`) looks at. A page that reaches it before
+/// it has `limit` matches is answered short, with a `next_cursor` to go on from: a
+/// request's cost stays bounded however rare the matches.
+pub const JOB_SCAN_MAX: usize = 10_000;

@@ -118,6 +118,36 @@ pub async fn queue_history(
     Path(name): Path<String>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<proto::QueueHistory>, ApiError> {
+    let (resolution_ms, from, to, points) = history(&app, Some(name.clone()), query).await?;
+    Ok(Json(proto::QueueHistory {
+        queue: name,
+        resolution_ms,
+        from,
+        to,
+        points,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/history", tag = "metrics", params(("resolution" = Option<String>, Query, description = "`10s` (default; kept 24 h) or `5m` (kept 30 days)."), ("from" = Option<String>, Query, description = "RFC 3339; default `to` minus an hour (10s) or a day (5m)."), ("to" = Option<String>, Query, description = "RFC 3339; default now.")), responses((status = 200, body = proto::ServerHistory), (status = 400, description = "bad input", body = proto::ErrorResponse)))]
+pub async fn server_history(
+    app: axum::extract::State<AppState>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Json<proto::ServerHistory>, ApiError> {
+    let (resolution_ms, from, to, points) = history(&app, None, query).await?;
+    Ok(Json(proto::ServerHistory {
+        resolution_ms,
+        from,
+        to,
+        points,
+    }))
+}
+
+/// The history of one queue, or of all summed: resolution, from, to and the points.
+async fn history(
+    app: &AppState,
+    queue: Option<String>,
+    query: HistoryQuery,
+) -> Result<(u64, String, String, Vec<proto::HistoryPoint>), ApiError> {
     let broker = app.broker()?;
     let now = system_now_ms();
     let (reader, default_span_ms) = {
@@ -150,12 +180,31 @@ pub async fn queue_history(
             format!("at most {HISTORY_POINTS_MAX} points per answer"),
         ));
     }
-    let known = broker.read(|s, _| Ok(s.queue_id(&name).is_some())).await?;
-    if !known {
-        return Err(queue_missing(&name));
-    }
-    let mut samples = read(reader, Some(name.clone()), from_ms, to_ms).await?;
-    let samples = samples.remove(&name).unwrap_or_default();
+    let samples = match queue {
+        Some(name) => {
+            let known = broker.read(|s, _| Ok(s.queue_id(&name).is_some())).await?;
+            if !known {
+                return Err(queue_missing(&name));
+            }
+            let mut samples = read(reader, Some(name.clone()), from_ms, to_ms).await?;
+            samples.remove(&name).unwrap_or_default()
+        }
+        None => {
+            let all = read(reader, None, from_ms, to_ms).await?;
+            let mut summed: std::collections::BTreeMap<Millis, Sample> = Default::default();
+            for (at, s) in all.into_values().flatten() {
+                let sum = summed.entry(at).or_default();
+                sum.ready = sum.ready.saturating_add(s.ready);
+                sum.leased = sum.leased.saturating_add(s.leased);
+                sum.enqueued = sum.enqueued.saturating_add(s.enqueued);
+                sum.succeeded = sum.succeeded.saturating_add(s.succeeded);
+                sum.failed = sum.failed.saturating_add(s.failed);
+                sum.wait_p95_ms = sum.wait_p95_ms.max(s.wait_p95_ms);
+                sum.run_p95_ms = sum.run_p95_ms.max(s.run_p95_ms);
+            }
+            summed.into_iter().collect()
+        }
+    };
     let points = dense(&samples, from_ms, to_ms, step_ms)
         .into_iter()
         .map(|(at, s)| proto::HistoryPoint {
@@ -169,13 +218,12 @@ pub async fn queue_history(
             run_p95_ms: s.run_p95_ms.map(u64::from),
         })
         .collect();
-    Ok(Json(proto::QueueHistory {
-        queue: name,
-        resolution_ms: step_ms as u64,
-        from: rfc3339::format_ms(from_ms),
-        to: rfc3339::format_ms(to_ms),
+    Ok((
+        step_ms as u64,
+        rfc3339::format_ms(from_ms),
+        rfc3339::format_ms(to_ms),
         points,
-    }))
+    ))
 }
 
 fn parse_time(text: &str, path: &str) -> Result<Millis, ApiError> {

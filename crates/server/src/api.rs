@@ -1055,7 +1055,20 @@ pub async fn lease(
 pub struct PageQuery {
     cursor: Option<String>,
     limit: Option<usize>,
+    /// Queues whose name starts with this (the queue list only).
+    prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
     state: Option<String>,
+    /// Only jobs of this kind.
+    kind: Option<String>,
+    /// Only jobs carrying this tag.
+    tag: Option<String>,
 }
 
 fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
@@ -1069,7 +1082,7 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-#[utoipa::path(get, path = "/v1/queues", tag = "queues", params(("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000)), responses((status = 200, body = proto::QueueList), (status = 400, description = "bad input", body = proto::ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/queues", tag = "queues", params(("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000), ("prefix" = Option<String>, Query, description = "Only queues whose name starts with this")), responses((status = 200, body = proto::QueueList), (status = 400, description = "bad input", body = proto::ErrorResponse)))]
 pub async fn list_queues(
     app: axum::extract::State<AppState>,
     ApiQuery(query): ApiQuery<PageQuery>,
@@ -1078,7 +1091,11 @@ pub async fn list_queues(
     let list = app
         .broker()?
         .read_with_metrics(|s, metrics, now| {
-            let page = s.queues_page(query.cursor.as_deref(), limit + 1);
+            let page = s.queues_page_with(
+                query.cursor.as_deref(),
+                query.prefix.as_deref().unwrap_or(""),
+                limit + 1,
+            );
             let more = page.len() > limit;
             let queues: Vec<proto::QueueInfo> = page
                 .into_iter()
@@ -1161,11 +1178,11 @@ pub async fn get_queue_key(
     Ok(Json(info))
 }
 
-#[utoipa::path(get, path = "/v1/queues/{queue}/jobs", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$"), ("state" = Option<proto::JobState>, Query, description = "Default ready."), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page: a job id.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$"), ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000)), responses((status = 200, body = proto::JobList), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/queues/{queue}/jobs", tag = "queues", params(("queue" = String, Path, description = "Queue name: 1 to 128 bytes of A-Z a-z 0-9 _ . : -", pattern = "^[A-Za-z0-9_.:-]{1,128}$"), ("state" = Option<proto::JobState>, Query, description = "Default ready."), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page: a job id.", pattern = "^[0-9a-fA-F][0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{12}$"), ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000), ("kind" = Option<String>, Query, description = "Only jobs of this kind"), ("tag" = Option<String>, Query, description = "Only jobs with this tag")), responses((status = 200, body = proto::JobList), (status = 400, description = "bad input", body = proto::ErrorResponse), (status = 404, body = proto::ErrorResponse)))]
 pub async fn list_jobs(
     app: axum::extract::State<AppState>,
     Path(name): Path<String>,
-    ApiQuery(query): ApiQuery<PageQuery>,
+    ApiQuery(query): ApiQuery<JobsQuery>,
 ) -> Result<Json<proto::JobList>, ApiError> {
     let limit = page_limit(query.limit)?;
     let state_text = query.state.as_deref().unwrap_or("ready");
@@ -1186,19 +1203,48 @@ pub async fn list_jobs(
         .broker()?
         .read(|s, _| {
             let queue = queue_or_404(s, &name)?;
-            let page = s.jobs_page(queue, state, after, limit + 1);
-            let more = page.len() > limit;
-            let jobs: Vec<proto::Job> = page
-                .into_iter()
-                .take(limit)
-                .map(|j| job_view(s, j))
-                .collect();
-            let next_cursor = if more {
-                jobs.last().map(|j| j.id.clone())
-            } else {
-                None
+            if query.kind.is_none() && query.tag.is_none() {
+                let page = s.jobs_page(queue, state, after, limit + 1);
+                let more = page.len() > limit;
+                let jobs: Vec<proto::Job> = page
+                    .into_iter()
+                    .take(limit)
+                    .map(|j| job_view(s, j))
+                    .collect();
+                let next_cursor = if more {
+                    jobs.last().map(|j| j.id.clone())
+                } else {
+                    None
+                };
+                return Ok(proto::JobList { jobs, next_cursor });
+            }
+            // A kind no job ever had matches nothing.
+            let kind = match query.kind.as_deref() {
+                Some(name) => match s.kind_number(name) {
+                    Some(kind) => Some(kind),
+                    None => {
+                        return Ok(proto::JobList {
+                            jobs: Vec::new(),
+                            next_cursor: None,
+                        })
+                    }
+                },
+                None => None,
             };
-            Ok(proto::JobList { jobs, next_cursor })
+            let tag = query.tag.as_deref();
+            let (page, stopped_at) =
+                s.jobs_page_where(queue, state, after, limit, limits::JOB_SCAN_MAX, |job| {
+                    kind.is_none_or(|k| job.kind == k)
+                        && tag.is_none_or(|t| {
+                            job.extra
+                                .as_ref()
+                                .is_some_and(|e| e.tags.iter().any(|have| &**have == t))
+                        })
+                });
+            Ok(proto::JobList {
+                jobs: page.into_iter().map(|j| job_view(s, j)).collect(),
+                next_cursor: stopped_at.map(ids::encode),
+            })
         })
         .await?;
     Ok(Json(list))

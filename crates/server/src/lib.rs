@@ -162,6 +162,7 @@ pub fn router(state: AppState) -> Router {
             get(analytics::queue_insights),
         )
         .route("/v1/health", get(analytics::server_health))
+        .route("/v1/history", get(analytics::server_history))
         .route("/v1/alerts", get(alerting::firing))
         .route("/v1/alerts/history", get(alerting::history))
         .route("/v1/alerts/rules", get(alerting::list_rules))

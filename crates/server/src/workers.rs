@@ -37,7 +37,15 @@ impl Registry {
         let full = self.workers.len() >= sluice_proto::limits::WORKERS_MAX;
         match self.workers.get_mut(name) {
             Some(worker) => {
-                worker.beat = beat;
+                // Every field is optional: what a beat leaves out keeps its last value.
+                let kept = &mut worker.beat;
+                kept.host = beat.host.or(kept.host.take());
+                kept.pid = beat.pid.or(kept.pid);
+                kept.version = beat.version.or(kept.version.take());
+                kept.concurrency = beat.concurrency.or(kept.concurrency);
+                if !beat.queues.is_empty() {
+                    kept.queues = beat.queues;
+                }
                 worker.last_seen_at = worker.last_seen_at.max(now);
                 worker.last_seen = Instant::now();
             }
@@ -139,5 +147,51 @@ mod tests {
             .register("b", WorkerBeat::default(), 5_000)
             .expect("room");
         assert_eq!(registry.get("b").map(|w| w.last_seen_at), Some(20_000));
+    }
+
+    #[test]
+    fn a_beat_keeps_what_it_leaves_out() {
+        let mut registry = Registry::default();
+        let full = WorkerBeat {
+            host: Some("box-1".into()),
+            pid: Some(42),
+            version: Some("app 1".into()),
+            concurrency: Some(10),
+            queues: vec!["emails".into()],
+        };
+        registry.register("w", full.clone(), 1_000).expect("room");
+        registry
+            .register("w", WorkerBeat::default(), 2_000)
+            .expect("room");
+        let kept = registry
+            .get("w")
+            .map(|w| w.beat.clone())
+            .expect("registered");
+        assert_eq!(
+            (
+                kept.host,
+                kept.pid,
+                kept.version,
+                kept.concurrency,
+                kept.queues
+            ),
+            (
+                full.host,
+                full.pid,
+                full.version,
+                full.concurrency,
+                full.queues
+            )
+        );
+        let newer = WorkerBeat {
+            concurrency: Some(20),
+            ..WorkerBeat::default()
+        };
+        registry.register("w", newer, 3_000).expect("room");
+        let beat = registry
+            .get("w")
+            .map(|w| w.beat.clone())
+            .expect("registered");
+        assert_eq!((beat.concurrency, beat.pid), (Some(20), Some(42)));
     }
 }

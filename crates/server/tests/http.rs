@@ -2653,6 +2653,7 @@ async fn the_server_records_a_history_sample_every_ten_seconds() {
     for _ in 0..2 {
         server.enqueue(spec("rec")).await;
     }
+    server.enqueue(spec("rec-other")).await;
     // The sample of the 10 s slot the enqueues fell in is written once that slot ends.
     let recorded = wait_until("a history sample of rec", || async {
         let (_, history) = server.get("/v1/queues/rec/history").await;
@@ -2662,6 +2663,17 @@ async fn the_server_records_a_history_sample_every_ten_seconds() {
     })
     .await;
     assert!(recorded);
+    // The server-wide history sums the queues, step by step.
+    let (status, all) = server.get("/v1/history").await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["resolution_ms"], 10_000);
+    let points = all["points"].as_array().expect("points");
+    assert!(
+        points.iter().any(|p| p["enqueued"] == 3 && p["ready"] == 3),
+        "{all}"
+    );
+    let bad = server.get("/v1/history?resolution=1h").await;
+    assert_error(&bad, 400, "invalid_request", Some("resolution"));
     server.stop().await;
 }
 
@@ -3109,5 +3121,86 @@ async fn the_dashboard_page_and_its_files_are_served_with_validators() {
         assert_eq!(missing.0, 404, "{path}");
         assert_eq!(missing.1["error"]["code"], "not_found", "{path}");
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_found_by_kind_and_tag_and_queues_by_prefix() {
+    let (_dir, server) = fresh().await;
+    let job = |kind: &str, tag: &str| json!({ "queue": "find", "kind": kind, "payload": {}, "tags": [tag] });
+    let mut wanted = Vec::new();
+    for _ in 0..3 {
+        wanted.push(server.enqueue(job("mail.send", "vip")).await);
+    }
+    for _ in 0..2 {
+        server.enqueue(job("report.build", "nightly")).await;
+    }
+    let ids = |reply: &Value| -> Vec<String> {
+        reply["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|j| j["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (_, by_kind) = server.get("/v1/queues/find/jobs?kind=mail.send").await;
+    assert_eq!(ids(&by_kind), wanted);
+    let (_, by_tag) = server.get("/v1/queues/find/jobs?tag=nightly").await;
+    assert_eq!(ids(&by_tag).len(), 2);
+    assert!(by_tag["jobs"]
+        .as_array()
+        .is_some_and(|j| j.iter().all(|j| j["kind"] == "report.build")));
+    let (_, both) = server
+        .get("/v1/queues/find/jobs?kind=mail.send&tag=nightly")
+        .await;
+    assert!(ids(&both).is_empty() && both.get("next_cursor").is_none());
+    let (_, unknown) = server.get("/v1/queues/find/jobs?kind=never.seen").await;
+    assert!(ids(&unknown).is_empty());
+    // Paged: two, then the third from the cursor.
+    let (_, first) = server
+        .get("/v1/queues/find/jobs?kind=mail.send&limit=2")
+        .await;
+    assert_eq!(ids(&first), wanted[..2]);
+    let cursor = first["next_cursor"].as_str().expect("a cursor");
+    let (_, rest) = server
+        .get(&format!(
+            "/v1/queues/find/jobs?kind=mail.send&limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(ids(&rest), wanted[2..]);
+
+    // A rare kind behind more than JOB_SCAN_MAX others: the first page stops at the cap,
+    // empty but with a cursor, and the next one finds it.
+    let scan_max = sluice_proto::limits::JOB_SCAN_MAX;
+    for chunk in [scan_max / 2, scan_max / 2 + 5] {
+        let jobs = (0..chunk)
+            .map(|_| json!({ "queue": "haystack", "kind": "hay", "payload": {} }))
+            .collect();
+        server.enqueue_batch(jobs).await;
+    }
+    let needle = server
+        .enqueue(json!({ "queue": "haystack", "kind": "needle", "payload": {} }))
+        .await;
+    let (_, first) = server.get("/v1/queues/haystack/jobs?kind=needle").await;
+    assert!(ids(&first).is_empty(), "{first}");
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a cursor to go on from");
+    let (_, next) = server
+        .get(&format!(
+            "/v1/queues/haystack/jobs?kind=needle&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(ids(&next), vec![needle]);
+
+    // Queues by name prefix.
+    let (_, listed) = server.get("/v1/queues?prefix=hay").await;
+    let names: Vec<&str> = listed["queues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|q| q["name"].as_str())
+        .collect();
+    assert_eq!(names, ["haystack"]);
     server.stop().await;
 }
