@@ -186,6 +186,14 @@ pub fn header(bytes: &[u8]) -> Result<BatchHeader, Bad> {
     let mut reader = Reader { bytes: body };
     let count = u32::from_le_bytes(reader.array()?);
     let last_offset_delta = u32::from_le_bytes(reader.array()?);
+    if base_offset
+        .checked_add(u64::from(last_offset_delta) + 1)
+        .is_none()
+    {
+        return Err(Bad::Corrupt(format!(
+            "offsets from {base_offset} run past the largest"
+        )));
+    }
     if u64::from(count) > u64::from(last_offset_delta) + 1 {
         return Err(Bad::Corrupt(format!(
             "{count} records in a batch of {} offsets",
