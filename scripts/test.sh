@@ -3,7 +3,8 @@
 # kill -9 crash and disk-full tests, then schemathesis against the OpenAPI document.
 # Needs the Rust toolchain and python3; schemathesis is installed from PyPI into target/,
 # tmux and postgresql from Debian's packages when they are missing, promtool from
-# Debian's prometheus package (scripts/promtool.sh).
+# Debian's prometheus package (scripts/promtool.sh), chromium from Debian's packages and
+# playwright-core from the npm registry for the dashboard test (scripts/browser-test.sh).
 # The disk-full test mounts a tmpfs, so it needs root (SLUICE_SKIP_MOUNT_TESTS=1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,12 @@ cargo test --workspace -j2 "$@"
 # classes (scripts/otlp-venv.sh installs them from PyPI into target/ on first use).
 SLUICE_OTLP_PYTHON="$(bash scripts/otlp-venv.sh)" SLUICE_REQUIRE_OTLP_CHECK=1 \
   cargo test -j2 -p sluice-server --features otel --test otel "$@"
+# The embedded web dashboard, end to end in Debian's headless Chromium driven over CDP by
+# playwright-core (scripts/browser-test.sh installs both when missing): every page against
+# a real server with data, its actions checked through the API, screenshots saved to
+# target/screenshots/. See docs/dashboard.md.
+cargo build -p sluice -j2
+bash scripts/browser-test.sh
 # Property-based API test from the OpenAPI document against the real server: schemathesis
 # (needs python3; installed from PyPI into target/ on first use), then about 15 s. A failure
 # fails the run. See docs/reliability.md, "Schemathesis".

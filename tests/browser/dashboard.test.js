@@ -1,0 +1,547 @@
+// End-to-end test of the embedded dashboard: a real server with seeded data, a real
+// headless Chromium driven over CDP (playwright-core), every page loaded, its actions
+// performed and their effects checked through the HTTP API.
+//
+// SLUICE_BIN: the server binary (default target/debug/sluice from the repo root).
+// Screenshots go to target/screenshots/<page>.png.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = path.resolve(REPO, process.env.SLUICE_BIN || 'target/debug/sluice');
+const SHOTS = path.join(REPO, 'target/screenshots');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const READY_DEADLINE_MS = 30000;
+const WAIT_MS = 15000; // for any one thing to show; the page polls every 5 s without events
+const BULK_QUEUES = 55; // with the three named queues, more than one 50-queue page
+
+let server; // {proc, base, dir, log}
+let ctx;    // the browser context
+let page;
+let userDataDir; // the browser's profile, fresh for each run
+const pageErrors = [];
+const seed = {}; // ids made while seeding
+const MAILER = { host: 'box-1', pid: 4242, version: 'my-app 1.4', concurrency: 4, queues: ['emails'] };
+
+// ---------------------------------------------------------------- server
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.unref();
+    probe.on('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+async function startServer() {
+  assert.ok(fs.existsSync(BIN), `no server binary at ${BIN} (build it, or set SLUICE_BIN)`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-browser-'));
+  for (let attempt = 1; attempt <= 5; attempt++) {
+    const port = await freePort();
+    const log = path.join(dir, `server-${attempt}.log`);
+    const out = fs.openSync(log, 'w');
+    const proc = spawn(BIN, ['server', '--addr', `127.0.0.1:${port}`, '--data-dir', path.join(dir, `data-${attempt}`)],
+      { stdio: ['ignore', out, out] });
+    fs.closeSync(out);
+    let exited = false;
+    proc.on('exit', () => { exited = true; });
+    const base = `http://127.0.0.1:${port}`;
+    const deadline = Date.now() + READY_DEADLINE_MS;
+    while (!exited && Date.now() < deadline) {
+      try {
+        const r = await fetch(base + '/readyz');
+        if (r.ok) return { proc, base, dir, log };
+      } catch { /* not listening yet */ }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    if (!exited) proc.kill('SIGKILL');
+    const tail = fs.readFileSync(log, 'utf8').slice(-2000);
+    if (!exited) throw new Error(`server not ready within ${READY_DEADLINE_MS} ms:\n${tail}`);
+    console.error(`server on port ${port} exited early (port taken?), retrying:\n${tail}`);
+  }
+  throw new Error('the server did not start in 5 attempts');
+}
+
+async function call(method, p, body) {
+  const r = await fetch(server.base + p, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  return { status: r.status, json: text ? JSON.parse(text) : null };
+}
+
+async function ok(method, p, body) {
+  const r = await call(method, p, body);
+  assert.ok(r.status >= 200 && r.status < 300, `${method} ${p} → ${r.status} ${JSON.stringify(r.json)}`);
+  return r.json;
+}
+
+// ---------------------------------------------------------------- seed
+
+async function seedData() {
+  const enqueue = (job) => ok('POST', '/v1/jobs', job).then((r) => r.id);
+
+  // emails: one job leased by a registered worker, ready and scheduled jobs with kinds and tags
+  seed.leased = await enqueue({ queue: 'emails', kind: 'welcome', priority: 10, timeout_ms: 600000, tags: ['signup'], payload: { user: 1 } });
+  seed.welcome = [];
+  for (let i = 2; i <= 4; i++) seed.welcome.push(await enqueue({ queue: 'emails', kind: 'welcome', tags: ['signup'], payload: { user: i } }));
+  seed.receipts = [];
+  for (let i = 1; i <= 2; i++) seed.receipts.push(await enqueue({ queue: 'emails', kind: 'receipt', tags: ['billing'], payload: { order: i } }));
+  seed.scheduled = [];
+  for (let i = 1; i <= 2; i++) seed.scheduled.push(await enqueue({ queue: 'emails', kind: 'digest', delay_ms: 3600000, tags: ['weekly'] }));
+  await ok('PUT', '/v1/workers/mailer-7', MAILER);
+  const leased = await ok('POST', '/v1/lease', { queues: ['emails'], max_jobs: 1, worker: 'mailer-7' });
+  assert.equal(leased.jobs[0].id, seed.leased);
+
+  // billing: a dead job (its one attempt failed), a succeeded one, two ready
+  seed.dead = await enqueue({ queue: 'billing', kind: 'charge', max_attempts: 1, payload: { amount: 5 } });
+  let l = await ok('POST', '/v1/lease', { queues: ['billing'], max_jobs: 1, worker: 'billing-1' });
+  await ok('POST', `/v1/jobs/${seed.dead}/fail`, { lease_id: l.jobs[0].lease_id, error: 'card declined' });
+  const done = await enqueue({ queue: 'billing', kind: 'charge', payload: { amount: 7 } });
+  l = await ok('POST', '/v1/lease', { queues: ['billing'], max_jobs: 1, worker: 'billing-1' });
+  assert.equal(l.jobs[0].id, done);
+  await ok('POST', `/v1/jobs/${done}/ack`, { lease_id: l.jobs[0].lease_id });
+  for (let i = 0; i < 2; i++) await enqueue({ queue: 'billing', kind: 'refund' });
+
+  // reports: paused, with a ready job
+  await enqueue({ queue: 'reports', kind: 'render' });
+  await ok('POST', '/v1/queues/reports/pause');
+
+  // enough more queues for the overview to page
+  await ok('POST', '/v1/jobs/batch', {
+    jobs: Array.from({ length: BULK_QUEUES }, (_, i) => ({ queue: `zz-bulk-${String(i).padStart(2, '0')}`, kind: 'noop' })),
+  });
+
+  // alerts: a rule that fires at once (emails has more than one ready job), a silence
+  await ok('PUT', '/v1/alerts/rules/emails-backlog', { queue: 'emails', metric: 'depth', op: '>', threshold: 1, severity: 'critical' });
+  await ok('PUT', '/v1/alerts/rules/billing-dead', { queue: 'billing', metric: 'dead', op: '>', threshold: 100, severity: 'warning' });
+  await ok('PUT', '/v1/alerts/silences/maintenance', { queue: 'reports', duration_ms: 3600000, comment: 'report rebuild' });
+
+  // a stream: 30 records a minute apart in partition 0, a few elsewhere, a consumer group
+  await ok('PUT', '/v1/streams/orders', { partitions: 3, retention_ms: 7 * 86400000 });
+  const t0 = Date.now() - 40 * 60000;
+  seed.times = Array.from({ length: 30 }, (_, i) => new Date(t0 + i * 60000).toISOString());
+  await ok('POST', '/v1/streams/orders/records', {
+    records: seed.times.map((t, i) => ({ partition: 0, key: `customer-${i % 5}`, value: { order: i }, timestamp: t, headers: [['source', 'web']] })),
+  });
+  await ok('POST', '/v1/streams/orders/records', { records: [{ value: 'one', partition: 1 }, { value: 'two', partition: 2 }, { value: 'three', partition: 2 }] });
+  const join = await ok('POST', '/v1/streams/orders/groups/billing/join', { strategy: 'range', session_timeout_ms: 300000 });
+  await ok('POST', '/v1/streams/orders/groups/billing/commit', {
+    member_id: join.member_id, generation: join.generation, offsets: [{ partition: 0, offset: 10 }].filter((o) => join.partitions.includes(o.partition)),
+  });
+}
+
+// ---------------------------------------------------------------- browser helpers
+
+async function shot(name) {
+  await page.screenshot({ path: path.join(SHOTS, name + '.png'), fullPage: true });
+}
+
+// A fresh load of the page (links between pages are followed in the tests that use them).
+async function open(hash) {
+  await page.goto('about:blank');
+  await page.goto(server.base + '/' + hash);
+  await page.waitForSelector('main h1');
+}
+
+const text = (sel) => page.locator(sel).first().innerText();
+
+// The overview's charts have a line once there is data: with live events, after two
+// `stats` (a second apart); from history at once; with neither, after two polls.
+async function chartsDrawn() {
+  await page.waitForFunction(() => [...document.querySelectorAll('figure.chart path.line')].some((p) => p.getAttribute('d').includes('L')));
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+before(async () => {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  server = await startServer();
+  await seedData();
+  userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-chromium-'));
+  ctx = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    viewport: { width: 1280, height: 900 },
+    colorScheme: 'light',
+    timezoneId: 'UTC',
+  });
+  page = ctx.pages()[0] || await ctx.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+});
+
+after(async () => {
+  if (ctx) await ctx.close();
+  if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+  if (server) {
+    server.proc.kill('SIGTERM');
+    await new Promise((r) => { server.proc.once('exit', r); setTimeout(r, 5000); });
+    fs.rmSync(server.dir, { recursive: true, force: true });
+  }
+});
+
+// ---------------------------------------------------------------- pages
+
+test('overview shows totals, queues and the live state, in both themes', async () => {
+  await open('#/');
+  const emails = page.locator('tr[data-queue="emails"]');
+  await emails.waitFor();
+  // ready: 3 welcome + 2 receipt; the leased one is running
+  await page.locator('[data-card="ready"] .value').filter({ hasText: /^\d/ }).waitFor();
+  const cells = await emails.locator('td').allInnerTexts();
+  assert.equal(cells[0], 'emails');
+  assert.equal(cells[2], '5', 'ready jobs of emails');
+  assert.equal(cells[3], '2', 'scheduled jobs of emails');
+  assert.match(await page.locator('tr[data-queue="reports"]').innerText(), /paused/);
+  assert.match(await text('#live-text'), /^(Live|Live updates unavailable, polling|Reconnecting… polling meanwhile|Connecting…)$/);
+  await page.locator('[data-card="health"] .badge').waitFor();
+  await chartsDrawn();
+  await shot('overview-light');
+
+  // The theme toggle switches and is kept in localStorage across a reload.
+  assert.equal(await page.evaluate(() => document.documentElement.dataset.theme || ''), '');
+  await page.click('#theme-toggle');
+  assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark');
+  assert.equal(await page.evaluate(() => localStorage.getItem('sluice.theme')), 'dark');
+  await page.reload();
+  await emails.waitFor();
+  assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark');
+  const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  assert.notEqual(bg, 'rgb(255, 255, 255)', 'the dark theme has a dark background');
+  await page.locator('[data-card="health"] .badge').waitFor();
+  await chartsDrawn();
+  await shot('overview-dark');
+
+  // Without a stored choice, the system setting decides.
+  await page.evaluate(() => { localStorage.removeItem('sluice.theme'); delete document.documentElement.dataset.theme; });
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await page.reload();
+  await emails.waitFor();
+  assert.equal(await page.evaluate(() => getComputedStyle(document.body).backgroundColor), bg);
+  assert.equal(await text('#theme-toggle'), 'Light theme');
+  await page.emulateMedia({ colorScheme: 'light' });
+});
+
+test('overview pages through the queues and finds one by name', async () => {
+  await open('#/');
+  await page.locator('tr[data-queue="emails"]').waitFor();
+  assert.equal(await page.locator('tr[data-queue]').count(), 50);
+  await page.getByRole('navigation', { name: 'Queues pages' }).getByRole('button', { name: 'Next' }).click();
+  await page.locator(`tr[data-queue="zz-bulk-${BULK_QUEUES - 1}"]`).waitFor();
+  const total = (await ok('GET', '/v1/queues?limit=1000')).queues.length;
+  assert.ok(total > 50 && total <= 100);
+  assert.equal(await page.locator('tr[data-queue]').count(), total - 50);
+  await page.getByRole('navigation', { name: 'Queues pages' }).getByRole('button', { name: 'Previous' }).click();
+  await page.locator('tr[data-queue="billing"]').waitFor();
+
+  await page.fill('#queue-filter', 'reports');
+  await page.click('form[role="search"] button[type="submit"]');
+  await page.waitForFunction(() => document.querySelectorAll('tr[data-queue]').length === 1);
+  assert.match(await page.locator('tr[data-queue="reports"]').innerText(), /paused/);
+});
+
+// Records every text the live indicator shows, for the test to look back on.
+async function watchLiveText() {
+  await page.evaluate(() => {
+    window.liveTexts = [document.getElementById('live-text').textContent];
+    new MutationObserver(() => window.liveTexts.push(document.getElementById('live-text').textContent))
+      .observe(document.getElementById('live-text'), { childList: true, characterData: true, subtree: true });
+  });
+}
+
+async function eventsAvailable() {
+  const ctl = new AbortController();
+  try {
+    const r = await fetch(server.base + '/v1/events?types=stats', { signal: ctl.signal });
+    return r.status === 200 && (r.headers.get('content-type') || '').startsWith('text/event-stream');
+  } finally {
+    ctl.abort();
+  }
+}
+
+test('live updates: events refresh the page; without them it polls; it reconnects', async () => {
+  const billingRow = page.locator('tr[data-queue="billing"]');
+  const live = await eventsAvailable();
+  if (live) {
+    // Through the server's own event stream: the page is refreshed by `queue` events
+    // (no polling happens while live).
+    await open('#/');
+    await page.locator('#live-text', { hasText: /^Live$/ }).waitFor();
+    await page.locator('#live-stats', { hasText: /ready/ }).waitFor();
+    await billingRow.waitFor();
+    await ok('POST', '/v1/queues/billing/pause');
+    await billingRow.locator('.badge', { hasText: 'paused' }).waitFor({ timeout: 4000 });
+    await ok('POST', '/v1/queues/billing/resume');
+    await billingRow.locator('.badge', { hasText: 'active' }).waitFor({ timeout: 4000 });
+  } else {
+    console.error('# GET /v1/events is not served: only the polling and reconnect paths are tested');
+  }
+
+  // A stream that ends at once: the indicator says it reconnects (and stats were shown).
+  const stats = { at_ms: Date.now(), jobs: { ready: 4321, leased: 7 }, queues: 3, workers: 2, firing_alerts: 1, per_s: { enqueued: 1, completed: 1, failed: 0 } };
+  await page.route('**/v1/events**', (route) => route.fulfill({
+    status: 200, headers: { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' },
+    body: `id: 1\nevent: stats\ndata: ${JSON.stringify(stats)}\n\n`,
+  }));
+  await open('#/');
+  await watchLiveText();
+  await page.locator('#live-stats', { hasText: '4,321 ready' }).waitFor();
+  await page.waitForFunction(() => window.liveTexts.some((t) => t.startsWith('Reconnecting')));
+  await page.unroute('**/v1/events**');
+  if (live) await page.locator('#live-text', { hasText: /^Live$/ }).waitFor();
+
+  // No event stream at all (404): the page says so and polls every 5 s.
+  await page.route('**/v1/events**', (route) => route.fulfill({
+    status: 404, contentType: 'application/json', body: JSON.stringify({ error: { code: 'not_found', message: 'no such endpoint' } }),
+  }));
+  try {
+    await open('#/');
+    await page.locator('#live-text', { hasText: 'Live updates unavailable, polling' }).waitFor();
+    await billingRow.waitFor();
+    await ok('POST', '/v1/queues/billing/pause');
+    await billingRow.locator('.badge', { hasText: 'paused' }).waitFor({ timeout: 8000 });
+    await ok('POST', '/v1/queues/billing/resume');
+  } finally {
+    await page.unroute('**/v1/events**');
+  }
+});
+
+test('keyboard: Tab reaches the main navigation and Enter follows a link', async () => {
+  await open('#/');
+  await page.locator('tr[data-queue="emails"]').waitFor();
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Skip to content');
+  let reached = false;
+  for (let i = 0; i < 10 && !reached; i++) {
+    await page.keyboard.press('Tab');
+    reached = await page.evaluate(() => document.activeElement.matches('nav[aria-label="Main"] a[href="#/workers"]'));
+  }
+  assert.ok(reached, 'Tab reaches the Workers link');
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  assert.notEqual(outline, 'none', 'the focused link shows its focus');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => location.hash === '#/workers');
+  await page.getByRole('heading', { level: 1, name: 'Workers' }).waitFor();
+  assert.equal(await page.locator('nav[aria-label="Main"] a[aria-current="page"]').innerText(), 'Workers');
+});
+
+test('workers page lists the registered worker and its current job', async () => {
+  // A beat (the registry drops a worker not heard from for 30 s). It repeats every field:
+  // an empty beat clears them, though docs/api.md says the last values are kept.
+  await ok('PUT', '/v1/workers/mailer-7', MAILER);
+  await open('#/workers');
+  const row = page.locator('tr[data-worker="mailer-7"]');
+  await row.waitFor();
+  const t = await row.innerText();
+  assert.match(t, /box-1/);
+  assert.match(t, new RegExp(seed.leased));
+  assert.match(t, /1 \/ 4/);
+  assert.equal(await row.getByRole('meter').getAttribute('aria-valuenow'), '25');
+  await shot('workers');
+});
+
+test('queue page: counts, charts, insights; pause and resume', async () => {
+  await open('#/queues/emails');
+  await page.getByRole('heading', { level: 1, name: 'emails' }).waitFor();
+  await page.locator(`tr[data-job="${seed.welcome[0]}"]`).waitFor();
+  assert.equal(await page.locator('[data-count="ready"] .value').innerText(), '5');
+  assert.equal(await page.locator('[data-count="scheduled"] .value').innerText(), '2');
+  assert.equal(await page.locator('[data-count="leased"] .value').innerText(), '1');
+  await page.locator('figure.chart svg').first().waitFor();
+  await page.getByRole('heading', { name: 'Health', exact: true }).waitFor();
+  await page.locator('#h-insights ~ .section-body table').first().waitFor();
+  await shot('queue');
+
+  await page.click('#pause-toggle');
+  await page.locator('#pause-toggle', { hasText: 'Resume queue' }).waitFor();
+  assert.equal((await ok('GET', '/v1/queues/emails')).paused, true);
+  await page.click('#pause-toggle');
+  await page.locator('#pause-toggle', { hasText: 'Pause queue' }).waitFor();
+  assert.equal((await ok('GET', '/v1/queues/emails')).paused, false);
+});
+
+test('queue page: jobs by state with search by id, kind and tag', async () => {
+  await open('#/queues/emails');
+  await page.locator(`tr[data-job="${seed.welcome[0]}"]`).waitFor();
+  assert.equal(await page.locator('tr[data-job]').count(), 5);
+
+  await page.click('button[data-state="scheduled"]');
+  await page.locator(`tr[data-job="${seed.scheduled[0]}"]`).waitFor();
+  assert.equal(await page.locator('tr[data-job]').count(), 2);
+  await page.click('button[data-state="ready"]');
+  await page.locator(`tr[data-job="${seed.welcome[0]}"]`).waitFor();
+
+  // by id: one job, whatever its state
+  await page.selectOption('#search-field', 'id');
+  await page.fill('#search-value', seed.scheduled[1]);
+  await page.click('form[aria-label="Jobs"] button[type="submit"]');
+  await page.waitForFunction((id) => {
+    const rows = document.querySelectorAll('tr[data-job]');
+    return rows.length === 1 && rows[0].dataset.job === id;
+  }, seed.scheduled[1]);
+  assert.match(await page.locator(`tr[data-job="${seed.scheduled[1]}"]`).innerText(), /scheduled/);
+
+  // by kind and by tag: the server filters (or the page says it cannot yet)
+  for (const [field, value, expected] of [['kind', 'receipt', seed.receipts], ['tag', 'billing', seed.receipts]]) {
+    const supported = (await call('GET', `/v1/queues/emails/jobs?state=ready&${field}=${value}`)).status === 200;
+    await page.selectOption('#search-field', field);
+    await page.fill('#search-value', value);
+    await page.click('form[aria-label="Jobs"] button[type="submit"]');
+    if (supported) {
+      await page.waitForFunction((ids) => {
+        const rows = [...document.querySelectorAll('tr[data-job]')].map((r) => r.dataset.job);
+        return rows.length === ids.length && ids.every((id) => rows.includes(id));
+      }, expected);
+    } else {
+      await page.getByText(`Searching jobs by ${field} is not available on this server yet.`).waitFor();
+      assert.match(await text('#h-jobs ~ .section-body'), new RegExp(`GET /v1/queues/emails/jobs\\?state=ready&${field}=`));
+    }
+  }
+  await page.click('form[aria-label="Jobs"] button:has-text("Clear")');
+  await page.locator(`tr[data-job="${seed.welcome[0]}"]`).waitFor();
+});
+
+test('job page: a dead job shows its attempts and is retried', async () => {
+  await open('#/jobs/' + seed.dead);
+  await page.getByText('card declined').waitFor();
+  const attempt = await page.locator('#h-attempts ~ .section-body tbody tr').first().innerText();
+  assert.match(attempt, /billing-1/);
+  assert.match(attempt, /failed/);
+  assert.match(await text('#h-payload ~ .section-body pre'), /"amount": 5/);
+  await shot('job');
+  assert.equal(await page.locator('#job-cancel').isHidden(), true, 'a dead job cannot be cancelled');
+  await page.click('#job-retry');
+  await page.getByText('Job retried').waitFor();
+  assert.equal((await ok('GET', '/v1/jobs/' + seed.dead)).state, 'ready');
+  await page.locator('.page-head .badge', { hasText: 'ready' }).waitFor();
+});
+
+test('job page: a scheduled job is cancelled', async () => {
+  await open('#/jobs/' + seed.scheduled[0]);
+  await page.locator('.page-head .badge', { hasText: 'scheduled' }).waitFor();
+  await page.click('#job-cancel');
+  await page.getByText('Job cancelled.').waitFor();
+  assert.equal((await ok('GET', '/v1/jobs/' + seed.scheduled[0])).state, 'cancelled');
+  await page.locator('#job-retry').waitFor(); // a cancelled job can be retried
+});
+
+test('alerts page: firing alert, rules, history; a silence is added and deleted', async () => {
+  await open('#/alerts');
+  await page.locator('#h-firing-now ~ .section-body tr[data-rule="emails-backlog"]').waitFor();
+  await page.locator('#h-rules ~ .section-body tr[data-rule="billing-dead"]').waitFor();
+  await page.locator('tr[data-silence="maintenance"]').waitFor();
+  await page.locator('#h-history ~ .section-body tbody tr', { hasText: 'emails-backlog' }).first().waitFor();
+  await shot('alerts');
+
+  await page.click('summary:has-text("New silence")');
+  await page.fill('#silence-id', 'ui-test');
+  await page.fill('#silence-queue', 'emails');
+  await page.fill('#silence-minutes', '30');
+  await page.fill('#silence-comment', 'from the browser test');
+  await page.click('form[aria-label="New silence"] button[type="submit"]');
+  await page.locator('tr[data-silence="ui-test"]').waitFor();
+  const added = (await ok('GET', '/v1/alerts/silences')).silences.find((s) => s.id === 'ui-test');
+  assert.ok(added, 'the silence exists');
+  assert.equal(added.queue, 'emails');
+  assert.equal(added.comment, 'from the browser test');
+
+  const del = page.locator('tr[data-silence="ui-test"] button');
+  await del.click();
+  await page.locator('tr[data-silence="ui-test"] button', { hasText: 'Confirm delete' }).click();
+  await page.locator('tr[data-silence="ui-test"]').waitFor({ state: 'detached' });
+  assert.ok(!(await ok('GET', '/v1/alerts/silences')).silences.some((s) => s.id === 'ui-test'));
+});
+
+test('streams: list, partitions, group lag, records by offset and by time', async () => {
+  await open('#/streams');
+  const row = page.locator('tr[data-stream="orders"]');
+  await row.waitFor();
+  const cells = await row.locator('td').allInnerTexts();
+  assert.equal(cells[1], '3');
+  assert.equal(cells[2], '33');
+  await shot('streams');
+  await row.getByRole('link', { name: 'orders' }).click();
+  await page.getByRole('heading', { level: 1, name: 'orders' }).waitFor();
+  await page.locator('tr[data-partition="0"]').waitFor();
+  assert.match(await page.locator('tr[data-partition="0"]').innerText(), /30/);
+
+  // consumer group: listed, or looked up by name while listing is not in the API
+  const group = await ok('GET', '/v1/streams/orders/groups/billing');
+  if ((await call('GET', '/v1/streams/orders/groups')).status !== 200) {
+    await page.getByText('Listing consumer groups is not available').waitFor();
+    await page.fill('#group-name', 'billing');
+    await page.click('form[aria-label="Consumer group"] button[type="submit"]');
+  }
+  const block = page.locator('[data-group="billing"]');
+  await block.waitFor();
+  const lag = group.partitions.reduce((n, p) => n + p.lag, 0);
+  assert.match(await block.innerText(), new RegExp(`Total lag\\s+${lag}\\b`));
+
+  // by offset
+  await page.selectOption('#rec-partition', '0');
+  await page.selectOption('#rec-mode', 'offset');
+  await page.fill('#rec-offset', '5');
+  await page.click('form[aria-label="Browse records"] button[type="submit"]');
+  await page.locator('#records tr[data-offset="5"]').waitFor();
+  const api5 = await ok('GET', '/v1/streams/orders/partitions/0/records?offset=5');
+  assert.equal(await page.locator('#records tbody tr').first().getAttribute('data-offset'), String(api5.records[0].offset));
+  assert.match(await page.locator('#records tr[data-offset="5"]').innerText(), /customer-0/);
+  await page.locator('#records button', { hasText: 'Next records' }).count(); // present only when more than a page
+
+  // by time: the record at seed.times[12] and on
+  const at = seed.times[12];
+  await page.selectOption('#rec-mode', 'time');
+  await page.fill('#rec-time', at.replace(/Z$/, '')); // the browser runs in UTC
+  await page.click('form[aria-label="Browse records"] button[type="submit"]');
+  const byTime = await ok('GET', '/v1/streams/orders/partitions/0/records?timestamp=' + encodeURIComponent(at));
+  assert.equal(byTime.records[0].offset, 12);
+  await page.locator('#records tbody tr[data-offset="12"]').waitFor();
+  assert.equal(await page.locator('#records tbody tr').first().getAttribute('data-offset'), '12');
+  await shot('stream');
+});
+
+test('errors from the API are shown', async () => {
+  await open('#/queues/no-such-queue');
+  await page.getByRole('alert').filter({ hasText: 'queue no-such-queue not found' }).waitFor();
+  await open('#/jobs/0000000000000');
+  await page.getByRole('alert').filter({ hasText: 'not_found' }).waitFor();
+});
+
+test('narrow window (380 px): no horizontal scroll', async () => {
+  await page.setViewportSize({ width: 380, height: 800 });
+  try {
+    for (const hash of ['#/', '#/queues/emails', '#/workers', '#/alerts', '#/streams/orders']) {
+      await open(hash);
+      await page.waitForFunction(() => !document.querySelector('main .section-body:empty'), null, { timeout: WAIT_MS }).catch(() => {});
+      const [scroll, client] = await page.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]);
+      assert.ok(scroll <= client, `${hash}: page is ${scroll} px wide in a ${client} px window`);
+      if (hash === '#/') {
+        await page.locator('tr[data-queue="emails"]').waitFor();
+        await shot('overview-narrow');
+      }
+    }
+  } finally {
+    await page.setViewportSize({ width: 1280, height: 900 });
+  }
+});
+
+test('no script errors on any page', () => {
+  assert.deepEqual(pageErrors, []);
+});
