@@ -822,6 +822,15 @@ pub struct HistoryPoint {
     pub wait_p95_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_p95_ms: Option<u64>,
+    /// Jobs scheduled, failed and waiting to retry, and dead, as sampled (with `ready`
+    /// and `leased`, the queue's depth per state; 0 in history written before they were
+    /// recorded).
+    #[serde(default)]
+    pub scheduled: u64,
+    #[serde(default)]
+    pub retrying: u64,
+    #[serde(default)]
+    pub dead: u64,
 }
 
 /// `GET /v1/queues/{queue}/history`: one point per step from `from` to `to` (zeros where

@@ -201,6 +201,9 @@ async fn history(
                 sum.failed = sum.failed.saturating_add(s.failed);
                 sum.wait_p95_ms = sum.wait_p95_ms.max(s.wait_p95_ms);
                 sum.run_p95_ms = sum.run_p95_ms.max(s.run_p95_ms);
+                sum.scheduled = sum.scheduled.saturating_add(s.scheduled);
+                sum.retrying = sum.retrying.saturating_add(s.retrying);
+                sum.dead = sum.dead.saturating_add(s.dead);
             }
             summed.into_iter().collect()
         }
@@ -216,6 +219,9 @@ async fn history(
             failed: u64::from(s.failed),
             wait_p95_ms: s.wait_p95_ms.map(u64::from),
             run_p95_ms: s.run_p95_ms.map(u64::from),
+            scheduled: u64::from(s.scheduled),
+            retrying: u64::from(s.retrying),
+            dead: u64::from(s.dead),
         })
         .collect();
     Ok((

@@ -378,6 +378,9 @@ impl Broker {
                                     failed: small(slot.failed),
                                     wait_p95_ms: slot.wait_p95_ms.map(small),
                                     run_p95_ms: slot.run_p95_ms.map(small),
+                                    scheduled: count(sluice_core::JobState::Scheduled),
+                                    retrying: count(sluice_core::JobState::Failed),
+                                    dead: count(sluice_core::JobState::Dead),
                                 },
                             ))
                         })

@@ -21,7 +21,11 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sluice_core::Millis;
 
-const MAGIC: &[u8; 8] = b"SLUICEH1";
+/// Chunks written now: samples with every state's count.
+const MAGIC: &[u8; 8] = b"SLUICEH2";
+/// Chunks of earlier versions, still read (their samples have no scheduled, retrying or
+/// dead counts: read as 0).
+const MAGIC_V1: &[u8; 8] = b"SLUICEH1";
 const HEADER_BYTES: usize = 16;
 /// A frame bigger than this is damage, not a row (a row of 100,000 queues is ~5 MB).
 const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -39,6 +43,55 @@ pub struct Sample {
     pub failed: u32,
     pub wait_p95_ms: Option<u32>,
     pub run_p95_ms: Option<u32>,
+    /// Gauges, as `ready` and `leased`: jobs scheduled, failed and waiting to retry, dead.
+    pub scheduled: u32,
+    pub retrying: u32,
+    pub dead: u32,
+}
+
+/// A sample as version 1 chunks hold it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct SampleV1 {
+    ready: u32,
+    leased: u32,
+    enqueued: u32,
+    succeeded: u32,
+    failed: u32,
+    wait_p95_ms: Option<u32>,
+    run_p95_ms: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RowV1 {
+    at_ms: Millis,
+    new_names: Vec<String>,
+    samples: Vec<(u32, SampleV1)>,
+}
+
+impl From<RowV1> for Row {
+    fn from(row: RowV1) -> Row {
+        Row {
+            at_ms: row.at_ms,
+            new_names: row.new_names,
+            samples: row
+                .samples
+                .into_iter()
+                .map(|(id, s)| {
+                    let sample = Sample {
+                        ready: s.ready,
+                        leased: s.leased,
+                        enqueued: s.enqueued,
+                        succeeded: s.succeeded,
+                        failed: s.failed,
+                        wait_p95_ms: s.wait_p95_ms,
+                        run_p95_ms: s.run_p95_ms,
+                        ..Sample::default()
+                    };
+                    (id, sample)
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Sample {
@@ -328,6 +381,9 @@ impl Recorder {
             let sum = self.coarse_sums.entry(name.clone()).or_default();
             sum.ready = sample.ready;
             sum.leased = sample.leased;
+            sum.scheduled = sample.scheduled;
+            sum.retrying = sample.retrying;
+            sum.dead = sample.dead;
             sum.enqueued = sum.enqueued.saturating_add(sample.enqueued);
             sum.succeeded = sum.succeeded.saturating_add(sample.succeeded);
             sum.failed = sum.failed.saturating_add(sample.failed);
@@ -374,7 +430,8 @@ fn read_chunk(
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(error) => return Err(error),
     };
-    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+    let version_1 = bytes.get(..8) == Some(MAGIC_V1.as_slice());
+    if bytes.len() < HEADER_BYTES || (&bytes[..8] != MAGIC && !version_1) {
         tracing::warn!(path = %path.display(), "not a history chunk; skipped");
         return Ok(());
     }
@@ -389,7 +446,12 @@ fn read_chunk(
         if len > FRAME_BYTES_MAX || crc32c::crc32c(payload) != crc {
             break;
         }
-        let Ok(row) = postcard::from_bytes::<Row>(payload) else {
+        let row = if version_1 {
+            postcard::from_bytes::<RowV1>(payload).map(Row::from)
+        } else {
+            postcard::from_bytes::<Row>(payload)
+        };
+        let Ok(row) = row else {
             break;
         };
         names.extend(row.new_names);
@@ -413,6 +475,48 @@ fn read_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_of_the_first_version_are_still_read() {
+        #[derive(Serialize)]
+        struct V1 {
+            at_ms: Millis,
+            new_names: Vec<String>,
+            samples: Vec<(u32, [u32; 5], Option<u32>, Option<u32>)>,
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let hour = 3_600_000;
+        let store = Store::new(dir.path().join("10s"), 10_000, hour, 24 * hour, 0);
+        fs::create_dir_all(dir.path().join("10s")).expect("dir");
+        let payload = postcard::to_allocvec(&V1 {
+            at_ms: 20_000,
+            new_names: vec!["old".into()],
+            samples: vec![(0, [4, 1, 9, 8, 1], Some(120), None)],
+        })
+        .expect("encode");
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&10_000u64.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        fs::write(dir.path().join("10s").join("0-0.hist"), bytes).expect("write");
+        let read = store.read("old", 0, hour).expect("read");
+        assert_eq!(
+            read,
+            vec![(
+                20_000,
+                Sample {
+                    ready: 4,
+                    leased: 1,
+                    enqueued: 9,
+                    succeeded: 8,
+                    failed: 1,
+                    wait_p95_ms: Some(120),
+                    ..Sample::default()
+                }
+            )]
+        );
+    }
 
     fn sample(ready: u32) -> Sample {
         Sample {

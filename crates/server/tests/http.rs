@@ -2502,6 +2502,7 @@ fn write_history(data_dir: &std::path::Path, queue: &str, now: i64) -> i64 {
             failed: 0,
             wait_p95_ms: Some(if at == spike { 5_000 } else { 100 + i % 3 }),
             run_p95_ms: Some(250),
+            ..Sample::default()
         };
         store
             .append(at, vec![(queue.to_owned(), sample)])
@@ -2654,12 +2655,17 @@ async fn the_server_records_a_history_sample_every_ten_seconds() {
         server.enqueue(spec("rec")).await;
     }
     server.enqueue(spec("rec-other")).await;
+    server
+        .enqueue(json!({ "queue": "rec", "kind": "later", "payload": {}, "delay_ms": 600_000 }))
+        .await;
     // The sample of the 10 s slot the enqueues fell in is written once that slot ends.
     let recorded = wait_until("a history sample of rec", || async {
         let (_, history) = server.get("/v1/queues/rec/history").await;
-        history["points"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| p["enqueued"] == 2 && p["ready"] == 2))
+        history["points"].as_array().is_some_and(|p| {
+            p.iter().any(|p| {
+                p["enqueued"] == 3 && p["ready"] == 2 && p["scheduled"] == 1 && p["dead"] == 0
+            })
+        })
     })
     .await;
     assert!(recorded);
@@ -2669,7 +2675,9 @@ async fn the_server_records_a_history_sample_every_ten_seconds() {
     assert_eq!(all["resolution_ms"], 10_000);
     let points = all["points"].as_array().expect("points");
     assert!(
-        points.iter().any(|p| p["enqueued"] == 3 && p["ready"] == 3),
+        points
+            .iter()
+            .any(|p| p["enqueued"] == 4 && p["ready"] == 3 && p["scheduled"] == 1),
         "{all}"
     );
     let bad = server.get("/v1/history?resolution=1h").await;
