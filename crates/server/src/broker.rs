@@ -250,7 +250,7 @@ impl Broker {
         self.record_history();
         crate::groups::reap(self).await;
         crate::streams::run_feeds(self).await;
-        {
+        if self.streams.syncs_periodically() {
             let this = self.clone();
             let _ = tokio::task::spawn_blocking(move || this.streams.sync_due()).await;
         }

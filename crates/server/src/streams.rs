@@ -198,6 +198,11 @@ impl StreamStore {
         }
     }
 
+    /// Whether `sync_due` has anything to do: `--fsync batch` and a partition open.
+    pub fn syncs_periodically(&self) -> bool {
+        self.sync_periodic && !self.open.lock().is_empty()
+    }
+
     /// Under `--fsync batch`, makes every open partition's appends durable (from the
     /// tick, every 50 ms; a partition with nothing new costs no sync): blocking.
     pub fn sync_due(&self) {
