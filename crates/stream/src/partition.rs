@@ -92,6 +92,49 @@ fn batches<'a>(
     })
 }
 
+/// The layout version of a partition's files, in its `FORMAT` file. Version 1 (batches
+/// without record offset deltas) had no `FORMAT` file; its segments are refused rather
+/// than misread (a misread tail would be cut off as torn).
+const FORMAT: &str = "sluice-stream 2\n";
+
+/// Writes `FORMAT` in a new partition directory, before any segment; refuses a directory
+/// whose segments were written without it.
+fn check_format(dir: &Path) -> Result<(), StreamError> {
+    let path = dir.join("FORMAT");
+    match fs::read_to_string(&path) {
+        Ok(text) if text == FORMAT => Ok(()),
+        Ok(text) => Err(StreamError::Corrupt {
+            path,
+            position: 0,
+            reason: format!(
+                "unknown stream format {:?} (this build writes {FORMAT:?})",
+                text.trim()
+            ),
+        }),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let has_segments = fs::read_dir(dir).map_err(io_err(dir))?.flatten().any(|e| {
+                e.path().extension().is_some_and(|x| x == "log")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            });
+            if has_segments {
+                return Err(StreamError::Corrupt {
+                    path: dir.to_owned(),
+                    position: 0,
+                    reason: "segments written by an earlier build (stream format 1, before \
+                             record offset deltas); this build does not read them"
+                        .into(),
+                });
+            }
+            let mut file = File::create(&path).map_err(io_err(&path))?;
+            file.write_all(FORMAT.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(io_err(&path))?;
+            sync_dir(dir)
+        }
+        Err(error) => Err(io_err(&path)(error)),
+    }
+}
+
 /// The largest segment: index entries hold 32-bit positions.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 
@@ -239,6 +282,7 @@ impl Partition {
             index_interval_bytes: config.index_interval_bytes.max(1),
         };
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        check_format(dir)?;
         let mut bases: Vec<u64> = fs::read_dir(dir)
             .map_err(io_err(dir))?
             .filter_map(|e| e.ok())

@@ -538,3 +538,22 @@ fn client_encoded_batches_are_checked_placed_and_read_back_as_stored() {
     assert_eq!((b.base_offset, b.duplicate), (100, true));
     assert_eq!(partition.next_offset(), 101);
 }
+
+#[test]
+fn segments_of_the_first_format_are_refused_not_cut() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut partition = open(dir.path());
+    fill(&mut partition, 10);
+    drop(partition);
+    // What a build before record offset deltas left: segments and no FORMAT file.
+    std::fs::remove_file(dir.path().join("FORMAT")).expect("remove");
+    let segment = dir.path().join(&segment_files(dir.path())[0]);
+    let before = std::fs::metadata(&segment).expect("segment").len();
+    let error = Partition::open(dir.path(), small()).err().expect("refused");
+    assert!(error.to_string().contains("stream format 1"), "{error}");
+    assert_eq!(
+        std::fs::metadata(&segment).expect("segment").len(),
+        before,
+        "nothing cut"
+    );
+}
