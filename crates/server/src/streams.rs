@@ -227,7 +227,6 @@ impl StreamStore {
     }
 
     /// Applies each stream's retention, then its compaction, to its partitions: blocking.
-    /// A partition is locked while it is compacted (appends to it wait).
     pub fn retain(&self, specs: &[Described], now: Millis) {
         for (spec, compaction) in specs {
             let retained = spec.retention_ms.is_some() || spec.retention_bytes.is_some();
@@ -236,12 +235,18 @@ impl StreamStore {
             }
             for p in 0..spec.partitions {
                 let done = self.handle(&spec.name, p).and_then(|h| {
-                    let mut partition = h.partition.lock();
-                    if retained {
-                        partition.retain(now, spec.retention_ms, spec.retention_bytes)?;
-                    }
-                    if let Some(c) = compaction {
-                        let done = partition.compact(now, c.tombstone_retention_ms)?;
+                    let plan = {
+                        let mut partition = h.partition.lock();
+                        if retained {
+                            partition.retain(now, spec.retention_ms, spec.retention_bytes)?;
+                        }
+                        compaction.map(|c| (c, partition.plan_compaction()))
+                    };
+                    // The partition is held only to plan and to swap segments in: produce
+                    // and fetch go on while the closed segments are read and rewritten.
+                    if let Some((c, plan)) = plan {
+                        let rewrites = plan.run(now, c.tombstone_retention_ms)?;
+                        let done = h.partition.lock().apply_compaction(rewrites)?;
                         if done.records_removed > 0 {
                             tracing::debug!(
                                 stream = spec.name,

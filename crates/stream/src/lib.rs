@@ -7,4 +7,6 @@ pub mod batch;
 mod partition;
 
 pub use batch::{BatchHeader, Record};
-pub use partition::{Appended, Compacted, Partition, PartitionConfig, Recovery, StreamError};
+pub use partition::{
+    Appended, Compacted, CompactionPlan, Partition, PartitionConfig, Recovery, Rewrite, StreamError,
+};

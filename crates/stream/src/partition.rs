@@ -135,6 +135,109 @@ fn check_format(dir: &Path) -> Result<(), StreamError> {
     }
 }
 
+/// What a compaction will read (`Partition::plan_compaction`).
+pub struct CompactionPlan {
+    /// `(base offset, path, length)` of each segment, oldest first; the last is the
+    /// active one, read only up to the length it had.
+    segments: Vec<(u64, PathBuf, u64)>,
+    /// The base offset of each idempotent producer's last batch.
+    producer_last: std::collections::HashSet<u64>,
+}
+
+/// A closed segment rewritten by a compaction, beside the one it replaces.
+pub struct Rewrite {
+    base_offset: u64,
+    /// The rewrite, written and synced.
+    cleaned: PathBuf,
+    bytes: Vec<u8>,
+    removed: u64,
+    bytes_before: u64,
+}
+
+fn read_prefix(path: &Path, len: u64) -> Result<Vec<u8>, StreamError> {
+    let mut bytes = fs::read(path).map_err(io_err(path))?;
+    bytes.truncate(len as usize);
+    Ok(bytes)
+}
+
+impl CompactionPlan {
+    /// Reads the segments and writes the rewrite of each closed one that loses records
+    /// (see `Partition::compact`). Touches no segment: the partition can be appended to
+    /// and read meanwhile.
+    pub fn run(
+        &self,
+        now_ms: i64,
+        tombstone_retention_ms: u64,
+    ) -> Result<Vec<Rewrite>, StreamError> {
+        if self.segments.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let mut latest: std::collections::HashMap<Vec<u8>, u64> = Default::default();
+        for (_, path, len) in &self.segments {
+            let bytes = read_prefix(path, *len)?;
+            for item in batches(path, &bytes) {
+                let (_, records, _) = item?;
+                for (offset, record) in records {
+                    if let Some(key) = record.key {
+                        latest.insert(key, offset);
+                    }
+                }
+            }
+        }
+        let expired_before = now_ms.saturating_sub(tombstone_retention_ms as i64);
+        let mut rewrites = Vec::new();
+        for (base_offset, path, len) in &self.segments[..self.segments.len() - 1] {
+            let bytes = read_prefix(path, *len)?;
+            let mut rewritten = Vec::with_capacity(bytes.len());
+            let mut removed = 0u64;
+            let mut all: Vec<_> = batches(path, &bytes).collect::<Result<_, _>>()?;
+            let last = all.len().saturating_sub(1);
+            for (b, (header, records, raw)) in all.drain(..).enumerate() {
+                let total = records.len();
+                let kept: Vec<(u32, Record)> = records
+                    .into_iter()
+                    .filter(|(offset, record)| match &record.key {
+                        None => true,
+                        Some(key) => {
+                            latest.get(key) == Some(offset)
+                                && (record.value.is_some() || record.timestamp_ms >= expired_before)
+                        }
+                    })
+                    .map(|(offset, record)| ((offset - header.base_offset) as u32, record))
+                    .collect();
+                removed += (total - kept.len()) as u64;
+                if kept.len() == total {
+                    rewritten.extend_from_slice(raw);
+                } else if !kept.is_empty()
+                    || b == last
+                    || (header.producer_id != 0 && self.producer_last.contains(&header.base_offset))
+                {
+                    rewritten.extend(batch::encode_sparse(
+                        header,
+                        kept.iter().map(|(delta, record)| (*delta, record)),
+                    ));
+                }
+            }
+            if removed == 0 {
+                continue;
+            }
+            let cleaned = path.with_extension("cleaned");
+            let mut file = File::create(&cleaned).map_err(io_err(&cleaned))?;
+            file.write_all(&rewritten)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err(&cleaned))?;
+            rewrites.push(Rewrite {
+                base_offset: *base_offset,
+                cleaned,
+                bytes: rewritten,
+                removed,
+                bytes_before: bytes.len() as u64,
+            });
+        }
+        Ok(rewrites)
+    }
+}
+
 /// The largest segment: index entries hold 32-bit positions.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 
@@ -562,13 +665,6 @@ impl Partition {
         self.segments.iter().map(|s| s.base_offset).collect()
     }
 
-    fn segment_bytes(&self, i: usize) -> Result<Vec<u8>, StreamError> {
-        let segment = &self.segments[i];
-        let mut bytes = fs::read(&segment.path).map_err(io_err(&segment.path))?;
-        bytes.truncate(segment.len as usize);
-        Ok(bytes)
-    }
-
     /// Compaction by key: in every segment but the active one, keeps only the newest
     /// record of each key (newest in the whole partition, the active segment included),
     /// so that reading from the earliest offset still ends with every key's latest value.
@@ -579,91 +675,71 @@ impl Partition {
     /// segment's last (it carries where the segment ends) and an idempotent producer's
     /// last (it carries the producer's sequence).
     ///
-    /// Each rewritten segment is written beside the old one, synced, and renamed over it,
-    /// so a crash leaves either; the active segment is never touched, so appends can go on
-    /// between calls. Holds every key of the partition in memory while it runs.
+    /// In three steps, so that a caller can hold the partition only for the first and
+    /// the last: [`plan_compaction`](Self::plan_compaction) notes what to read,
+    /// [`CompactionPlan::run`] reads it and writes each rewritten segment beside the old
+    /// one (synced), and [`apply_compaction`](Self::apply_compaction) renames them over
+    /// the old ones, so a crash leaves either. Closed segments never change, and appends
+    /// only add newer records (which can only make more records superseded), so appends
+    /// can go on while the plan runs. Holds every key of the partition in memory while it
+    /// runs.
     pub fn compact(
         &mut self,
         now_ms: i64,
         tombstone_retention_ms: u64,
     ) -> Result<Compacted, StreamError> {
+        let rewrites = self.plan_compaction().run(now_ms, tombstone_retention_ms)?;
+        self.apply_compaction(rewrites)
+    }
+
+    /// What a compaction reads: every segment (the active one up to its length now) and
+    /// each idempotent producer's last batch. Cheap: nothing is read yet.
+    pub fn plan_compaction(&self) -> CompactionPlan {
+        CompactionPlan {
+            segments: self
+                .segments
+                .iter()
+                .map(|s| (s.base_offset, s.path.clone(), s.len))
+                .collect(),
+            producer_last: self.producers.values().map(|&(_, base)| base).collect(),
+        }
+    }
+
+    /// Swaps in the segments a plan rewrote: each is renamed over the segment it
+    /// replaces (skipped if that one went meanwhile, to retention), the directory
+    /// synced, and the segment's indexes rebuilt.
+    pub fn apply_compaction(&mut self, rewrites: Vec<Rewrite>) -> Result<Compacted, StreamError> {
         let mut done = Compacted::default();
-        if self.segments.len() < 2 {
-            return Ok(done);
-        }
-        let mut latest: std::collections::HashMap<Vec<u8>, u64> = Default::default();
-        for i in 0..self.segments.len() {
-            let bytes = self.segment_bytes(i)?;
-            for item in batches(&self.segments[i].path, &bytes) {
-                let (_, records, _) = item?;
-                for (offset, record) in records {
-                    if let Some(key) = record.key {
-                        latest.insert(key, offset);
-                    }
-                }
-            }
-        }
-        let expired_before = now_ms.saturating_sub(tombstone_retention_ms as i64);
-        let producer_last: std::collections::HashSet<u64> =
-            self.producers.values().map(|&(_, base)| base).collect();
-        for i in 0..self.segments.len() - 1 {
-            let path = self.segments[i].path.clone();
-            let bytes = self.segment_bytes(i)?;
-            let mut rewritten = Vec::with_capacity(bytes.len());
-            let mut removed = 0u64;
-            let mut all: Vec<_> = batches(&path, &bytes).collect::<Result<_, _>>()?;
-            let last = all.len().saturating_sub(1);
-            for (b, (header, records, raw)) in all.drain(..).enumerate() {
-                let total = records.len();
-                let kept: Vec<(u32, Record)> = records
-                    .into_iter()
-                    .filter(|(offset, record)| match &record.key {
-                        None => true,
-                        Some(key) => {
-                            latest.get(key) == Some(offset)
-                                && (record.value.is_some() || record.timestamp_ms >= expired_before)
-                        }
-                    })
-                    .map(|(offset, record)| ((offset - header.base_offset) as u32, record))
-                    .collect();
-                removed += (total - kept.len()) as u64;
-                if kept.len() == total {
-                    rewritten.extend_from_slice(raw);
-                } else if !kept.is_empty()
-                    || b == last
-                    || (header.producer_id != 0 && producer_last.contains(&header.base_offset))
-                {
-                    rewritten.extend(batch::encode_sparse(
-                        header,
-                        kept.iter().map(|(delta, record)| (*delta, record)),
-                    ));
-                }
-            }
-            if removed == 0 {
+        for rewrite in rewrites {
+            let closed = self.segments.len().saturating_sub(1);
+            let Some(i) = self.segments[..closed]
+                .iter()
+                .position(|s| s.base_offset == rewrite.base_offset)
+            else {
+                let _ = fs::remove_file(&rewrite.cleaned);
                 continue;
-            }
-            let cleaned = path.with_extension("cleaned");
-            let mut file = File::create(&cleaned).map_err(io_err(&cleaned))?;
-            file.write_all(&rewritten)
-                .and_then(|()| file.sync_all())
-                .map_err(io_err(&cleaned))?;
-            fs::rename(&cleaned, &path).map_err(io_err(&path))?;
-            sync_dir(&self.dir)?;
-            let mut segment = Segment::empty(&self.dir, self.segments[i].base_offset);
+            };
+            let path = self.segments[i].path.clone();
+            let mut segment = Segment::empty(&self.dir, rewrite.base_offset);
             let mut scratch = Producers::new();
-            if let Some(reason) =
-                segment.scan(&rewritten, self.config.index_interval_bytes, &mut scratch)
-            {
+            if let Some(reason) = segment.scan(
+                &rewrite.bytes,
+                self.config.index_interval_bytes,
+                &mut scratch,
+            ) {
+                let _ = fs::remove_file(&rewrite.cleaned);
                 return Err(StreamError::Corrupt {
                     path,
                     position: segment.len,
                     reason: format!("compaction wrote an unreadable segment: {reason}"),
                 });
             }
+            fs::rename(&rewrite.cleaned, &path).map_err(io_err(&path))?;
+            sync_dir(&self.dir)?;
             done.segments_rewritten += 1;
-            done.records_removed += removed;
-            done.bytes_before += bytes.len() as u64;
-            done.bytes_after += rewritten.len() as u64;
+            done.records_removed += rewrite.removed;
+            done.bytes_before += rewrite.bytes_before;
+            done.bytes_after += rewrite.bytes.len() as u64;
             self.segments[i] = segment;
             self.write_indexes(i)?;
         }

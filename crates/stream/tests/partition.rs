@@ -557,3 +557,49 @@ fn segments_of_the_first_format_are_refused_not_cut() {
         "nothing cut"
     );
 }
+
+#[test]
+fn appends_between_planning_and_applying_a_compaction_are_kept() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut partition = open(dir.path());
+    fill(&mut partition, 200);
+    let plan = partition.plan_compaction();
+    // Appended while the plan runs (the server holds no lock then): newer values of keys
+    // the plan saw, and a new key.
+    let late: Vec<Record> = (0..7)
+        .map(|k| Record {
+            timestamp_ms: 9_000,
+            key: Some(format!("key-{k}").into_bytes()),
+            value: Some(format!("late-{k}").into_bytes()),
+            headers: Vec::new(),
+        })
+        .collect();
+    partition.append(&late, 0, 0).expect("append");
+    let rewrites = plan.run(i64::MAX, 0).expect("run");
+    let done = partition.apply_compaction(rewrites).expect("apply");
+    assert!(done.records_removed > 0);
+    assert_eq!(partition.next_offset(), 207);
+    let read = partition.read(0, usize::MAX).expect("read");
+    // Every late record is there, and the partition ends with their values.
+    for k in 0..7u64 {
+        let offset = 200 + k;
+        assert!(
+            read.iter().any(|(o, _)| *o == offset),
+            "late offset {offset} kept"
+        );
+    }
+    let mut last: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+    for (_, r) in &read {
+        if let (Some(k), Some(v)) = (&r.key, &r.value) {
+            last.insert(k.clone(), v.clone());
+        }
+    }
+    for k in 0..7 {
+        assert_eq!(
+            last.get(format!("key-{k}").as_bytes()).map(Vec::as_slice),
+            Some(format!("late-{k}").as_bytes())
+        );
+    }
+    let reopened = open(dir.path());
+    assert_eq!(reopened.read(0, usize::MAX).expect("read"), read);
+}
