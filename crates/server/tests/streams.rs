@@ -719,6 +719,9 @@ async fn record_batches_in_the_binary_encoding_are_produced_and_fetched_as_store
     body.extend(frame(0, &[too_big], 0, 0));
     let refused = post(body).await;
     assert_error(&refused, 400, "invalid_request", Some("batches[1]"));
+    let many: Vec<Record> = (0..=10_000u32).map(|_| record(2)).collect();
+    let refused = post(frame(0, &many, 0, 0)).await;
+    assert_error(&refused, 413, "batch_too_large", None);
     let refused = post(frame(5, &[record(1)], 0, 0)).await;
     assert_error(
         &refused,
