@@ -301,6 +301,41 @@ impl Segment {
         }
     }
 
+    /// Where to start reading for `offset`: the indexed batch at or before it.
+    fn position_for(&self, offset: u64) -> u64 {
+        let relative = offset.saturating_sub(self.base_offset) as u32;
+        self.index
+            .partition_point(|&(o, _)| o <= relative)
+            .checked_sub(1)
+            .map_or(0, |i| u64::from(self.index[i].1))
+    }
+
+    /// Appends the batch at `position` of `file` (this segment) to `out`; returns its
+    /// length. Checks the length field only: decoding checks the rest.
+    fn read_batch(
+        &self,
+        file: &File,
+        position: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, StreamError> {
+        let mut head = [0u8; 16];
+        file.read_exact_at(&mut head, position)
+            .map_err(io_err(&self.path))?;
+        let total = 12 + u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
+        if !(BATCH_HEADER_BYTES..=batch::BATCH_BYTES_MAX).contains(&total) {
+            return Err(StreamError::Corrupt {
+                path: self.path.clone(),
+                position,
+                reason: format!("batch length {total}"),
+            });
+        }
+        let start = out.len();
+        out.resize(start + total, 0);
+        file.read_exact_at(&mut out[start..], position)
+            .map_err(io_err(&self.path))?;
+        Ok(total)
+    }
+
     fn file_with(&self, extension: &str) -> PathBuf {
         self.path.with_extension(extension)
     }
@@ -746,52 +781,38 @@ impl Partition {
         Ok(done)
     }
 
-    /// Records from `offset` on, whole batches, until about `max_bytes` (at least one
-    /// batch when there is one, however big). Empty at the end of the log.
-    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<(u64, Record)>, StreamError> {
+    /// The segments that may hold records from `offset` on (an error before the earliest).
+    fn segments_from(&self, offset: u64) -> Result<impl Iterator<Item = &Segment>, StreamError> {
         if offset < self.earliest_offset() {
             return Err(StreamError::OffsetOutOfRange {
                 offset,
                 earliest: self.earliest_offset(),
             });
         }
-        let mut out = Vec::new();
-        let mut read_bytes = 0usize;
         let first = self
             .segments
             .partition_point(|s| s.base_offset <= offset)
             .saturating_sub(1);
-        for segment in &self.segments[first..] {
-            if offset >= segment.next_offset {
-                continue;
-            }
-            let relative = offset.saturating_sub(segment.base_offset) as u32;
-            let start = segment
-                .index
-                .partition_point(|&(o, _)| o <= relative)
-                .checked_sub(1)
-                .map_or(0, |i| u64::from(segment.index[i].1));
+        Ok(self.segments[first..]
+            .iter()
+            .filter(move |s| offset < s.next_offset))
+    }
+
+    /// Records from `offset` on, whole batches, until about `max_bytes` (at least one
+    /// batch when there is one, however big). Empty at the end of the log.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<(u64, Record)>, StreamError> {
+        let mut out = Vec::new();
+        let mut read_bytes = 0usize;
+        for segment in self.segments_from(offset)? {
             let file = File::open(&segment.path).map_err(io_err(&segment.path))?;
-            let mut position = start;
+            let mut position = segment.position_for(offset);
+            let mut bytes = Vec::new();
             while position < segment.len {
                 if read_bytes > 0 && read_bytes >= max_bytes {
                     return Ok(out);
                 }
-                let mut head = [0u8; 16];
-                file.read_exact_at(&mut head, position)
-                    .map_err(io_err(&segment.path))?;
-                let total =
-                    12 + u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
-                if !(BATCH_HEADER_BYTES..=batch::BATCH_BYTES_MAX).contains(&total) {
-                    return Err(StreamError::Corrupt {
-                        path: segment.path.clone(),
-                        position,
-                        reason: format!("batch length {total}"),
-                    });
-                }
-                let mut bytes = vec![0u8; total];
-                file.read_exact_at(&mut bytes, position)
-                    .map_err(io_err(&segment.path))?;
+                bytes.clear();
+                let total = segment.read_batch(&file, position, &mut bytes)?;
                 let (header, records) =
                     batch::decode(&bytes).map_err(|e| StreamError::Corrupt {
                         path: segment.path.clone(),
@@ -823,49 +844,17 @@ impl Partition {
         offset: u64,
         max_bytes: usize,
     ) -> Result<(Vec<u8>, u64), StreamError> {
-        if offset < self.earliest_offset() {
-            return Err(StreamError::OffsetOutOfRange {
-                offset,
-                earliest: self.earliest_offset(),
-            });
-        }
         let mut out = Vec::new();
         let mut next = offset;
-        let first = self
-            .segments
-            .partition_point(|s| s.base_offset <= offset)
-            .saturating_sub(1);
-        for segment in &self.segments[first..] {
-            if offset >= segment.next_offset {
-                continue;
-            }
-            let relative = offset.saturating_sub(segment.base_offset) as u32;
-            let mut position = segment
-                .index
-                .partition_point(|&(o, _)| o <= relative)
-                .checked_sub(1)
-                .map_or(0, |i| u64::from(segment.index[i].1));
+        for segment in self.segments_from(offset)? {
+            let mut position = segment.position_for(offset);
             let file = File::open(&segment.path).map_err(io_err(&segment.path))?;
             while position < segment.len {
                 if !out.is_empty() && out.len() >= max_bytes {
                     return Ok((out, next));
                 }
-                let mut head = [0u8; 16];
-                file.read_exact_at(&mut head, position)
-                    .map_err(io_err(&segment.path))?;
-                let total =
-                    12 + u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
-                if !(BATCH_HEADER_BYTES..=batch::BATCH_BYTES_MAX).contains(&total) {
-                    return Err(StreamError::Corrupt {
-                        path: segment.path.clone(),
-                        position,
-                        reason: format!("batch length {total}"),
-                    });
-                }
                 let start = out.len();
-                out.resize(start + total, 0);
-                file.read_exact_at(&mut out[start..], position)
-                    .map_err(io_err(&segment.path))?;
+                let total = segment.read_batch(&file, position, &mut out)?;
                 let header = batch::header(&out[start..]).map_err(|e| StreamError::Corrupt {
                     path: segment.path.clone(),
                     position,
