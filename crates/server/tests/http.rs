@@ -1339,10 +1339,7 @@ async fn queue_list_shows_counts_per_state() {
     let to_ack = server.enqueue(spec(q)).await;
     let (id, lease) = server.lease_one(q).await;
     assert_eq!(id, to_ack);
-    let (status, _) = server
-        .post(&format!("/v1/jobs/{id}/ack"), &json!({ "lease_id": lease }))
-        .await;
-    assert_eq!(status, 200);
+    server.ack(&id, &lease).await;
     let to_fail = server.enqueue(retrying).await;
     let (id, lease) = server.lease_one(q).await;
     assert_eq!(id, to_fail);

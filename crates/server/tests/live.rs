@@ -99,13 +99,7 @@ async fn job_queue_and_stats_events_follow_what_happens() {
         .await;
     let (leased, lease_id) = server.lease_one("live").await;
     assert_eq!(leased, id);
-    let (status, body) = server
-        .post(
-            &format!("/v1/jobs/{id}/ack"),
-            &json!({ "lease_id": lease_id }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    server.ack(&id, &lease_id).await;
     let (status, _) = server.post("/v1/queues/live/pause", &json!({})).await;
     assert_eq!(status, 200);
 

@@ -488,6 +488,15 @@ async fn a_stream_feeds_a_queue_each_record_once_across_a_restart() {
     server.stop().await;
 }
 
+/// Every record of the one-partition stream `accounts`, from the earliest kept.
+async fn read_all(server: &TestServer) -> Value {
+    let (status, reply) = server
+        .get("/v1/streams/accounts/partitions/0/records?from=earliest&max_bytes=16777216")
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    reply
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compacted_stream_keeps_each_key_s_newest_record_across_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
@@ -538,24 +547,6 @@ async fn a_compacted_stream_keeps_each_key_s_newest_record_across_a_restart() {
         assert_eq!(status, 200);
     }
 
-    let read_all = |server: &TestServer| {
-        let (client, url) = (
-            server.client.clone(),
-            server
-                .url("/v1/streams/accounts/partitions/0/records?from=earliest&max_bytes=16777216"),
-        );
-        async move {
-            let reply: Value = client
-                .get(url)
-                .send()
-                .await
-                .expect("fetch")
-                .json()
-                .await
-                .expect("json");
-            reply
-        }
-    };
     let accounts_left = |reply: &Value| {
         records(reply)
             .iter()

@@ -166,6 +166,17 @@ impl TestServer {
         )
     }
 
+    /// Acks job `id` under `lease_id`; the ack must answer 200.
+    pub async fn ack(&self, id: &str, lease_id: &str) {
+        let (status, body) = self
+            .post(
+                &format!("/v1/jobs/{id}/ack"),
+                &json!({ "lease_id": lease_id }),
+            )
+            .await;
+        assert_eq!(status, 200, "ack {id}: {body}");
+    }
+
     /// `GET /v1/jobs/{id}`, which must answer 200.
     pub async fn job(&self, id: &str) -> Value {
         let (status, body) = self.get(&format!("/v1/jobs/{id}")).await;
