@@ -3112,6 +3112,10 @@ async fn the_dashboard_page_and_its_files_are_served_with_validators() {
         Some("text/html; charset=utf-8")
     );
     let etag = page.headers()["etag"].clone();
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("a policy");
+    assert!(policy.contains("default-src 'self'") && policy.contains("frame-ancestors 'none'"));
     assert!(page.text().await.expect("body").contains("<html"));
     let again = server
         .client
