@@ -62,6 +62,9 @@ pub struct Live {
     /// The id of the last event made (ids start at 1).
     seq: AtomicU64,
     subscribers: AtomicUsize,
+    /// Subscribers that asked for `job` events: job events, nearly all of the cost, are
+    /// made only while there is one.
+    job_subscribers: AtomicUsize,
     /// Outcome totals at the last `stats`, for its per-second rates.
     last_totals: Mutex<Option<(Millis, [u64; 3])>>,
 }
@@ -72,6 +75,7 @@ impl Default for Live {
             tx: broadcast::channel(limits::LIVE_EVENTS_BUFFER).0,
             seq: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
+            job_subscribers: AtomicUsize::new(0),
             last_totals: Mutex::new(None),
         }
     }
@@ -142,6 +146,9 @@ impl Live {
     }
 
     fn job(&self, state: &State, id: JobId) {
+        if self.job_subscribers.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         if let Some(job) = state.job(id) {
             self.publish(
                 Kind::Job,
@@ -282,12 +289,15 @@ impl Live {
     }
 }
 
-/// Counts a subscriber for as long as its stream lives.
-struct Subscribed(Arc<crate::broker::Broker>);
+/// Counts a subscriber (and whether it takes job events) for as long as its stream lives.
+struct Subscribed(Arc<crate::broker::Broker>, bool);
 
 impl Drop for Subscribed {
     fn drop(&mut self) {
         self.0.live.subscribers.fetch_sub(1, Ordering::Relaxed);
+        if self.1 {
+            self.0.live.job_subscribers.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -389,6 +399,11 @@ pub async fn events(
             ),
         ));
     }
+    let wants_jobs = mask & Kind::Job.bit() != 0;
+    if wants_jobs {
+        live.job_subscribers.fetch_add(1, Ordering::Relaxed);
+    }
+    let subscribed = Subscribed(broker.clone(), wants_jobs);
     let rx = live.tx.subscribe();
     // A reconnecting client is told how many events were made since the one it saw
     // (of every kind: an upper bound of what it missed), then refetches.
@@ -405,7 +420,7 @@ pub async fn events(
         mask,
         stop: app.shutting_down.clone(),
         greeting,
-        _subscribed: Subscribed(broker.clone()),
+        _subscribed: subscribed,
     };
     let stream = futures_util::stream::unfold(subscriber, |mut s| async move {
         let bytes = s.next().await?;
