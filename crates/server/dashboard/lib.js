@@ -10,16 +10,6 @@ export class ApiError extends Error {
     this.code = code;
     this.details = details || [];
   }
-  // A 404 for an endpoint the server does not have yet (as opposed to an unknown
-  // queue or job): the UI then says the feature is not available.
-  get missingEndpoint() {
-    return this.status === 404 && /endpoint/i.test(this.message);
-  }
-  // A 400 naming a query parameter the server does not know.
-  unknownParam(name) {
-    return this.status === 400 && this.details.some((d) =>
-      d.path === 'query' && d.message.includes('`' + name + '`'));
-  }
 }
 
 export async function api(path, { method = 'GET', body, signal } = {}) {
@@ -121,13 +111,6 @@ export function errorNotice(err, what) {
       details.length ? el('ul', details) : null);
   }
   return notice('error', (what ? what + ': ' : '') + String(err && err.message || err));
-}
-
-// A notice for a feature whose endpoint the server does not have yet.
-export function unavailable(what, request) {
-  return el('div.notice.warn', { role: 'status' },
-    el('strong', what + ' is not available on this server yet. '),
-    'The dashboard asks for ', el('code', request), '.');
 }
 
 // A labelled section with an h2 and a body whose contents refresh.
@@ -289,6 +272,36 @@ export function ago(d) {
 
 export const STATES = ['scheduled', 'ready', 'leased', 'failed', 'dead', 'succeeded', 'cancelled'];
 
+// The gauges of a history point (queue or server-wide), as the depth charts draw them:
+// `retrying` is the `failed` state (failed, waiting to retry).
+export const DEPTH_SERIES = [
+  { key: 'scheduled', name: 'scheduled', cls: 's6' },
+  { key: 'ready', name: 'ready', cls: 's1' },
+  { key: 'leased', name: 'leased', cls: 's3' },
+  { key: 'retrying', name: 'retrying', cls: 's4' },
+  { key: 'dead', name: 'dead', cls: 's2' },
+];
+
+// Ranges of the history charts: 10 s steps up to 6 hours (2,160 points), 5 min beyond.
+export const HISTORY_RANGES = [
+  { key: '1h', label: 'Last hour', ms: 3600e3, resolution: '10s' },
+  { key: '6h', label: 'Last 6 hours', ms: 6 * 3600e3, resolution: '10s' },
+  { key: '24h', label: 'Last 24 hours', ms: 86400e3, resolution: '5m' },
+  { key: '7d', label: 'Last 7 days', ms: 7 * 86400e3, resolution: '5m' },
+];
+
+// A labelled select of HISTORY_RANGES; onchange gets the chosen range.
+export function rangeSelect(id, onchange) {
+  const select = el('select', { id, onchange: () => onchange(HISTORY_RANGES.find((r) => r.key === select.value)) },
+    HISTORY_RANGES.map((r) => el('option', { value: r.key }, r.label)));
+  return el('div.toolbar', el('label', { for: id }, 'Range', select));
+}
+
+// The query of a history request over a range, ending now.
+export function historyQuery(range) {
+  return qs({ resolution: range.resolution, from: new Date(Date.now() - range.ms).toISOString() });
+}
+
 // ---------------------------------------------------------------- charts
 
 const SVG = 'http://www.w3.org/2000/svg';
@@ -371,10 +384,10 @@ export function lineChart(title, series, { band, unit = '', height = 170, width,
       if (!has(i - 1) && !has(i + 1)) svg.append(s('circle', { cx: px, cy: py, r: 2.5, class: 'dot ' + (ser.cls || 's1') }));
     }
     if (!d) continue;
-    svg.append(s('path', { d, class: 'line ' + (ser.cls || 's1') + (ser.dashed ? ' dashed' : ''), 'vector-effect': 'non-scaling-stroke' }));
+    svg.append(s('path', { d, class: 'line ' + (ser.cls || 's1') + (ser.dashed ? ' dashed' : ''), 'vector-effect': 'non-scaling-stroke', 'data-series': ser.name }));
   }
   wrap.append(el('figcaption', title), svg,
-    el('ul.legend', series.map((ser) => el('li', el('span.swatch.' + (ser.cls || 's1') + (ser.dashed ? '.dashed' : ''), { 'aria-hidden': 'true' }), ser.name))
+    el('ul.legend', series.map((ser) => el('li', { 'data-series': ser.name }, el('span.swatch.' + (ser.cls || 's1') + (ser.dashed ? '.dashed' : ''), { 'aria-hidden': 'true' }), ser.name))
       .concat(band ? [el('li', el('span.swatch.band.' + (band.cls || 's2'), { 'aria-hidden': 'true' }), band.name || '95 % interval')] : [])));
   return wrap;
 }
@@ -383,9 +396,11 @@ export function lineChart(title, series, { band, unit = '', height = 170, width,
 export function meter(fraction, text, label) {
   const f = Math.max(0, Math.min(1, fraction || 0));
   const cls = f >= 0.9 ? 'bad' : f >= 0.7 ? 'warn' : 'ok';
+  const fill = el('span.meter-fill.' + cls);
+  // Through the CSSOM: the Content-Security-Policy refuses style attributes.
+  fill.style.width = (f * 100).toFixed(1) + '%';
   return el('span.meter-wrap',
-    el('span.meter', { role: 'meter', 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(Math.round(f * 100)), 'aria-label': label || text },
-      el('span.meter-fill.' + cls, { style: `width:${(f * 100).toFixed(1)}%` })),
+    el('span.meter', { role: 'meter', 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(Math.round(f * 100)), 'aria-label': label || text }, fill),
     el('span.meter-text', text));
 }
 

@@ -585,6 +585,17 @@ pub async fn set_stream(
                 .tombstone_retention_ms
                 .unwrap_or(TOMBSTONE_RETENTION_MS_DEFAULT),
         });
+    // Checked before anything is decided: `set_stream` applies its event at once, so a
+    // compaction refused after it would leave the state ahead of the log.
+    if let Some(c) = compaction {
+        let details = c.check();
+        if let Some(first) = details.first() {
+            return Err(ApiError::bad_input(
+                first.path.clone(),
+                first.message.clone(),
+            ));
+        }
+    }
     app.broker()?
         .execute_all(|s, now| {
             let (set, _) = s.set_stream(now, spec)?;

@@ -726,3 +726,37 @@ async fn record_batches_in_the_binary_encoding_are_produced_and_fetched_as_store
     assert_eq!(info["partitions"][0]["next_offset"], 5, "{info}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_compaction_changes_nothing_and_the_server_restarts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(dir.path()).await;
+    let too_long =
+        json!({ "partitions": 2, "compaction": { "tombstone_retention_ms": 40_000_000_000u64 } });
+    let refused = server.put("/v1/streams/orders", &too_long).await;
+    assert_error(
+        &refused,
+        400,
+        "invalid_request",
+        Some("compaction.tombstone_retention_ms"),
+    );
+    let missing = server.get("/v1/streams/orders").await;
+    assert_eq!(
+        missing.0, 404,
+        "the refused request created nothing: {}",
+        missing.1
+    );
+    let (status, _) = server
+        .put(
+            "/v1/streams/orders",
+            &json!({ "partitions": 2, "compaction": {} }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    server.stop().await;
+    let server = TestServer::start(dir.path()).await;
+    let (status, info) = server.get("/v1/streams/orders").await;
+    assert_eq!(status, 200);
+    assert_eq!(info["compaction"]["tombstone_retention_ms"], 86_400_000);
+    server.stop().await;
+}

@@ -93,5 +93,5 @@ export function mount(root, [id], _ctx) {
   }
 
   refresh();
-  return { refresh, relevant: (type, d) => type === 'job' && d.id === id };
+  return { refresh, relevant: (type) => type === 'jobs' };
 }

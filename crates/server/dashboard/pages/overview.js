@@ -1,25 +1,18 @@
-// Overview: health score, totals, throughput and failure charts, queues at a glance.
+// Overview: health score, totals, server-wide charts, queues at a glance.
 //
-// Data: GET /v1/health, GET /v1/queues (paged, 50 a page), GET /v1/alerts, and the
-// `stats` events of /v1/events for live totals and rates. Server-wide history comes
-// from GET /v1/history (not in the API yet: without it the charts show the live rates
-// gathered since the dashboard opened).
+// Data: GET /v1/health, GET /v1/history (charts over a chosen range), GET /v1/queues
+// (paged, 50 a page; `prefix` to find queues by name), and the `stats` events of
+// /v1/events for the live totals. Without events, the totals are summed from the queues.
 
 import {
-  ApiError, CursorPager, api, badge, clear, el, errorNotice, lineChart, link, ms, notice,
-  num, qs, queueHref, scoreBadge, section, table, td, unavailable, widthOf,
+  CursorPager, DEPTH_SERIES, HISTORY_RANGES, api, badge, clear, el, errorNotice, historyQuery,
+  lineChart, link, ms, num, qs, queueHref, rangeSelect, scoreBadge, section, table, td, widthOf,
 } from '../lib.js';
 
 const PAGE_LEN = 50;
 const TOTALS_QUEUES_MAX = 1000; // without live stats, totals sum at most this many queues
 const STATS_FRESH_MS = 3000;
-const SLOW_GAP_MS = 10000;
-
-let historySupported = true; // GET /v1/history: remembered while the dashboard is open
-let prefixSupported = true;  // GET /v1/queues?prefix=
-// Without history or live stats: each poll's sum of the queues' last-minute counts.
-const polled = [];
-const POLLED_LEN_MAX = 720;
+const SLOW_GAP_MS = 10000; // health and history: the server writes a sample every 10 s
 
 export function mount(root, _params, { live }) {
   document.title = 'Overview · Sluice';
@@ -29,7 +22,9 @@ export function mount(root, _params, { live }) {
     cards[key] = value;
     return el('div.card', { 'data-card': key }, el('div.label', label), href ? el('a', { href, class: 'value-link' }, value) : value);
   };
-  const charts = section('Throughput and failures');
+  let range = HISTORY_RANGES[0];
+  const charts = section('Over time');
+  charts.insertBefore(rangeSelect('overview-range', (r) => { range = r; loadHistory().then(drawCharts); }), charts.body);
   const queuesPanel = section('Queues');
   const pager = new CursorPager();
   let filter = '';
@@ -37,7 +32,7 @@ export function mount(root, _params, { live }) {
   const form = el('form.inline', {
     role: 'search', 'aria-label': 'Queues',
     onsubmit: (e) => { e.preventDefault(); filter = filterInput.value.trim(); pager.reset(); loadQueues(); },
-  }, el('label', { for: 'queue-filter' }, 'Find queues', filterInput), el('button', { type: 'submit' }, 'Find'));
+  }, el('label', { for: 'queue-filter' }, 'Find queues by name or prefix', filterInput), el('button', { type: 'submit' }, 'Find'));
   queuesPanel.insertBefore(form, queuesPanel.body);
 
   root.append(
@@ -49,7 +44,9 @@ export function mount(root, _params, { live }) {
     charts, queuesPanel);
 
   let health = new Map();
-  let history = null; // points of GET /v1/history, or null when unavailable
+  let history = null;      // the answer of GET /v1/history for `range`
+  let historyError = null;
+  let historyAt = 0;
 
   function setCard(key, text) { cards[key].textContent = text; }
 
@@ -62,38 +59,39 @@ export function mount(root, _params, { live }) {
   }
 
   function drawCharts() {
+    if (historyError) { clear(charts.body, errorNotice(historyError, 'Could not load the history')); return; }
+    if (!history) return;
     const w = widthOf(charts.body) / (window.innerWidth > 900 ? 2 : 1) - 16;
-    let rate, fail, note = null;
-    if (history) {
-      const per = (k) => history.points.map((p) => [Date.parse(p.at), (p[k] || 0) / (history.resolution_ms / 1000)]);
-      rate = [{ name: 'enqueued /s', points: per('enqueued'), cls: 's1' }, { name: 'succeeded /s', points: per('succeeded'), cls: 's3' }];
-      fail = [{ name: 'failed /s', points: per('failed'), cls: 's2' }];
-    } else if (live.state !== 'live' && polled.length) {
-      const per = (k) => polled.map((x) => [x.t, x[k] / 60]);
-      rate = [{ name: 'succeeded /s', points: per('succeeded'), cls: 's3' }];
-      fail = [{ name: 'failed /s', points: per('failed'), cls: 's2' }];
-      note = el('p.muted', 'Neither server-wide history (GET /v1/history) nor live events (/v1/events) are available: the charts show each queue’s last-minute counts, summed at every poll since the dashboard opened.');
-    } else {
-      const r = live.rates;
-      rate = [{ name: 'enqueued /s', points: r.map((x) => [x.t, x.enqueued]), cls: 's1' }, { name: 'completed /s', points: r.map((x) => [x.t, x.completed]), cls: 's3' }];
-      fail = [{ name: 'failed /s', points: r.map((x) => [x.t, x.failed]), cls: 's2' }];
-      note = live.state === 'live'
-        ? el('p.muted', 'Server-wide history (GET /v1/history) is not available: the charts show the live rates since the dashboard opened.')
-        : unavailable('Server-wide history', 'GET /v1/history?resolution=10s&from=…');
-    }
-    clear(charts.body, note, el('div.grid',
-      lineChart('Jobs per second' + (history ? ', last hour' : ', live'), rate, { width: w }),
-      lineChart('Failures per second' + (history ? ', last hour' : ', live'), fail, { width: w })));
+    const pts = history.points || [];
+    const t = pts.map((p) => Date.parse(p.at));
+    const step = history.resolution_ms / 1000;
+    const series = (key, name, cls, scale = 1) => ({ name, cls, points: pts.map((p, i) => [t[i], p[key] === undefined || p[key] === null ? null : p[key] / scale]) });
+    clear(charts.body, el('div.grid',
+      lineChart('Jobs per second, all queues', [series('enqueued', 'enqueued', 's1', step), series('succeeded', 'succeeded', 's3', step)], { width: w }),
+      lineChart('Failed attempts per second, all queues', [series('failed', 'failed', 's2', step)], { width: w }),
+      lineChart('Jobs by state, all queues', DEPTH_SERIES.map((d) => series(d.key, d.name, d.cls)), { width: w }),
+      lineChart('Wait and run time p95, worst queue (ms)', [series('wait_p95_ms', 'wait p95', 's4'), series('run_p95_ms', 'run p95', 's5')], { width: w })),
+    el('p.muted', 'Every queue’s samples summed per ' + (step >= 60 ? step / 60 + ' min' : step + ' s') + ' step; for wait and run, the highest of any queue.'));
   }
 
   async function loadHistory() {
-    if (!historySupported) { history = null; return; }
+    historyAt = Date.now();
+    const asked = range;
     try {
-      history = await api('/history' + qs({ resolution: '10s', from: new Date(Date.now() - 3600e3).toISOString() }));
+      const h = await api('/history' + historyQuery(asked));
+      if (asked !== range) return; // another range was chosen meanwhile
+      history = h;
+      historyError = null;
     } catch (e) {
-      history = null;
-      if (e instanceof ApiError && (e.missingEndpoint || e.status === 404)) historySupported = false;
+      if (asked === range) historyError = e;
     }
+  }
+
+  // One history request at a time from the refreshes and the stats' beat.
+  let historyLoading = null;
+  function reloadHistory() {
+    historyLoading ||= loadHistory().then(drawCharts).finally(() => { historyLoading = null; });
+    return historyLoading;
   }
 
   async function loadHealth() {
@@ -107,38 +105,22 @@ export function mount(root, _params, { live }) {
     }
   }
 
-  async function fetchQueues() {
-    if (filter && prefixSupported) {
-      try {
-        return await api('/queues' + qs({ prefix: filter, limit: PAGE_LEN, cursor: pager.cursor }));
-      } catch (e) {
-        if (!(e instanceof ApiError && e.unknownParam('prefix'))) throw e;
-        prefixSupported = false;
-      }
-    }
-    if (filter) {
-      // Without prefix search, a full name still finds its queue.
-      try {
-        const q = await api('/queues/' + encodeURIComponent(filter));
-        return { queues: [q], exactOnly: true };
-      } catch (e) {
-        if (e instanceof ApiError && (e.status === 404 || e.status === 400)) return { queues: [], exactOnly: true };
-        throw e;
-      }
-    }
-    return api('/queues' + qs({ limit: PAGE_LEN, cursor: pager.cursor }));
-  }
-
   let queuesData = null;
+  let queuesAsked = 0; // an answer to an earlier question (another page or prefix) is dropped
   async function loadQueues() {
+    const asked = ++queuesAsked;
+    let data;
     try {
-      queuesData = await fetchQueues();
+      data = await api('/queues' + qs({ prefix: filter, limit: PAGE_LEN, cursor: pager.cursor }));
     } catch (e) {
+      if (asked !== queuesAsked) return;
       queuesData = null;
       clear(queuesPanel.body, errorNotice(e, 'Could not list the queues'));
       return;
     }
-    pager.next = queuesData.next_cursor;
+    if (asked !== queuesAsked) return;
+    queuesData = data;
+    pager.next = data.next_cursor;
     showQueues();
   }
 
@@ -158,13 +140,12 @@ export function mount(root, _params, { live }) {
     });
     const h = (label, cls) => ({ label, cls });
     clear(queuesPanel.body,
-      data.exactOnly && !prefixSupported ? unavailable('Prefix search of queues', 'GET /v1/queues?prefix=<text>&limit=50') : null,
-      data.exactOnly && !data.queues.length ? notice('info', 'No queue is named “' + filter + '”.') : null,
+      filter ? el('p.muted', 'Queues whose name starts with “' + filter + '”.') : null,
       table('Queues', [h('Queue'), h('State'), h('Ready', 'num'), h('Scheduled', 'num hide-narrow'), h('Running', 'num'),
         h('Retrying', 'num hide-narrow'), h('Dead', 'num'), h('Succeeded', 'num hide-narrow'), h('Wait p95', 'num hide-narrow'),
         h('Run p95', 'num hide-narrow'), h('Health', 'hide-narrow')], rows,
-      { captionHidden: true, empty: filter ? 'No queue matches.' : 'No queues yet: they appear with their first job.' }),
-      data.exactOnly ? null : pager.controls('Queues', loadQueues, rows.length));
+      { captionHidden: true, empty: filter ? 'No queue name starts with “' + filter + '”.' : 'No queues yet: they appear with their first job.' }),
+      pager.controls('Queues', loadQueues, rows.length));
   }
 
   // Totals without live stats: one page of up to 1,000 queues summed.
@@ -175,43 +156,38 @@ export function mount(root, _params, { live }) {
       const [qs_, workers, alerts] = await Promise.all([
         api('/queues' + qs({ limit: TOTALS_QUEUES_MAX })), api('/workers'), api('/alerts')]);
       const sum = {};
-      const recent = { t: Date.now(), succeeded: 0, failed: 0 };
       for (const q of qs_.queues) {
         for (const [k, v] of Object.entries(q.counts || {})) sum[k] = (sum[k] || 0) + v;
-        recent.succeeded += (q.recent && q.recent.succeeded) || 0;
-        recent.failed += (q.recent && q.recent.failed) || 0;
       }
-      polled.push(recent);
-      if (polled.length > POLLED_LEN_MAX) polled.shift();
       showStats({ jobs: sum, queues: qs_.queues.length, workers: (workers.workers || []).length, firing_alerts: (alerts.rules || []).length });
       if (qs_.next_cursor) setCard('queues', num(TOTALS_QUEUES_MAX) + '+');
     } catch (e) { /* the cards keep their last values */ }
   }
 
-  // Health and history are computed over the last hour: at most every SLOW_GAP_MS.
-  let slowAt = 0;
+  // Health and history are computed over a window: at most every SLOW_GAP_MS.
+  let healthAt = 0;
   async function refresh() {
-    const slow = Date.now() - slowAt >= SLOW_GAP_MS;
-    if (slow) slowAt = Date.now();
+    const slow = Date.now() - healthAt >= SLOW_GAP_MS;
+    if (slow) healthAt = Date.now();
     // Health (scored over every queue) is the slow one: the table is drawn first and
     // gets its health column when the scores come.
     await Promise.all([
       slow ? loadHealth() : null,
-      Promise.all([slow ? loadHistory() : null, loadTotals()]).then(drawCharts),
+      Date.now() - historyAt >= SLOW_GAP_MS ? reloadHistory() : null,
+      loadTotals(),
       loadQueues(),
     ]);
   }
 
   refresh();
-  let lastDraw = 0;
   return {
     refresh,
     redraw: drawCharts,
-    relevant: (type) => type === 'queue' || type === 'job' || type === 'alert',
+    relevant: (type) => type === 'queue' || type === 'jobs' || type === 'alert',
     onStats(s) {
       showStats(s);
-      // Live charts move with each stat; history charts change with the refresh.
-      if (!history && Date.now() - lastDraw > 900) { lastDraw = Date.now(); drawCharts(); }
+      // An idle server sends no other events: the stats' beat fetches new samples.
+      if (Date.now() - historyAt >= SLOW_GAP_MS) reloadHistory();
     },
   };
 }

@@ -2,30 +2,29 @@
 // by state with paging and search.
 //
 // Data: GET /v1/queues/{q}, POST /v1/queues/{q}/pause|resume, GET /v1/queues/{q}/history,
-// GET /v1/queues/{q}/insights, GET /v1/queues/{q}/jobs?state&limit&cursor, GET /v1/jobs/{id}.
-// Search by kind or tag asks GET /v1/queues/{q}/jobs?state&kind|tag (not in the API yet).
+// GET /v1/queues/{q}/insights, GET /v1/queues/{q}/jobs?state&kind&tag&limit&cursor,
+// GET /v1/jobs/{id}.
 
 import {
-  ApiError, CursorPager, STATES, act, api, badge, button, clear, compact, dl, el, enc,
-  errorNotice, jobHref, lineChart, link, ms, notice, num, pct, qs, scoreBadge, section,
-  stateBadge, table, td, time, unavailable, widthOf,
+  ApiError, CursorPager, DEPTH_SERIES, HISTORY_RANGES, STATES, act, api, badge, button, clear,
+  compact, dl, el, enc, errorNotice, historyQuery, jobHref, lineChart, link, ms, notice, num,
+  pct, qs, rangeSelect, scoreBadge, section, stateBadge, table, td, time, widthOf,
 } from '../lib.js';
 
 const JOBS_PAGE_LEN = 25;
+// A listing by kind or tag looks at no more than JOB_SCAN_MAX (10,000) jobs per request,
+// so its pages may come short, or empty, with a cursor: one page of the table asks at
+// most this many times to fill itself (40,000 jobs looked at), then offers "Next".
+const FILTERED_REQUESTS_MAX = 4;
+const JOB_SCAN_MAX = 10000;
 const ANOMALIES_SHOWN_MAX = 20;
 const CHARTS_GAP_MS = 10000;
-const RANGES = [
-  { key: '1h', label: 'Last hour', ms: 3600e3, resolution: '10s' },
-  { key: '6h', label: 'Last 6 hours', ms: 6 * 3600e3, resolution: '10s' },
-  { key: '24h', label: 'Last 24 hours', ms: 86400e3, resolution: '5m' },
-  { key: '7d', label: 'Last 7 days', ms: 7 * 86400e3, resolution: '5m' },
-];
 const SEARCH_FIELDS = { id: 'Job id', kind: 'Kind', tag: 'Tag' };
 
 export function mount(root, [name], { live }) {
   document.title = name + ' · Queue · Sluice';
   const path = '/queues/' + enc(name);
-  let range = RANGES[0];
+  let range = HISTORY_RANGES[0];
   let queue = null;
   let history = null;
   let insights = null;
@@ -42,9 +41,7 @@ export function mount(root, [name], { live }) {
   const insightPanel = section('Insights');
   const jobsPanel = section('Jobs');
 
-  const rangeSelect = el('select', { id: 'range', onchange: () => { range = RANGES.find((r) => r.key === rangeSelect.value); loadCharts(); } },
-    RANGES.map((r) => el('option', { value: r.key }, r.label)));
-  charts.insertBefore(el('div.toolbar', el('label', { for: 'range' }, 'Range', rangeSelect)), charts.body);
+  charts.insertBefore(rangeSelect('range', (r) => { range = r; loadCharts(); }), charts.body);
 
   // jobs: state tabs, search, table
   const tabs = el('div.tabs', { role: 'group', 'aria-label': 'Job state' });
@@ -123,12 +120,7 @@ export function mount(root, [name], { live }) {
     const t = (p) => Date.parse(p.at);
     const step = history.resolution_ms / 1000;
     const pts = history.points;
-    // Points carry the `ready` and `leased` gauges; with a `states` object (every
-    // state's count at the sample: not in the API yet) each state gets its line.
-    const withStates = pts.find((p) => p.states);
-    const depthSeries = withStates
-      ? Object.keys(withStates.states).map((k, i) => ({ name: k, points: pts.map((p) => [t(p), p.states ? p.states[k] ?? 0 : null]), cls: 's' + (i % 6 + 1) }))
-      : [{ name: 'ready', points: pts.map((p) => [t(p), p.ready]), cls: 's1' }, { name: 'leased', points: pts.map((p) => [t(p), p.leased]), cls: 's2' }];
+    const depthSeries = DEPTH_SERIES.map((d) => ({ name: d.name, cls: d.cls, points: pts.map((p) => [t(p), p[d.key] ?? null]) }));
     const marks = insights ? dedupAnomalies(insights.anomalies || []).filter((a) => a.metric === 'depth').map((a) => ({ t: Date.parse(a.at), v: a.value, label: 'anomaly: ' + a.value + ' (expected ' + compact(a.expected) + ')' })) : [];
     clear(charts.body, el('div.grid',
       lineChart('Depth by state', depthSeries, { width: w, marks }),
@@ -154,11 +146,12 @@ export function mount(root, [name], { live }) {
   }
 
   async function loadCharts() {
-    const from = new Date(Date.now() - range.ms).toISOString();
+    const asked = range;
     const [h, i] = await Promise.allSettled([
-      api(path + '/history' + qs({ resolution: range.resolution, from })),
-      api(path + '/insights' + qs({ window_ms: range.ms })),
+      api(path + '/history' + historyQuery(asked)),
+      api(path + '/insights' + qs({ window_ms: asked.ms })),
     ]);
+    if (asked !== range) return; // another range was chosen meanwhile
     if (h.status === 'fulfilled') { history = h.value; drawCharts(); }
     else clear(charts.body, errorNotice(h.reason, 'Could not load the history'));
     if (i.status === 'fulfilled') { insights = i.value; showInsights(); drawCharts(); }
@@ -217,46 +210,64 @@ export function mount(root, [name], { live }) {
       td(last && last.error ? last.error : '', 'wrap hide-narrow'));
   }
 
-  function jobsTable(jobs, showState, caption) {
+  function jobsTable(jobs, showState, caption, empty) {
     const when = state === 'scheduled' || state === 'failed' ? 'Runs at' : ['succeeded', 'dead', 'cancelled'].includes(state) ? 'Finished' : 'Enqueued';
     return table(caption, ['Id', showState ? 'State' : null, 'Kind', { label: 'Tags', cls: 'hide-narrow' }, { label: 'Attempts', cls: 'num' },
       { label: 'Priority', cls: 'num hide-narrow' }, { label: when, cls: 'hide-narrow' }, { label: 'Last error', cls: 'hide-narrow' }].filter(Boolean),
-    jobs.map((j) => jobRow(j, showState)), { empty: 'No ' + state + ' jobs' + (search ? ' match.' : '.') });
+    jobs.map((j) => jobRow(j, showState)), { empty: empty || 'No ' + state + ' jobs' + (search ? ' match.' : '.') });
   }
 
+  let jobsAsked = 0; // answers to an earlier question (another state or search) are dropped
   async function loadJobs() {
+    const asked = ++jobsAsked;
     if (search && search.field === 'id') {
       showQueue();
       try {
         const j = await api('/jobs/' + enc(search.value));
+        if (asked !== jobsAsked) return;
         clear(jobsPanel.body,
           j.queue !== name ? notice('info', 'Job ' + j.id + ' is in queue ', link('#/queues/' + enc(j.queue), j.queue), '.') : null,
           jobsTable([j], true, 'Job ' + j.id));
       } catch (e) {
+        if (asked !== jobsAsked) return;
         clear(jobsPanel.body, e instanceof ApiError && e.status === 404 ? notice('info', 'No job has the id “' + search.value + '”.') : errorNotice(e));
       }
       return;
     }
-    const params = { state, limit: JOBS_PAGE_LEN, cursor: pager.cursor };
-    if (search) params[search.field] = search.value;
+    const filter = search ? { [search.field]: search.value } : {};
+    let jobs = [];
+    let cursor = pager.cursor;
+    let requests = 0;
     try {
-      const data = await api(path + '/jobs' + qs(params));
-      pager.next = data.next_cursor;
-      clear(jobsPanel.body,
-        search ? notice('info', 'Showing ' + state + ' jobs with ' + search.field + ' “' + search.value + '”.') : null,
-        jobsTable(data.jobs, false, state[0].toUpperCase() + state.slice(1) + ' jobs'),
-        pager.controls('Jobs', loadJobs, data.jobs.length));
+      // A filtered page may come short with a cursor (the server stopped looking):
+      // ask on from the cursor, a bounded number of times, to fill the page.
+      do {
+        const data = await api(path + '/jobs' + qs({ state, ...filter, limit: JOBS_PAGE_LEN - jobs.length, cursor }));
+        if (asked !== jobsAsked) return;
+        requests++;
+        jobs = jobs.concat(data.jobs || []);
+        cursor = data.next_cursor;
+      } while (search && cursor && jobs.length < JOBS_PAGE_LEN && requests < FILTERED_REQUESTS_MAX);
     } catch (e) {
-      if (search && e instanceof ApiError && e.unknownParam(search.field)) {
-        clear(jobsPanel.body, unavailable('Searching jobs by ' + search.field,
-          'GET /v1/queues/' + name + '/jobs?state=' + state + '&' + search.field + '=<value>&limit=' + JOBS_PAGE_LEN));
-      } else {
-        clear(jobsPanel.body, errorNotice(e, 'Could not list the jobs'));
-      }
+      if (asked === jobsAsked) clear(jobsPanel.body, errorNotice(e, 'Could not list the jobs'));
+      return;
     }
+    pager.next = cursor;
+    // Short with a cursor: there may be more matches further on; never "no jobs".
+    const looked = num(requests * JOB_SCAN_MAX);
+    const short = search && cursor && jobs.length < JOBS_PAGE_LEN;
+    const what = state + ' jobs with ' + search?.field + ' “' + search?.value + '”';
+    clear(jobsPanel.body,
+      search ? notice('info', 'Showing ' + what + '.') : null,
+      short ? notice('warn', el('strong', jobs.length ? 'Only ' + num(jobs.length) + ' found so far. ' : 'None found so far. '),
+        'This page looked through ' + looked + ' ' + state + ' jobs (the server looks at up to ' + num(JOB_SCAN_MAX) +
+        ' per request); more remain: Next keeps looking from there.') : null,
+      jobsTable(jobs, false, state[0].toUpperCase() + state.slice(1) + ' jobs',
+        short ? 'No match among the ' + looked + ' jobs looked at so far: press Next to keep looking.' : null),
+      pager.controls('Jobs', loadJobs, jobs.length));
   }
 
-  // Counts and jobs follow every event; history and insights (computed by the server
+  // Counts and jobs follow every change; history and insights (computed by the server
   // over the whole window) at most every CHARTS_GAP_MS.
   let chartsAt = 0;
   async function refresh() {
@@ -270,7 +281,7 @@ export function mount(root, [name], { live }) {
   return {
     refresh,
     redraw: drawCharts,
-    relevant: (type, d) => (type === 'queue' || type === 'job') && d.queue === name,
+    relevant: (type, d) => type === 'jobs' || (type === 'queue' && d.queue === name),
   };
 }
 

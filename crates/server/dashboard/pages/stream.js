@@ -1,13 +1,12 @@
 // One stream: partitions and offsets, retention, consumer groups and their lag, feeds,
 // and a record browser by offset or time.
 //
-// Data: GET /v1/streams/{s}, GET /v1/streams/{s}/groups (on a server without it, a
-// group is shown by name through GET /v1/streams/{s}/groups/{g}), GET /v1/streams/{s}/feeds,
+// Data: GET /v1/streams/{s}, GET /v1/streams/{s}/groups, GET /v1/streams/{s}/feeds,
 // GET /v1/streams/{s}/partitions/{p}/records?offset|from|timestamp&max_bytes.
 
 import {
-  ApiError, api, bytes, clear, compact, dl, el, enc, errorNotice, link, notice, num,
-  queueHref, section, table, td, time, unavailable,
+  api, bytes, clear, compact, dl, el, enc, errorNotice, link, notice, num, pageControls,
+  pageSlice, queueHref, section, table, td, time,
 } from '../lib.js';
 import { retention } from './streams.js';
 
@@ -15,12 +14,14 @@ const FETCH_BYTES_MAX = 65536;
 const RECORDS_SHOWN_MAX = 50;
 const NEWEST_LEN = 20; // "newest" starts this many records before the end
 const VALUE_CHARS_MAX = 400;
+// Up to 1,000 groups of up to 1,024 partitions each come in one answer: the page draws
+// ten groups at a time.
+const GROUPS_PAGE_LEN = 10;
 
 export function mount(root, [name], _ctx) {
   document.title = name + ' · Stream · Sluice';
   const path = '/streams/' + enc(name);
   let stream = null;
-  const lookedUp = new Set(); // groups looked up by name while listing is unavailable
 
   const summary = section('Partitions');
   const groups = section('Consumer groups');
@@ -28,13 +29,6 @@ export function mount(root, [name], _ctx) {
   const browser = section('Records');
   root.append(el('div.crumbs', link('#/streams', 'Streams'), ' › Stream'),
     el('div.page-head', el('h1', name)), summary, groups, feeds, browser);
-
-  // ---- group lookup (used when the server cannot list groups)
-  const groupInput = el('input', { id: 'group-name', autocomplete: 'off', required: true });
-  const groupForm = el('form.inline', {
-    role: 'search', 'aria-label': 'Consumer group',
-    onsubmit: (e) => { e.preventDefault(); const g = groupInput.value.trim(); if (g) { lookedUp.add(g); loadGroups(); } },
-  }, el('label', { for: 'group-name' }, 'Show a group by name', groupInput), el('button', { type: 'submit' }, 'Show'));
 
   // ---- record browser
   const partSelect = el('select', { id: 'rec-partition', name: 'partition' });
@@ -88,18 +82,22 @@ export function mount(root, [name], _ctx) {
           td(num(p.latest), 'num'), td(num(p.lag), 'num'))), { captionHidden: true }));
   }
 
+  let groupList = [];
+  let groupsPage = 1;
+  function showGroups() {
+    if (!groupList.length) { clear(groups.body, notice('info', 'No consumer groups.')); return; }
+    const p = pageSlice(groupList, groupsPage, GROUPS_PAGE_LEN);
+    clear(groups.body, p.items.map(groupBlock),
+      p.pages > 1 ? pageControls('Consumer groups', p.page, p.pages, (n) => { groupsPage = n; showGroups(); }) : null);
+  }
+
   async function loadGroups() {
     try {
-      const list = await api(path + '/groups');
-      const gs = list.groups || [];
-      clear(groups.body, gs.length ? gs.map(groupBlock) : notice('info', 'No consumer groups.'));
-      return;
+      groupList = (await api(path + '/groups')).groups || [];
+      showGroups();
     } catch (e) {
-      if (!(e instanceof ApiError && e.status === 404)) { clear(groups.body, errorNotice(e, 'Could not list the groups')); return; }
+      clear(groups.body, errorNotice(e, 'Could not list the groups'));
     }
-    const shown = await Promise.all([...lookedUp].map((g) => api(path + '/groups/' + enc(g)).then(groupBlock,
-      (e) => e instanceof ApiError && e.status === 404 ? notice('info', 'No group “' + g + '” on this stream.') : errorNotice(e, 'Group ' + g))));
-    clear(groups.body, unavailable('Listing consumer groups', 'GET /v1/streams/' + name + '/groups'), groupForm, shown);
   }
 
   async function loadFeeds() {

@@ -66,7 +66,7 @@ export function mount(root, _params, _ctx) {
   refresh();
   // Which worker holds a job is in the registry only: any job change may move one.
   // Beats and last-seen times come without events: the page polls even when live.
-  return { refresh, relevant: (type) => type === 'job', pollAlways: true };
+  return { refresh, relevant: (type) => type === 'jobs', pollAlways: true };
 }
 
 function card(label, value) {
