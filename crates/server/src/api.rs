@@ -1597,7 +1597,7 @@ pub async fn prometheus_metrics(
         crate::metrics::group_lag_prometheus(&mut text, &groups, |stream, p| {
             let handle = streams.streams.handle(stream, p).ok()?;
             let partition = handle.partition.lock();
-            Some((partition.earliest_offset(), partition.next_offset()))
+            Some((partition.earliest_offset(), handle.readable_end(&partition)))
         });
         text
     })

@@ -47,9 +47,6 @@ pub struct Broker {
     pub streams: crate::streams::StreamStore,
     /// Consumer group members and assignments (not logged).
     pub groups: crate::groups::Membership,
-    last_stream_retention_ms: AtomicI64,
-    /// Stream retention and compaction run this often.
-    pub stream_maintenance_ms: Millis,
     /// Since when each alert rule's condition has held (not logged: a restart starts
     /// the wait afresh). Locked alone.
     pub alert_pending: Mutex<rustc_hash::FxHashMap<String, Millis>>,
@@ -106,8 +103,6 @@ impl Broker {
                 sync_periodic,
             ),
             groups: crate::groups::Membership::default(),
-            last_stream_retention_ms: AtomicI64::new(0),
-            stream_maintenance_ms: 30_000,
             alert_pending: Mutex::new(rustc_hash::FxHashMap::default()),
             last_alert_evaluation_ms: AtomicI64::new(0),
             worker_stale_ms: sluice_proto::limits::WORKER_STALE_MS_DEFAULT,
@@ -250,26 +245,7 @@ impl Broker {
         self.record_history();
         crate::groups::reap(self).await;
         crate::streams::run_feeds(self).await;
-        if self.streams.syncs_periodically() {
-            let this = self.clone();
-            let _ = tokio::task::spawn_blocking(move || this.streams.sync_due()).await;
-        }
         let now = system_now_ms();
-        if now - self.last_stream_retention_ms.load(Ordering::Relaxed) >= self.stream_maintenance_ms
-        {
-            self.last_stream_retention_ms.store(now, Ordering::Relaxed);
-            let specs: Vec<crate::streams::Described> = {
-                let state = self.state.lock();
-                state
-                    .streams()
-                    .streams
-                    .values()
-                    .map(|spec| (spec.clone(), state.compaction(&spec.name)))
-                    .collect()
-            };
-            let this = self.clone();
-            let _ = tokio::task::spawn_blocking(move || this.streams.retain(&specs, now)).await;
-        }
         if now - self.last_alert_evaluation_ms.load(Ordering::Relaxed)
             >= crate::alerting::EVALUATE_EVERY_MS
         {
@@ -299,6 +275,26 @@ impl Broker {
             self.snapshot().await?;
         }
         Ok(())
+    }
+
+    /// Stream retention and compaction (its own task, every `--stream-maintenance-ms`, so
+    /// a long compaction never holds up the tick's lease expiry and snapshots).
+    pub async fn stream_maintenance(self: &Arc<Self>) {
+        let now = system_now_ms();
+        let specs: Vec<crate::streams::Described> = {
+            let state = self.state.lock();
+            state
+                .streams()
+                .streams
+                .values()
+                .map(|spec| (spec.clone(), state.compaction(&spec.name)))
+                .collect()
+        };
+        if specs.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.streams.retain(&specs, now)).await;
     }
 
     /// Sends the live `stats` summary, when anyone subscribes.

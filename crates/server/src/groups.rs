@@ -555,7 +555,7 @@ async fn describe(
                 .map(|p| {
                     let handle = broker.streams.handle(&stream, p).ok()?;
                     let partition = handle.partition.lock();
-                    let latest = partition.next_offset();
+                    let latest = handle.readable_end(&partition);
                     let from = committed
                         .get(&p)
                         .copied()

@@ -287,7 +287,6 @@ pub async fn run(
     broker.worker_stale_ms = config.worker_stale_ms.max(1);
     broker.metrics_enabled = config.metrics_enabled;
     broker.streams.segment_bytes_max = config.stream_segment_bytes_max;
-    broker.stream_maintenance_ms = config.stream_maintenance_ms.max(1) as sluice_core::Millis;
     let broker = Arc::new(broker);
     tracing::info!(
         snapshot_lsn = ?report.snapshot_lsn,
@@ -320,6 +319,48 @@ pub async fn run(
     };
 
     let notifier = tokio::spawn(alerting::notifier(broker.clone(), stop_rx.clone()));
+    // Stream retention and compaction, and under `--fsync batch` the periodic sync of
+    // stream partitions, each in a task of its own (not the tick's).
+    let stream_tasks = {
+        let every = |ms: u64| {
+            let mut interval = tokio::time::interval(Duration::from_millis(ms.max(1)));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        };
+        let maintenance = {
+            let (broker, mut stop) = (broker.clone(), stop_rx.clone());
+            let mut interval = every(config.stream_maintenance_ms);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => broker.stream_maintenance().await,
+                        _ = stop.changed() => break,
+                    }
+                }
+            })
+        };
+        let sync = match config.fsync {
+            FsyncPolicy::Batch { interval_ms } => {
+                let (broker, mut stop) = (broker.clone(), stop_rx.clone());
+                let mut interval = every(interval_ms);
+                Some(tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = interval.tick() => {
+                                if broker.streams.syncs_periodically() {
+                                    let broker = broker.clone();
+                                    let _ = tokio::task::spawn_blocking(move || broker.streams.sync_due()).await;
+                                }
+                            }
+                            _ = stop.changed() => break,
+                        }
+                    }
+                }))
+            }
+            _ => None,
+        };
+        (maintenance, sync)
+    };
     let live_stats = {
         let broker = broker.clone();
         let mut stop = stop_rx.clone();
@@ -351,6 +392,11 @@ pub async fn run(
     let served = tokio::time::timeout(grace, server).await;
     let _ = ticker.await;
     let _ = live_stats.await;
+    // A compaction in progress finishes its segment (bounded by the grace).
+    let _ = tokio::time::timeout(grace, stream_tasks.0).await;
+    if let Some(sync) = stream_tasks.1 {
+        let _ = sync.await;
+    }
     // A delivery in flight takes at most its timeout; an unfinished one is retried
     // after the restart (its lease runs out).
     let _ = tokio::time::timeout(grace, notifier).await;

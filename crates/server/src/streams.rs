@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,24 +86,95 @@ pub struct Handle {
     /// producers that wait behind a sync find their records covered by it and return:
     /// one fdatasync serves every append made before it began (group commit).
     durable: Mutex<u64>,
+    /// The same, for readers (who must not wait behind a sync).
+    durable_end: AtomicU64,
+    /// Under `--fsync always` and `batch`, readers see only durable records: a consumer
+    /// or feed never acts on a record a power cut could take back.
+    readers_wait_for_sync: bool,
+    /// The segments and time of the last compaction, to skip partitions with nothing new.
+    last_compaction: Mutex<Option<(Vec<u64>, Millis)>>,
 }
+
+/// A partition whose segments have not changed is compacted again after this long
+/// anyway (for tombstones whose retention ran out, and records the active segment
+/// superseded).
+const RECOMPACT_AFTER_MS: Millis = 10 * 60_000;
 
 impl Handle {
     /// Returns once every record below `end` is durable, syncing if no sync since covered
-    /// it; the partition stays open to appends while the disk works. Blocking.
+    /// it; the partition stays open to appends while the disk works. A failed sync
+    /// poisons the partition (no retry that could report success for lost pages).
+    /// Blocking.
     pub fn make_durable(&self, end: u64) -> Result<(), StreamError> {
         let mut durable = self.durable.lock();
         if *durable >= end {
             return Ok(());
         }
         let (file, target) = self.partition.lock().sync_handle()?;
-        file.sync_data().map_err(|source| StreamError::Io {
-            path: PathBuf::from("stream partition"),
-            source,
-        })?;
+        if let Err(source) = file.sync_data() {
+            self.partition.lock().poison(&source.to_string());
+            return Err(StreamError::Io {
+                path: PathBuf::from("stream partition"),
+                source,
+            });
+        }
         *durable = target;
+        self.durable_end.fetch_max(target, Ordering::Release);
+        // Readers wait for durable records: what this sync covered is theirs now.
+        self.appended.notify_waiters();
         Ok(())
     }
+
+    /// Where readers stop: the durable end, or (under `--fsync never`) the end.
+    pub fn readable_end(&self, partition: &Partition) -> u64 {
+        if self.readers_wait_for_sync {
+            self.durable_end
+                .load(Ordering::Acquire)
+                .min(partition.next_offset())
+        } else {
+            partition.next_offset()
+        }
+    }
+}
+
+/// Compacts one partition, holding it only to plan and to swap each rewritten segment
+/// in: produce and fetch go on while the closed segments are read and rewritten. Skipped
+/// when its segments are the same as at the last compaction, less than
+/// `RECOMPACT_AFTER_MS` ago. Blocking.
+fn compact(handle: &Handle, now: Millis, tombstone_retention_ms: u64) -> Result<(), StreamError> {
+    let (plan, bases, end) = {
+        let partition = handle.partition.lock();
+        let bases = partition.segment_bases();
+        if bases.len() < 2 {
+            return Ok(());
+        }
+        let unchanged = handle
+            .last_compaction
+            .lock()
+            .as_ref()
+            .is_some_and(|(last, at)| *last == bases && now - at < RECOMPACT_AFTER_MS);
+        if unchanged {
+            return Ok(());
+        }
+        (partition.plan_compaction(), bases, partition.next_offset())
+    };
+    // The plan reads the active segment for each key's newest record: that record must
+    // be durable before it may remove an older one that is.
+    handle.make_durable(end)?;
+    let mut done = sluice_stream::Compacted::default();
+    plan.run(now, tombstone_retention_ms, |rewrite| {
+        handle.partition.lock().apply_rewrite(rewrite, &mut done)
+    })?;
+    *handle.last_compaction.lock() = Some((bases, now));
+    if done.records_removed > 0 {
+        tracing::debug!(
+            records_removed = done.records_removed,
+            bytes_before = done.bytes_before,
+            bytes_after = done.bytes_after,
+            "compacted a stream partition"
+        );
+    }
+    Ok(())
 }
 
 /// The open partitions, by stream and number.
@@ -111,15 +183,23 @@ pub struct StreamStore {
     /// Partitions roll to a new segment past this size.
     pub segment_bytes_max: u64,
     sync_each_write: bool,
-    /// `--fsync batch`: appends are synced by the periodic tick (`sync_due`).
+    /// `--fsync batch`: appends are synced every `--fsync-interval-ms` (`sync_due`).
     sync_periodic: bool,
     open: Mutex<HashMap<(String, u32), Arc<Handle>>>,
+    /// Held while a partition is opened, so two first uses never open (and recover) the
+    /// same files at once.
+    opening: Mutex<()>,
     /// Round-robin position per stream, for records with neither key nor partition.
     next: Mutex<HashMap<String, u32>>,
 }
 
 fn stream_error(error: StreamError) -> ApiError {
     match error {
+        StreamError::Poisoned(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stream_unavailable",
+            format!("{error}; it takes writes again after the server restarts"),
+        ),
         StreamError::SequenceTooOld { .. } => {
             ApiError::new(StatusCode::CONFLICT, "sequence_too_old", error.to_string())
         }
@@ -153,6 +233,7 @@ impl StreamStore {
             sync_each_write,
             sync_periodic,
             open: Mutex::new(HashMap::new()),
+            opening: Mutex::new(()),
             next: Mutex::new(HashMap::new()),
         }
     }
@@ -160,6 +241,10 @@ impl StreamStore {
     /// The partition, opened (and recovered) on first use: blocking.
     pub fn handle(&self, stream: &str, partition: u32) -> Result<Arc<Handle>, StreamError> {
         let key = (stream.to_owned(), partition);
+        if let Some(handle) = self.open.lock().get(&key) {
+            return Ok(handle.clone());
+        }
+        let _opening = self.opening.lock();
         if let Some(handle) = self.open.lock().get(&key) {
             return Ok(handle.clone());
         }
@@ -178,11 +263,14 @@ impl StreamStore {
             );
         }
         // Opening synced what it recovered.
-        let durable = Mutex::new(opened.next_offset());
+        let end = opened.next_offset();
         let handle = Arc::new(Handle {
             partition: Mutex::new(opened),
             appended: Notify::new(),
-            durable,
+            durable: Mutex::new(end),
+            durable_end: AtomicU64::new(end),
+            readers_wait_for_sync: self.sync_each_write || self.sync_periodic,
+            last_compaction: Mutex::new(None),
         });
         Ok(self.open.lock().entry(key).or_insert(handle).clone())
     }
@@ -203,8 +291,9 @@ impl StreamStore {
         self.sync_periodic && !self.open.lock().is_empty()
     }
 
-    /// Under `--fsync batch`, makes every open partition's appends durable (from the
-    /// tick, every 50 ms; a partition with nothing new costs no sync): blocking.
+    /// Under `--fsync batch`, makes every open partition's appends durable (from its own
+    /// task, every `--fsync-interval-ms`; a partition with nothing new costs no sync):
+    /// blocking.
     pub fn sync_due(&self) {
         if !self.sync_periodic {
             return;
@@ -235,30 +324,15 @@ impl StreamStore {
             }
             for p in 0..spec.partitions {
                 let done = self.handle(&spec.name, p).and_then(|h| {
-                    let plan = {
-                        let mut partition = h.partition.lock();
-                        if retained {
-                            partition.retain(now, spec.retention_ms, spec.retention_bytes)?;
-                        }
-                        compaction.map(|c| (c, partition.plan_compaction()))
-                    };
-                    // The partition is held only to plan and to swap segments in: produce
-                    // and fetch go on while the closed segments are read and rewritten.
-                    if let Some((c, plan)) = plan {
-                        let rewrites = plan.run(now, c.tombstone_retention_ms)?;
-                        let done = h.partition.lock().apply_compaction(rewrites)?;
-                        if done.records_removed > 0 {
-                            tracing::debug!(
-                                stream = spec.name,
-                                partition = p,
-                                records_removed = done.records_removed,
-                                bytes_before = done.bytes_before,
-                                bytes_after = done.bytes_after,
-                                "compacted"
-                            );
-                        }
+                    if retained {
+                        h.partition
+                            .lock()
+                            .retain(now, spec.retention_ms, spec.retention_bytes)?;
                     }
-                    Ok(())
+                    match compaction {
+                        Some(c) => compact(&h, now, c.tombstone_retention_ms),
+                        None => Ok(()),
+                    }
                 });
                 if let Err(error) = done {
                     tracing::warn!(stream = spec.name, partition = p, %error, "retention or compaction failed");
@@ -473,9 +547,9 @@ pub struct FetchQuery {
 
 // ---- handlers ---------------------------------------------------------------------------
 
-/// What a fetch read: records for JSON, or stored batches and where the next read starts.
+/// What a fetch read: records for JSON, or stored batches; and where the next read starts.
 enum Read {
-    Records(Vec<(u64, Record)>),
+    Records(Vec<(u64, Record)>, u64),
     Encoded(Vec<u8>, u64),
 }
 
@@ -546,7 +620,7 @@ async fn info(app: &AppState, (spec, compaction): Described) -> Result<StreamInf
             partitions.push(PartitionInfo {
                 partition: p,
                 earliest_offset: partition.earliest_offset(),
-                next_offset: partition.next_offset(),
+                next_offset: handle.readable_end(&partition),
                 bytes: partition.bytes(),
             });
         }
@@ -695,13 +769,13 @@ async fn produce_encoded(
         };
         let header = sluice_stream::batch::header(&body[position + 4..]).map_err(bad)?;
         // Every batch is checked before any is written: a request is refused whole.
-        sluice_stream::batch::check_new(
+        let header = sluice_stream::batch::check_new(
             &body[position + 4..position + 4 + header.bytes],
             limits::PAYLOAD_BYTES_MAX,
         )
         .map_err(bad)?;
         records += header.count as usize;
-        frames.push((partition, position + 4, position + 4 + header.bytes));
+        frames.push((partition, position + 4, header));
         position += 4 + header.bytes;
     }
     if frames.is_empty() {
@@ -716,41 +790,63 @@ async fn produce_encoded(
     }
     let broker = app.broker()?.clone();
     tokio::task::spawn_blocking(move || {
+        // A sequence the partition would refuse is refused before anything is written.
+        // (Two requests of one producer racing each other can still part-write; a
+        // producer sends its batches one request at a time.)
+        for (i, &(p, _, header)) in frames.iter().enumerate() {
+            if header.producer_id != 0 {
+                let handle = broker.streams.handle(&name, p).map_err(stream_error)?;
+                let partition = handle.partition.lock();
+                partition
+                    .check_sequence(header.producer_id, header.sequence)
+                    .map_err(|e| {
+                        stream_error(e).with_detail(format!("batches[{i}]"), "sequence")
+                    })?;
+            }
+        }
         let mut batches = Vec::with_capacity(frames.len());
         // Per partition written to: its handle and the offset its records end before.
         let mut written: std::collections::BTreeMap<u32, (Arc<Handle>, u64)> = Default::default();
-        for (i, &(p, start, end)) in frames.iter().enumerate() {
-            let handle = broker.streams.handle(&name, p).map_err(stream_error)?;
-            let count =
-                u32::from_le_bytes(body[start + 16..start + 20].try_into().unwrap_or_default());
-            let appended = handle
-                .partition
-                .lock()
-                .append_encoded(&mut body[start..end], limits::PAYLOAD_BYTES_MAX)
-                .map_err(|e| match e {
-                    StreamError::BadBatch(reason) => {
-                        ApiError::bad_input(format!("batches[{i}]"), reason)
-                    }
-                    other => stream_error(other),
-                })?;
+        let mut failed = None;
+        for &(p, start, header) in &frames {
+            let appended = broker.streams.handle(&name, p).and_then(|handle| {
+                let appended = handle
+                    .partition
+                    .lock()
+                    .append_checked(&mut body[start..start + header.bytes], header)?;
+                Ok((handle, appended))
+            });
+            let (handle, appended) = match appended {
+                Ok(done) => done,
+                Err(error) => {
+                    failed = Some(stream_error(error));
+                    break;
+                }
+            };
             // A duplicate's first copy must be durable too before it is acknowledged.
-            let ends = appended.base_offset + u64::from(count);
+            let ends = appended.base_offset + u64::from(header.count);
             let entry = written.entry(p).or_insert((handle, 0));
             entry.1 = entry.1.max(ends);
             batches.push(ProducedBatch {
                 partition: p,
                 base_offset: appended.base_offset,
-                count,
+                count: header.count,
                 duplicate: appended.duplicate,
             });
         }
+        // What was written is synced and announced even when a later batch failed.
         for (handle, ends) in written.into_values() {
             if broker.streams.sync_each_write {
-                handle.make_durable(ends).map_err(stream_error)?;
+                if let Err(error) = handle.make_durable(ends) {
+                    failed.get_or_insert(stream_error(error));
+                }
             }
             handle.appended.notify_waiters();
         }
-        Ok(ProduceBatchesResponse { batches })
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(ProduceBatchesResponse { batches }),
+        }
     })
     .await
     .map_err(blocking_error)?
@@ -919,63 +1015,69 @@ pub async fn fetch(
             .map_err(blocking_error)?
             .map_err(stream_error)?
     };
-    let start = {
-        let partition = handle.partition.lock();
-        match (query.offset, query.from.as_deref(), timestamp) {
-            (Some(offset), None, None) => offset,
-            (None, Some("earliest"), None) => partition.earliest_offset(),
-            (None, Some("latest"), None) => partition.next_offset(),
-            (None, None, Some(_)) => 0,
-            (None, None, None) => {
-                return Err(ApiError::bad_input(
-                    "offset",
-                    "give offset, from=earliest|latest, or timestamp",
-                ))
-            }
-            (None, Some(_), None) => return Err(ApiError::bad_input("from", "earliest or latest")),
-            _ => {
-                return Err(ApiError::bad_input(
-                    "offset",
-                    "give one of offset, from and timestamp",
-                ))
-            }
+    enum Start {
+        At(u64),
+        Earliest,
+        Latest,
+        Time(i64),
+    }
+    let start = match (query.offset, query.from.as_deref(), timestamp) {
+        (Some(offset), None, None) => Start::At(offset),
+        (None, Some("earliest"), None) => Start::Earliest,
+        (None, Some("latest"), None) => Start::Latest,
+        (None, None, Some(t)) => Start::Time(t),
+        (None, None, None) => {
+            return Err(ApiError::bad_input(
+                "offset",
+                "give offset, from=earliest|latest, or timestamp",
+            ))
+        }
+        (None, Some(_), None) => return Err(ApiError::bad_input("from", "earliest or latest")),
+        _ => {
+            return Err(ApiError::bad_input(
+                "offset",
+                "give one of offset, from and timestamp",
+            ))
         }
     };
+    // Resolved once, in the first read (the partition is locked only off the runtime).
+    let mut start = Some(start);
+    let mut resolved = 0u64;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     loop {
         // Registered before reading, so an append between the read and the wait wakes it.
         let appended = handle.appended.notified();
         let read = {
             let handle = handle.clone();
+            let first = start.take();
             tokio::task::spawn_blocking(move || {
                 let partition = handle.partition.lock();
-                let start = match timestamp {
-                    Some(t) => partition
-                        .offset_for_time(t)?
-                        .unwrap_or(partition.next_offset()),
-                    None => start,
+                let end = handle.readable_end(&partition);
+                let start = match first {
+                    None => resolved,
+                    Some(Start::At(offset)) => offset,
+                    Some(Start::Earliest) => partition.earliest_offset(),
+                    Some(Start::Latest) => end,
+                    Some(Start::Time(t)) => partition.offset_for_time(t)?.unwrap_or(end),
                 };
                 let read = if binary {
-                    let (bytes, next) = partition.read_encoded(start, max_bytes)?;
+                    let (bytes, next) = partition.read_encoded(start, max_bytes, end)?;
                     Read::Encoded(bytes, next)
                 } else {
-                    Read::Records(partition.read(start, max_bytes)?)
+                    let (records, next) = partition.read_until(start, max_bytes, end)?;
+                    Read::Records(records, next)
                 };
-                Ok::<_, StreamError>((
-                    start,
-                    read,
-                    partition.earliest_offset(),
-                    partition.next_offset(),
-                ))
+                Ok::<_, StreamError>((start, read, partition.earliest_offset(), end))
             })
             .await
             .map_err(blocking_error)?
             .map_err(stream_error)?
         };
         let (start, read, earliest_offset, latest_offset) = read;
+        resolved = start;
         let empty = match &read {
             Read::Encoded(bytes, _) => bytes.is_empty(),
-            Read::Records(records) => records.is_empty(),
+            Read::Records(records, _) => records.is_empty(),
         };
         if !empty || tokio::time::Instant::now() >= deadline {
             return Ok(match read {
@@ -995,8 +1097,9 @@ pub async fn fetch(
                     }
                     (headers, bytes).into_response()
                 }
-                Read::Records(records) => {
-                    let next_offset = records.last().map_or(start, |(o, _)| o + 1);
+                Read::Records(records, next) => {
+                    // Past any gap compaction left, so a reader's lag can reach 0.
+                    let next_offset = next.max(start);
                     Json(FetchResponse {
                         records: records.into_iter().map(|(o, r)| fetched(o, r)).collect(),
                         next_offset,
@@ -1062,6 +1165,20 @@ pub const FEED_BATCH_MAX: usize = 1_000;
 
 /// Delivers what each feed has not yet delivered (from the tick): reads its partitions
 /// from its offsets and logs the jobs and the new offsets as one event.
+/// A record's value as a job payload: the value itself when it is JSON, `null` for a
+/// tombstone, and `{"value_base64": "..."}` for bytes that are not JSON (a binary
+/// producer's).
+fn feed_payload(value: Option<Vec<u8>>) -> String {
+    match value {
+        None => "null".to_owned(),
+        Some(bytes) => match String::from_utf8(bytes) {
+            Ok(text) if serde_json::from_str::<&RawValue>(&text).is_ok() => text,
+            Ok(text) => format!("{{\"value_base64\":\"{}\"}}", base64(text.as_bytes())),
+            Err(e) => format!("{{\"value_base64\":\"{}\"}}", base64(e.as_bytes())),
+        },
+    }
+}
+
 pub async fn run_feeds(broker: &Arc<crate::broker::Broker>) {
     let feeds: Vec<(String, String, u32, std::collections::BTreeMap<u32, u64>)> = match broker
         .read(|s, _| {
@@ -1097,29 +1214,31 @@ pub async fn run_feeds(broker: &Arc<crate::broker::Broker>) {
                     }
                     let handle = broker.streams.handle(&stream, p)?;
                     let partition = handle.partition.lock();
+                    // Only durable records: a job must not come of a record a power cut
+                    // could take back.
+                    let end = handle.readable_end(&partition);
                     // Retention may have dropped what the feed had not reached.
                     let from = offsets
                         .get(&p)
                         .copied()
                         .unwrap_or(0)
                         .max(partition.earliest_offset());
-                    if from >= partition.next_offset() {
+                    if from >= end {
                         continue;
                     }
-                    let records = partition.read(from, FETCH_BYTES_DEFAULT)?;
+                    let (records, next) = partition.read_until(from, FETCH_BYTES_DEFAULT, end)?;
                     let room = FEED_BATCH_MAX - payloads.len();
-                    let Some(&(last, _)) = records.get(records.len().min(room).wrapping_sub(1))
-                    else {
-                        continue;
+                    let next = match records.get(room) {
+                        // Not all fit: go on after the last taken.
+                        Some(&(first_left, _)) => first_left,
+                        None => next,
                     };
                     for (_, record) in records.into_iter().take(room) {
-                        let payload = record
-                            .value
-                            .and_then(|v| String::from_utf8(v).ok())
-                            .unwrap_or_else(|| "null".to_owned());
-                        payloads.push(payload);
+                        payloads.push(feed_payload(record.value));
                     }
-                    moved.push((p, last + 1));
+                    if next > from {
+                        moved.push((p, next));
+                    }
                 }
                 Ok::<_, StreamError>((payloads, moved))
             })
@@ -1213,7 +1332,7 @@ async fn feed_infos(
                             .copied()
                             .unwrap_or(0)
                             .max(partition.earliest_offset());
-                        let latest = partition.next_offset();
+                        let latest = handle.readable_end(&partition);
                         Ok(FeedPartition {
                             partition: p,
                             next_offset: next,
@@ -1255,7 +1374,7 @@ pub async fn set_feed(
             (0..spec.partitions)
                 .map(|p| {
                     let handle = broker.streams.handle(&name, p)?;
-                    let next = handle.partition.lock().next_offset();
+                    let next = handle.readable_end(&handle.partition.lock());
                     Ok((p, next))
                 })
                 .collect::<Result<_, StreamError>>()

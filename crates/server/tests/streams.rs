@@ -760,3 +760,47 @@ async fn a_refused_compaction_changes_nothing_and_the_server_restarts() {
     assert_eq!(info["compaction"]["tombstone_retention_ms"], 86_400_000);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_fsync_batch_readers_get_records_once_the_periodic_sync_made_them_durable() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = sluice_server::ServerConfig::new(dir.path());
+    config.fsync = sluice_wal::FsyncPolicy::Batch { interval_ms: 20 };
+    let server = TestServer::start_with(config).await;
+    let (status, _) = server
+        .put("/v1/streams/batched", &json!({ "partitions": 1 }))
+        .await;
+    assert_eq!(status, 200);
+    // A long-poll parked before the record is woken by the sync that makes it durable.
+    let waiting = {
+        let (client, url) = (
+            server.client.clone(),
+            server.url("/v1/streams/batched/partitions/0/records?offset=0&wait_ms=10000"),
+        );
+        tokio::spawn(async move {
+            let reply: Value = client
+                .get(url)
+                .send()
+                .await
+                .expect("fetch")
+                .json()
+                .await
+                .expect("json");
+            reply
+        })
+    };
+    let (status, produced) = server
+        .post(
+            "/v1/streams/batched/records",
+            &json!({ "records": [{ "value": { "n": 1 } }] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{produced}");
+    let reply = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the long-poll is answered")
+        .expect("task");
+    assert_eq!(records(&reply)[0]["value"], json!({ "n": 1 }), "{reply}");
+    assert_eq!(reply["latest_offset"], 1);
+    server.stop().await;
+}

@@ -25,6 +25,11 @@ pub enum StreamError {
     EmptyBatch,
     #[error("not a valid record batch: {0}")]
     BadBatch(String),
+    /// A sync of the partition failed: what it held may not be on disk, so the partition
+    /// takes no more writes (a later sync could report success for pages the kernel
+    /// already dropped) until it is opened again.
+    #[error("the partition takes no writes after a failed sync: {0}")]
+    Poisoned(String),
     #[error("producer {producer_id} sent sequence {sequence}, but it is already at {last}")]
     SequenceTooOld {
         producer_id: u64,
@@ -101,8 +106,16 @@ const FORMAT: &str = "sluice-stream 2\n";
 /// whose segments were written without it.
 fn check_format(dir: &Path) -> Result<(), StreamError> {
     let path = dir.join("FORMAT");
+    let has_segments = || -> Result<bool, StreamError> {
+        Ok(fs::read_dir(dir).map_err(io_err(dir))?.flatten().any(|e| {
+            e.path().extension().is_some_and(|x| x == "log")
+                && e.metadata().is_ok_and(|m| m.len() > 0)
+        }))
+    };
     match fs::read_to_string(&path) {
         Ok(text) if text == FORMAT => Ok(()),
+        // A crash while the file was first written, before any record: start again.
+        Ok(text) if FORMAT.starts_with(text.as_str()) && !has_segments()? => write_format(dir),
         Ok(text) => Err(StreamError::Corrupt {
             path,
             position: 0,
@@ -112,11 +125,7 @@ fn check_format(dir: &Path) -> Result<(), StreamError> {
             ),
         }),
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            let has_segments = fs::read_dir(dir).map_err(io_err(dir))?.flatten().any(|e| {
-                e.path().extension().is_some_and(|x| x == "log")
-                    && e.metadata().is_ok_and(|m| m.len() > 0)
-            });
-            if has_segments {
+            if has_segments()? {
                 return Err(StreamError::Corrupt {
                     path: dir.to_owned(),
                     position: 0,
@@ -125,14 +134,22 @@ fn check_format(dir: &Path) -> Result<(), StreamError> {
                         .into(),
                 });
             }
-            let mut file = File::create(&path).map_err(io_err(&path))?;
-            file.write_all(FORMAT.as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(io_err(&path))?;
-            sync_dir(dir)
+            write_format(dir)
         }
         Err(error) => Err(io_err(&path)(error)),
     }
+}
+
+/// Writes `FORMAT` whole or not at all: a synced temporary file renamed into place.
+fn write_format(dir: &Path) -> Result<(), StreamError> {
+    let temporary = dir.join("FORMAT.tmp");
+    let mut file = File::create(&temporary).map_err(io_err(&temporary))?;
+    file.write_all(FORMAT.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(&temporary))?;
+    let path = dir.join("FORMAT");
+    fs::rename(&temporary, &path).map_err(io_err(&path))?;
+    sync_dir(dir)
 }
 
 /// What a compaction will read (`Partition::plan_compaction`).
@@ -142,6 +159,7 @@ pub struct CompactionPlan {
     segments: Vec<(u64, PathBuf, u64)>,
     /// The base offset of each idempotent producer's last batch.
     producer_last: std::collections::HashSet<u64>,
+    index_interval_bytes: u64,
 }
 
 /// A closed segment rewritten by a compaction, beside the one it replaces.
@@ -149,7 +167,8 @@ pub struct Rewrite {
     base_offset: u64,
     /// The rewrite, written and synced.
     cleaned: PathBuf,
-    bytes: Vec<u8>,
+    /// The rewrite as a segment (length, offsets, indexes), scanned from what was written.
+    segment: Segment,
     removed: u64,
     bytes_before: u64,
 }
@@ -164,13 +183,17 @@ impl CompactionPlan {
     /// Reads the segments and writes the rewrite of each closed one that loses records
     /// (see `Partition::compact`). Touches no segment: the partition can be appended to
     /// and read meanwhile.
+    ///
+    /// Each rewrite is handed to `apply` as soon as it is written (the caller swaps it in,
+    /// `Partition::apply_rewrite`), so at most one segment's rewrite is held at a time.
     pub fn run(
         &self,
         now_ms: i64,
         tombstone_retention_ms: u64,
-    ) -> Result<Vec<Rewrite>, StreamError> {
+        mut apply: impl FnMut(Rewrite) -> Result<(), StreamError>,
+    ) -> Result<(), StreamError> {
         if self.segments.len() < 2 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut latest: std::collections::HashMap<Vec<u8>, u64> = Default::default();
         for (_, path, len) in &self.segments {
@@ -185,7 +208,6 @@ impl CompactionPlan {
             }
         }
         let expired_before = now_ms.saturating_sub(tombstone_retention_ms as i64);
-        let mut rewrites = Vec::new();
         for (base_offset, path, len) in &self.segments[..self.segments.len() - 1] {
             let bytes = read_prefix(path, *len)?;
             let mut rewritten = Vec::with_capacity(bytes.len());
@@ -226,15 +248,27 @@ impl CompactionPlan {
             file.write_all(&rewritten)
                 .and_then(|()| file.sync_all())
                 .map_err(io_err(&cleaned))?;
-            rewrites.push(Rewrite {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let mut segment = Segment::empty(dir, *base_offset);
+            if let Some(reason) =
+                segment.scan(&rewritten, self.index_interval_bytes, &mut Producers::new())
+            {
+                let _ = fs::remove_file(&cleaned);
+                return Err(StreamError::Corrupt {
+                    path: path.clone(),
+                    position: segment.len,
+                    reason: format!("compaction wrote an unreadable segment: {reason}"),
+                });
+            }
+            apply(Rewrite {
                 base_offset: *base_offset,
                 cleaned,
-                bytes: rewritten,
+                segment,
                 removed,
                 bytes_before: bytes.len() as u64,
-            });
+            })?;
         }
-        Ok(rewrites)
+        Ok(())
     }
 }
 
@@ -403,6 +437,8 @@ pub struct Partition {
     producers: Producers,
     /// The active segment, open for appending.
     active: File,
+    /// Set by a failed sync: appends and syncs are refused from then on.
+    poisoned: Option<String>,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StreamError> {
@@ -497,6 +533,7 @@ impl Partition {
             producers,
             segments,
             active,
+            poisoned: None,
         };
         // The indexes are hints rebuilt from the log: write them out afresh.
         for i in 0..partition.segments.len() {
@@ -581,6 +618,16 @@ impl Partition {
             Bad::Incomplete => StreamError::BadBatch("the batch is cut short".into()),
             Bad::Corrupt(reason) => StreamError::BadBatch(reason),
         })?;
+        self.append_checked(bytes, header)
+    }
+
+    /// As [`append_encoded`](Self::append_encoded) for a batch already checked:
+    /// `header` is what `batch::check_new` returned for `bytes`.
+    pub fn append_checked(
+        &mut self,
+        bytes: &mut [u8],
+        header: BatchHeader,
+    ) -> Result<Appended, StreamError> {
         if header.producer_id != 0 {
             if let Some(duplicate) = self.check_sequence(header.producer_id, header.sequence)? {
                 return Ok(duplicate);
@@ -591,7 +638,7 @@ impl Partition {
 
     /// Whether producer `producer_id`'s batch `sequence` was the last written (where it
     /// went), or is refused as older.
-    fn check_sequence(
+    pub fn check_sequence(
         &self,
         producer_id: u64,
         sequence: u32,
@@ -612,6 +659,7 @@ impl Partition {
 
     /// Writes an encoded batch at the end, with its base offset set.
     fn place(&mut self, bytes: &mut [u8], header: BatchHeader) -> Result<Appended, StreamError> {
+        self.check_poisoned()?;
         if self
             .segments
             .last()
@@ -657,14 +705,35 @@ impl Partition {
         })
     }
 
-    /// Makes every appended batch durable (fdatasync of the active segment).
+    /// Makes every appended batch durable (fdatasync of the active segment). A failure
+    /// poisons the partition.
     pub fn sync(&mut self) -> Result<(), StreamError> {
+        self.check_poisoned()?;
         let path = self
             .segments
             .last()
             .map(|s| s.path.clone())
             .unwrap_or_default();
-        self.active.sync_data().map_err(io_err(&path))
+        if let Err(error) = self.active.sync_data() {
+            self.poison(&error.to_string());
+            return Err(io_err(&path)(error));
+        }
+        Ok(())
+    }
+
+    /// Refuses writes from now on: a sync of this partition failed (here, or on a handle
+    /// from [`sync_handle`](Self::sync_handle)).
+    pub fn poison(&mut self, reason: &str) {
+        if self.poisoned.is_none() {
+            self.poisoned = Some(reason.to_owned());
+        }
+    }
+
+    fn check_poisoned(&self) -> Result<(), StreamError> {
+        match &self.poisoned {
+            Some(reason) => Err(StreamError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
     }
 
     /// A second handle on the active segment and the offset it holds up to: syncing it
@@ -672,6 +741,7 @@ impl Partition {
     /// the partition while the disk works (group commit by the caller). A roll in
     /// between syncs the old segment itself.
     pub fn sync_handle(&self) -> Result<(File, u64), StreamError> {
+        self.check_poisoned()?;
         let path = self
             .segments
             .last()
@@ -713,18 +783,24 @@ impl Partition {
     /// In three steps, so that a caller can hold the partition only for the first and
     /// the last: [`plan_compaction`](Self::plan_compaction) notes what to read,
     /// [`CompactionPlan::run`] reads it and writes each rewritten segment beside the old
-    /// one (synced), and [`apply_compaction`](Self::apply_compaction) renames them over
-    /// the old ones, so a crash leaves either. Closed segments never change, and appends
-    /// only add newer records (which can only make more records superseded), so appends
-    /// can go on while the plan runs. Holds every key of the partition in memory while it
+    /// one (synced), and [`apply_rewrite`](Self::apply_rewrite) renames each over the old
+    /// one as it comes, so a crash leaves either and at most one rewrite is held. Closed
+    /// segments never change, and appends only add newer records (which can only make
+    /// more records superseded), so appends can go on while the plan runs; the caller
+    /// must make the partition durable up to the plan's end first (`run` trusts what it
+    /// reads of the active segment). Holds every key of the partition in memory while it
     /// runs.
     pub fn compact(
         &mut self,
         now_ms: i64,
         tombstone_retention_ms: u64,
     ) -> Result<Compacted, StreamError> {
-        let rewrites = self.plan_compaction().run(now_ms, tombstone_retention_ms)?;
-        self.apply_compaction(rewrites)
+        let plan = self.plan_compaction();
+        let mut done = Compacted::default();
+        plan.run(now_ms, tombstone_retention_ms, |rewrite| {
+            self.apply_rewrite(rewrite, &mut done)
+        })?;
+        Ok(done)
     }
 
     /// What a compaction reads: every segment (the active one up to its length now) and
@@ -737,48 +813,36 @@ impl Partition {
                 .map(|s| (s.base_offset, s.path.clone(), s.len))
                 .collect(),
             producer_last: self.producers.values().map(|&(_, base)| base).collect(),
+            index_interval_bytes: self.config.index_interval_bytes,
         }
     }
 
-    /// Swaps in the segments a plan rewrote: each is renamed over the segment it
-    /// replaces (skipped if that one went meanwhile, to retention), the directory
-    /// synced, and the segment's indexes rebuilt.
-    pub fn apply_compaction(&mut self, rewrites: Vec<Rewrite>) -> Result<Compacted, StreamError> {
-        let mut done = Compacted::default();
-        for rewrite in rewrites {
-            let closed = self.segments.len().saturating_sub(1);
-            let Some(i) = self.segments[..closed]
-                .iter()
-                .position(|s| s.base_offset == rewrite.base_offset)
-            else {
-                let _ = fs::remove_file(&rewrite.cleaned);
-                continue;
-            };
-            let path = self.segments[i].path.clone();
-            let mut segment = Segment::empty(&self.dir, rewrite.base_offset);
-            let mut scratch = Producers::new();
-            if let Some(reason) = segment.scan(
-                &rewrite.bytes,
-                self.config.index_interval_bytes,
-                &mut scratch,
-            ) {
-                let _ = fs::remove_file(&rewrite.cleaned);
-                return Err(StreamError::Corrupt {
-                    path,
-                    position: segment.len,
-                    reason: format!("compaction wrote an unreadable segment: {reason}"),
-                });
-            }
-            fs::rename(&rewrite.cleaned, &path).map_err(io_err(&path))?;
-            sync_dir(&self.dir)?;
-            done.segments_rewritten += 1;
-            done.records_removed += rewrite.removed;
-            done.bytes_before += rewrite.bytes_before;
-            done.bytes_after += rewrite.bytes.len() as u64;
-            self.segments[i] = segment;
-            self.write_indexes(i)?;
-        }
-        Ok(done)
+    /// Swaps in a segment a plan rewrote: renamed over the segment it replaces (or
+    /// dropped if that one went meanwhile, to retention), its indexes written, the
+    /// directory synced. Adds what it did to `done`.
+    pub fn apply_rewrite(
+        &mut self,
+        rewrite: Rewrite,
+        done: &mut Compacted,
+    ) -> Result<(), StreamError> {
+        let closed = self.segments.len().saturating_sub(1);
+        let Some(i) = self.segments[..closed]
+            .iter()
+            .position(|s| s.base_offset == rewrite.base_offset)
+        else {
+            let _ = fs::remove_file(&rewrite.cleaned);
+            return Ok(());
+        };
+        let path = self.segments[i].path.clone();
+        fs::rename(&rewrite.cleaned, &path).map_err(io_err(&path))?;
+        // The file is swapped: from here the partition describes the new one.
+        done.segments_rewritten += 1;
+        done.records_removed += rewrite.removed;
+        done.bytes_before += rewrite.bytes_before;
+        done.bytes_after += rewrite.segment.len;
+        self.segments[i] = rewrite.segment;
+        self.write_indexes(i)?;
+        sync_dir(&self.dir)
     }
 
     /// The segments that may hold records from `offset` on (an error before the earliest).
@@ -801,73 +865,117 @@ impl Partition {
     /// Records from `offset` on, whole batches, until about `max_bytes` (at least one
     /// batch when there is one, however big). Empty at the end of the log.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<(u64, Record)>, StreamError> {
+        Ok(self.read_until(offset, max_bytes, u64::MAX)?.0)
+    }
+
+    /// As [`read`](Self::read), only batches that end at or before `until` (a caller's
+    /// durable end: records not yet synced are not shown). Also returns the offset after
+    /// the last batch looked at, where the next read starts (past any gap compaction
+    /// left).
+    pub fn read_until(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        until: u64,
+    ) -> Result<(Vec<(u64, Record)>, u64), StreamError> {
         let mut out = Vec::new();
+        let mut next = offset;
         let mut read_bytes = 0usize;
-        for segment in self.segments_from(offset)? {
-            let file = File::open(&segment.path).map_err(io_err(&segment.path))?;
-            let mut position = segment.position_for(offset);
-            let mut bytes = Vec::new();
-            while position < segment.len {
+        let mut bytes = Vec::new();
+        self.walk(
+            offset,
+            until,
+            &mut bytes,
+            |bytes, header, path, position| {
                 if read_bytes > 0 && read_bytes >= max_bytes {
-                    return Ok(out);
+                    return Ok(false);
                 }
-                bytes.clear();
-                let total = segment.read_batch(&file, position, &mut bytes)?;
-                let (header, records) =
-                    batch::decode(&bytes).map_err(|e| StreamError::Corrupt {
-                        path: segment.path.clone(),
+                let (header, records) = if header.count == 0 {
+                    (header, Vec::new())
+                } else {
+                    batch::decode(bytes).map_err(|e| StreamError::Corrupt {
+                        path: path.to_owned(),
                         position,
                         reason: format!("{e:?}"),
-                    })?;
-                position += total as u64;
-                if header.next_offset() <= offset {
-                    continue;
-                }
+                    })?
+                };
+                next = next.max(header.next_offset());
                 let before = out.len();
                 out.extend(records.into_iter().filter(|&(o, _)| o >= offset));
                 // Batches compaction emptied do not count against `max_bytes`.
                 if out.len() > before {
-                    read_bytes += total;
+                    read_bytes += header.bytes;
                 }
-            }
-        }
-        Ok(out)
+                bytes.clear();
+                Ok(true)
+            },
+        )?;
+        Ok((out, next))
     }
 
     /// Whole batches as stored, holding the records from `offset` on, until about
     /// `max_bytes` (at least one batch when there is one, however big); the first may
     /// also hold records before `offset`, which the reader skips. Batches compaction
-    /// emptied are left out. Each batch's CRC is checked. Returns the bytes and the offset
-    /// after the last batch looked at (where the next read starts).
+    /// emptied are left out, and batches that end after `until` (a caller's durable end).
+    /// Each batch's CRC is checked. Returns the bytes and the offset after the last batch
+    /// looked at (where the next read starts).
     pub fn read_encoded(
         &self,
         offset: u64,
         max_bytes: usize,
+        until: u64,
     ) -> Result<(Vec<u8>, u64), StreamError> {
         let mut out = Vec::new();
         let mut next = offset;
+        self.walk(offset, until, &mut out, |out, header, _, _| {
+            let start = out.len() - header.bytes;
+            if start > 0 && start >= max_bytes {
+                out.truncate(start);
+                return Ok(false);
+            }
+            next = next.max(header.next_offset());
+            if header.count == 0 {
+                out.truncate(start);
+            }
+            Ok(true)
+        })?;
+        Ok((out, next))
+    }
+
+    /// Visits the stored batches holding records from `offset` on that end at or before
+    /// `until`, in order: each is appended to `buffer` (CRC checked) and given to `visit`
+    /// with its header, segment path and position; `visit` says whether to go on.
+    fn walk(
+        &self,
+        offset: u64,
+        until: u64,
+        buffer: &mut Vec<u8>,
+        mut visit: impl FnMut(&mut Vec<u8>, BatchHeader, &Path, u64) -> Result<bool, StreamError>,
+    ) -> Result<(), StreamError> {
         for segment in self.segments_from(offset)? {
             let mut position = segment.position_for(offset);
             let file = File::open(&segment.path).map_err(io_err(&segment.path))?;
             while position < segment.len {
-                if !out.is_empty() && out.len() >= max_bytes {
-                    return Ok((out, next));
-                }
-                let start = out.len();
-                let total = segment.read_batch(&file, position, &mut out)?;
-                let header = batch::header(&out[start..]).map_err(|e| StreamError::Corrupt {
+                let start = buffer.len();
+                let total = segment.read_batch(&file, position, buffer)?;
+                let header = batch::header(&buffer[start..]).map_err(|e| StreamError::Corrupt {
                     path: segment.path.clone(),
                     position,
                     reason: format!("{e:?}"),
                 })?;
-                position += total as u64;
-                if header.next_offset() <= offset || header.count == 0 {
-                    out.truncate(start);
+                if header.next_offset() > until {
+                    buffer.truncate(start);
+                    return Ok(());
                 }
-                next = next.max(header.next_offset());
+                if header.next_offset() <= offset {
+                    buffer.truncate(start);
+                } else if !visit(buffer, header, &segment.path, position)? {
+                    return Ok(());
+                }
+                position += total as u64;
             }
         }
-        Ok((out, next))
+        Ok(())
     }
 
     /// The first offset whose record's timestamp is at or after `timestamp_ms`, reading

@@ -496,7 +496,7 @@ fn client_encoded_batches_are_checked_placed_and_read_back_as_stored() {
     }
     assert_eq!(offsets, (0..20).map(|b| b * 5).collect::<Vec<_>>());
     // Read from the middle of a batch: whole batches, the first holding earlier records.
-    let (bytes, next) = partition.read_encoded(42, 300).expect("read");
+    let (bytes, next) = partition.read_encoded(42, 300, u64::MAX).expect("read");
     let mut position = 0;
     let mut got = Vec::new();
     while position < bytes.len() {
@@ -510,7 +510,7 @@ fn client_encoded_batches_are_checked_placed_and_read_back_as_stored() {
         assert_eq!(r, &record(*offset));
     }
     assert_eq!(
-        partition.read_encoded(100, 1_000).expect("end"),
+        partition.read_encoded(100, 1_000, u64::MAX).expect("end"),
         (Vec::new(), 100)
     );
 
@@ -564,8 +564,8 @@ fn appends_between_planning_and_applying_a_compaction_are_kept() {
     let mut partition = open(dir.path());
     fill(&mut partition, 200);
     let plan = partition.plan_compaction();
-    // Appended while the plan runs (the server holds no lock then): newer values of keys
-    // the plan saw, and a new key.
+    // Appended after the plan, before it runs and is applied: newer values of keys the
+    // plan saw.
     let late: Vec<Record> = (0..7)
         .map(|k| Record {
             timestamp_ms: 9_000,
@@ -574,9 +574,19 @@ fn appends_between_planning_and_applying_a_compaction_are_kept() {
             headers: Vec::new(),
         })
         .collect();
+    let mut rewrites = Vec::new();
+    plan.run(i64::MAX, 0, |rewrite| {
+        rewrites.push(rewrite);
+        Ok(())
+    })
+    .expect("run");
+    // More appends between the rewrites and their swap (the server takes the lock only
+    // to swap each one in).
     partition.append(&late, 0, 0).expect("append");
-    let rewrites = plan.run(i64::MAX, 0).expect("run");
-    let done = partition.apply_compaction(rewrites).expect("apply");
+    let mut done = sluice_stream::Compacted::default();
+    for rewrite in rewrites {
+        partition.apply_rewrite(rewrite, &mut done).expect("apply");
+    }
     assert!(done.records_removed > 0);
     assert_eq!(partition.next_offset(), 207);
     let read = partition.read(0, usize::MAX).expect("read");
@@ -602,4 +612,29 @@ fn appends_between_planning_and_applying_a_compaction_are_kept() {
     }
     let reopened = open(dir.path());
     assert_eq!(reopened.read(0, usize::MAX).expect("read"), read);
+}
+
+#[test]
+fn reads_stop_at_the_end_they_are_given() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut partition = open(dir.path());
+    fill(&mut partition, 100);
+    // Batches of 1 to 4 records: read up to an end in the middle of the log.
+    let (records, next) = partition.read_until(0, usize::MAX, 50).expect("read");
+    assert!(records.iter().all(|(o, _)| *o < 50));
+    assert_eq!(records.last().map(|(o, _)| o + 1), Some(next));
+    assert!(
+        next <= 50 && next + 4 > 50,
+        "whole batches up to 50: {next}"
+    );
+    let (bytes, encoded_next) = partition.read_encoded(0, usize::MAX, 50).expect("read");
+    assert_eq!(encoded_next, next);
+    assert!(!bytes.is_empty());
+    assert_eq!(
+        partition
+            .read_until(next, usize::MAX, next)
+            .expect("read")
+            .0,
+        vec![]
+    );
 }
