@@ -59,8 +59,12 @@ pub struct Frame {
 /// The ring of live events and its subscribers.
 pub struct Live {
     tx: broadcast::Sender<Arc<Frame>>,
-    /// The id of the last event made (ids start at 1).
+    /// The id of the last event made. Ids start at this process's start time in ms times
+    /// a million, so they also grow across restarts and an id from an earlier process
+    /// is known as such.
     seq: AtomicU64,
+    /// The first id of this process, less one.
+    first_seq: u64,
     subscribers: AtomicUsize,
     /// Subscribers that asked for `job` events: job events, nearly all of the cost, are
     /// made only while there is one.
@@ -71,9 +75,11 @@ pub struct Live {
 
 impl Default for Live {
     fn default() -> Self {
+        let first_seq = u64::try_from(crate::broker::system_now_ms()).unwrap_or(0) * 1_000_000;
         Live {
             tx: broadcast::channel(limits::LIVE_EVENTS_BUFFER).0,
-            seq: AtomicU64::new(0),
+            seq: AtomicU64::new(first_seq),
+            first_seq,
             subscribers: AtomicUsize::new(0),
             job_subscribers: AtomicUsize::new(0),
             last_totals: Mutex::new(None),
@@ -334,10 +340,14 @@ struct Subscriber {
     stop: tokio::sync::watch::Receiver<bool>,
     /// Sent first: what a reconnecting client missed.
     greeting: Option<String>,
+    /// When a keep-alive comment is due: `LIVE_KEEP_ALIVE_MS` after the last bytes sent.
+    quiet_until: tokio::time::Instant,
     _subscribed: Subscribed,
 }
 
-fn lagged(dropped: u64) -> Bytes {
+/// `dropped`: how many; `None` when not known (an id from before a restart).
+fn lagged(dropped: Option<u64>) -> Bytes {
+    let dropped = dropped.map_or("null".to_owned(), |n| n.to_string());
     Bytes::from(format!(
         "event: lagged\ndata: {{\"dropped\":{dropped}}}\n\n"
     ))
@@ -346,10 +356,16 @@ fn lagged(dropped: u64) -> Bytes {
 impl Subscriber {
     /// The next bytes to send, or `None` to end the stream (shutdown).
     async fn next(&mut self) -> Option<Bytes> {
+        let keep_alive = Duration::from_millis(limits::LIVE_KEEP_ALIVE_MS);
+        let bytes = self.wait().await?;
+        self.quiet_until = tokio::time::Instant::now() + keep_alive;
+        Some(bytes)
+    }
+
+    async fn wait(&mut self) -> Option<Bytes> {
         if let Some(greeting) = self.greeting.take() {
             return Some(Bytes::from(greeting));
         }
-        let keep_alive = Duration::from_millis(limits::LIVE_KEEP_ALIVE_MS);
         loop {
             if *self.stop.borrow() {
                 return None;
@@ -359,12 +375,18 @@ impl Subscriber {
                     Ok(frame) if frame.kind.bit() & self.mask != 0 => {
                         return Some(Bytes::from(frame.text.clone()));
                     }
+                    // Events of other kinds do not count as traffic: the keep-alive is
+                    // due by what this subscriber was sent.
                     Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(dropped)) => return Some(lagged(dropped)),
+                    Err(broadcast::error::RecvError::Lagged(dropped)) => return Some(lagged(Some(dropped))),
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
-                () = tokio::time::sleep(keep_alive) => return Some(Bytes::from_static(b": keep-alive\n\n")),
-                _ = self.stop.changed() => {}
+                () = tokio::time::sleep_until(self.quiet_until) => return Some(Bytes::from_static(b": keep-alive\n\n")),
+                changed = self.stop.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
             }
         }
     }
@@ -412,7 +434,12 @@ pub async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|seen| String::from_utf8_lossy(&lagged(now_seq.saturating_sub(seen))).into_owned())
+        .map(|seen| {
+            // An id this process did not make: events were lost in a restart, how many
+            // is not known.
+            let known = (live.first_seq..=now_seq).contains(&seen);
+            String::from_utf8_lossy(&lagged(known.then(|| now_seq - seen))).into_owned()
+        })
         // Sent at once so the client knows the stream is open.
         .or_else(|| Some(": connected\n\n".to_owned()));
     let subscriber = Subscriber {
@@ -420,6 +447,8 @@ pub async fn events(
         mask,
         stop: app.shutting_down.clone(),
         greeting,
+        quiet_until: tokio::time::Instant::now()
+            + Duration::from_millis(limits::LIVE_KEEP_ALIVE_MS),
         _subscribed: subscribed,
     };
     let stream = futures_util::stream::unfold(subscriber, |mut s| async move {
