@@ -3,6 +3,10 @@
 /// Bytes before a batch's records: base offset, length, CRC, count, last offset delta,
 /// first and max timestamps, producer id, sequence.
 pub const BATCH_HEADER_BYTES: usize = 8 + 4 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
+/// Record timestamps a client's batch may carry: the years 0000 to 9999, what RFC 3339
+/// can write.
+pub const TIMESTAMP_MS_MIN: i64 = -62_167_219_200_000;
+pub const TIMESTAMP_MS_MAX: i64 = 253_402_300_799_999;
 /// The largest batch accepted when reading: anything longer is damage, not data.
 pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -234,6 +238,9 @@ pub fn check_new(bytes: &[u8], value_bytes_max: usize) -> Result<BatchHeader, Ba
     let mut reader = Reader {
         bytes: &bytes[BATCH_HEADER_BYTES..],
     };
+    // The header's timestamps must be the records': retention and reads by time trust
+    // them.
+    let mut max_timestamp_ms = i64::MIN;
     for expected in 0..header.count {
         let delta = u32::from_le_bytes(reader.array()?);
         if delta != expected {
@@ -241,7 +248,22 @@ pub fn check_new(bytes: &[u8], value_bytes_max: usize) -> Result<BatchHeader, Ba
                 "record {expected} has offset delta {delta}"
             )));
         }
-        reader.take(8)?;
+        let timestamp_delta = i64::from_le_bytes(reader.array()?);
+        if expected == 0 && timestamp_delta != 0 {
+            return Err(Bad::Corrupt(
+                "the first record's timestamp is not the batch's first_timestamp_ms".into(),
+            ));
+        }
+        let timestamp_ms = header
+            .first_timestamp_ms
+            .checked_add(timestamp_delta)
+            .filter(|t| (TIMESTAMP_MS_MIN..=TIMESTAMP_MS_MAX).contains(t))
+            .ok_or_else(|| {
+                Bad::Corrupt(format!(
+                    "record {expected}'s timestamp is outside the years 0000 to 9999"
+                ))
+            })?;
+        max_timestamp_ms = max_timestamp_ms.max(timestamp_ms);
         reader.skip_optional(usize::MAX)?;
         reader.skip_optional(value_bytes_max)?;
         let header_count = u16::from_le_bytes(reader.array()?);
@@ -255,6 +277,12 @@ pub fn check_new(bytes: &[u8], value_bytes_max: usize) -> Result<BatchHeader, Ba
     }
     if !reader.bytes.is_empty() {
         return Err(Bad::Corrupt("bytes after the last record".into()));
+    }
+    if header.max_timestamp_ms != max_timestamp_ms {
+        return Err(Bad::Corrupt(format!(
+            "max_timestamp_ms {} but the records' largest is {max_timestamp_ms}",
+            header.max_timestamp_ms
+        )));
     }
     Ok(header)
 }
@@ -363,5 +391,22 @@ mod tests {
             check_new(&longer, usize::MAX).is_err(),
             "bytes after the batch"
         );
+        // fuzz `stream_batch`: offsets that would run past u64::MAX are damage.
+        assert!(decode(&encode(u64::MAX - 1, 0, 0, &records)).is_err());
+        // A client's header must carry its records' timestamps, which RFC 3339 can write.
+        let mut lying = encode(0, 0, 0, &records);
+        lying[32..40].copy_from_slice(&999i64.to_le_bytes()); // max_timestamp_ms
+        let crc = crc32c::crc32c(&lying[16..]);
+        lying[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode(&lying).is_ok(), "a well-formed batch");
+        assert!(
+            check_new(&lying, usize::MAX).is_err(),
+            "a max below a record's"
+        );
+        let mut far = records.clone();
+        far[1].timestamp_ms = TIMESTAMP_MS_MAX + 1;
+        assert!(check_new(&encode(0, 0, 0, &far), usize::MAX).is_err());
+        far[1].timestamp_ms = TIMESTAMP_MS_MAX;
+        assert!(check_new(&encode(0, 0, 0, &far), usize::MAX).is_ok());
     }
 }
