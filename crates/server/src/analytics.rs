@@ -189,24 +189,20 @@ async fn history(
             let mut samples = read(reader, Some(name.clone()), from_ms, to_ms).await?;
             samples.remove(&name).unwrap_or_default()
         }
-        None => {
-            let all = read(reader, None, from_ms, to_ms).await?;
-            let mut summed: std::collections::BTreeMap<Millis, Sample> = Default::default();
-            for (at, s) in all.into_values().flatten() {
-                let sum = summed.entry(at).or_default();
-                sum.ready = sum.ready.saturating_add(s.ready);
-                sum.leased = sum.leased.saturating_add(s.leased);
-                sum.enqueued = sum.enqueued.saturating_add(s.enqueued);
-                sum.succeeded = sum.succeeded.saturating_add(s.succeeded);
-                sum.failed = sum.failed.saturating_add(s.failed);
-                sum.wait_p95_ms = sum.wait_p95_ms.max(s.wait_p95_ms);
-                sum.run_p95_ms = sum.run_p95_ms.max(s.run_p95_ms);
-                sum.scheduled = sum.scheduled.saturating_add(s.scheduled);
-                sum.retrying = sum.retrying.saturating_add(s.retrying);
-                sum.dead = sum.dead.saturating_add(s.dead);
-            }
-            summed.into_iter().collect()
-        }
+        None => tokio::task::spawn_blocking(move || reader.sum_all(from_ms, to_ms))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
+            .map_err(|e: std::io::Error| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "history_unreadable",
+                    format!("cannot read the metric history: {e}"),
+                )
+            })?
+            .into_iter()
+            .collect(),
     };
     let points = dense(&samples, from_ms, to_ms, step_ms)
         .into_iter()

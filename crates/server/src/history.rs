@@ -303,23 +303,61 @@ impl Reader {
         self.scan(None, from_ms, to_ms)
     }
 
+    /// Every queue's samples summed per sample time (counts and gauges added; wait and
+    /// run p95 the largest), folded as the chunks are read: memory holds one entry per
+    /// step, however many queues.
+    pub fn sum_all(
+        &self,
+        from_ms: Millis,
+        to_ms: Millis,
+    ) -> io::Result<std::collections::BTreeMap<Millis, Sample>> {
+        let mut sums: std::collections::BTreeMap<Millis, Sample> = Default::default();
+        self.visit(None, from_ms, to_ms, &mut |_, at, s| {
+            let sum = sums.entry(at).or_default();
+            sum.ready = sum.ready.saturating_add(s.ready);
+            sum.leased = sum.leased.saturating_add(s.leased);
+            sum.enqueued = sum.enqueued.saturating_add(s.enqueued);
+            sum.succeeded = sum.succeeded.saturating_add(s.succeeded);
+            sum.failed = sum.failed.saturating_add(s.failed);
+            sum.wait_p95_ms = sum.wait_p95_ms.max(s.wait_p95_ms);
+            sum.run_p95_ms = sum.run_p95_ms.max(s.run_p95_ms);
+            sum.scheduled = sum.scheduled.saturating_add(s.scheduled);
+            sum.retrying = sum.retrying.saturating_add(s.retrying);
+            sum.dead = sum.dead.saturating_add(s.dead);
+        })?;
+        Ok(sums)
+    }
+
     fn scan(
         &self,
         only: Option<&str>,
         from_ms: Millis,
         to_ms: Millis,
     ) -> io::Result<FxHashMap<String, Vec<(Millis, Sample)>>> {
-        let mut out = FxHashMap::default();
-        for (chunk_start_ms, path) in self.chunks()? {
-            if chunk_start_ms >= to_ms || chunk_start_ms + self.chunk_ms <= from_ms {
-                continue;
-            }
-            read_chunk(&path, only, from_ms, to_ms, &mut out)?;
-        }
+        let mut out: FxHashMap<String, Vec<(Millis, Sample)>> = FxHashMap::default();
+        self.visit(only, from_ms, to_ms, &mut |name, at, sample| {
+            out.entry(name.to_owned()).or_default().push((at, sample));
+        })?;
         for samples in out.values_mut() {
             samples.sort_by_key(|(at, _)| *at);
         }
         Ok(out)
+    }
+
+    fn visit(
+        &self,
+        only: Option<&str>,
+        from_ms: Millis,
+        to_ms: Millis,
+        visit: &mut dyn FnMut(&str, Millis, Sample),
+    ) -> io::Result<()> {
+        for (chunk_start_ms, path) in self.chunks()? {
+            if chunk_start_ms >= to_ms || chunk_start_ms + self.chunk_ms <= from_ms {
+                continue;
+            }
+            read_chunk(&path, only, from_ms, to_ms, visit)?;
+        }
+        Ok(())
     }
 }
 
@@ -422,7 +460,7 @@ fn read_chunk(
     only: Option<&str>,
     from_ms: Millis,
     to_ms: Millis,
-    out: &mut FxHashMap<String, Vec<(Millis, Sample)>>,
+    visit: &mut dyn FnMut(&str, Millis, Sample),
 ) -> io::Result<()> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
@@ -461,9 +499,7 @@ fn read_chunk(
                     continue;
                 };
                 if only.is_none_or(|q| q == name) {
-                    out.entry(name.clone())
-                        .or_default()
-                        .push((row.at_ms, sample));
+                    visit(name, row.at_ms, sample);
                 }
             }
         }
