@@ -804,3 +804,71 @@ async fn under_fsync_batch_readers_get_records_once_the_periodic_sync_made_them_
     assert_eq!(reply["latest_offset"], 1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_producers_across_segment_rolls_get_dense_durable_offsets() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = sluice_server::ServerConfig::new(dir.path());
+    config.stream_segment_bytes_max = 4_096;
+    let server = TestServer::start_with(config).await;
+    let (status, _) = server
+        .put("/v1/streams/busy", &json!({ "partitions": 1 }))
+        .await;
+    assert_eq!(status, 200);
+    // 8 producers at once: their appends share syncs (group commit) and roll segments.
+    let mut tasks = tokio::task::JoinSet::new();
+    for producer in 0..8u64 {
+        let (client, url) = (
+            server.client.clone(),
+            server.url("/v1/streams/busy/records"),
+        );
+        tasks.spawn(async move {
+            let mut acknowledged = Vec::new();
+            for round in 0..20u64 {
+                let records: Vec<Value> = (0..5)
+                    .map(|i| json!({ "value": { "p": producer, "r": round, "i": i }, "partition": 0 }))
+                    .collect();
+                let reply: Value = client
+                    .post(&url)
+                    .json(&json!({ "records": records }))
+                    .send()
+                    .await
+                    .expect("produce")
+                    .json()
+                    .await
+                    .expect("json");
+                for offset in reply["offsets"].as_array().expect("offsets") {
+                    acknowledged.push(offset["offset"].as_u64().expect("offset"));
+                }
+            }
+            acknowledged
+        });
+    }
+    let mut acknowledged = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        acknowledged.extend(done.expect("producer"));
+    }
+    acknowledged.sort_unstable();
+    assert_eq!(
+        acknowledged,
+        (0..800).collect::<Vec<u64>>(),
+        "dense, none twice"
+    );
+    let (_, fetched) = server
+        .get("/v1/streams/busy/partitions/0/records?offset=0&max_bytes=16777216")
+        .await;
+    assert_eq!(records(&fetched).len(), 800);
+    assert_eq!(fetched["latest_offset"], 800);
+    let (_, info) = server.get("/v1/streams/busy").await;
+    assert!(
+        std::fs::read_dir(dir.path().join("streams/busy/0"))
+            .expect("partition dir")
+            .filter(|e| e
+                .as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log")))
+            .count()
+            > 3,
+        "segments rolled: {info}"
+    );
+    server.stop().await;
+}
