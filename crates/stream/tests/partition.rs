@@ -638,3 +638,33 @@ fn reads_stop_at_the_end_they_are_given() {
         vec![]
     );
 }
+
+#[test]
+fn a_poisoned_partition_refuses_writes_and_syncs_but_still_reads() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut partition = open(dir.path());
+    fill(&mut partition, 10);
+    // What a failed fdatasync does (here or on a `sync_handle`).
+    partition.poison("EIO");
+    assert!(matches!(
+        partition.append(&[record(10)], 0, 0),
+        Err(StreamError::Poisoned(_))
+    ));
+    assert!(matches!(partition.sync(), Err(StreamError::Poisoned(_))));
+    assert!(matches!(
+        partition.sync_handle(),
+        Err(StreamError::Poisoned(_))
+    ));
+    assert_eq!(partition.read(0, usize::MAX).expect("read").len(), 10);
+    assert_eq!(partition.next_offset(), 10);
+    // Opened again (a restart), it takes writes.
+    drop(partition);
+    let mut reopened = open(dir.path());
+    assert_eq!(
+        reopened
+            .append(&[record(10)], 0, 0)
+            .expect("append")
+            .base_offset,
+        10
+    );
+}
