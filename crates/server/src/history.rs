@@ -514,11 +514,13 @@ mod tests {
 
     #[test]
     fn chunks_of_the_first_version_are_still_read() {
+        /// A version 1 sample: five counts, then wait and run p95.
+        type SampleV1 = ([u32; 5], Option<u32>, Option<u32>);
         #[derive(Serialize)]
         struct V1 {
             at_ms: Millis,
             new_names: Vec<String>,
-            samples: Vec<(u32, [u32; 5], Option<u32>, Option<u32>)>,
+            samples: Vec<(u32, SampleV1)>,
         }
         let dir = tempfile::tempdir().expect("dir");
         let hour = 3_600_000;
@@ -527,7 +529,7 @@ mod tests {
         let payload = postcard::to_allocvec(&V1 {
             at_ms: 20_000,
             new_names: vec!["old".into()],
-            samples: vec![(0, [4, 1, 9, 8, 1], Some(120), None)],
+            samples: vec![(0, ([4, 1, 9, 8, 1], Some(120), None))],
         })
         .expect("encode");
         let mut bytes = MAGIC_V1.to_vec();

@@ -611,7 +611,7 @@ async fn record_batches_in_the_binary_encoding_are_produced_and_fetched_as_store
     let record = |n: u32| Record {
         timestamp_ms: 1_700_000_000_000 + i64::from(n),
         key: Some(vec![0xff, n as u8]),
-        value: Some(if n % 2 == 0 {
+        value: Some(if n.is_multiple_of(2) {
             format!("{{\"n\":{n}}}").into_bytes()
         } else {
             vec![0, 1, 2, n as u8]

@@ -148,10 +148,12 @@ export function mount(root, _params, { live }) {
       pager.controls('Queues', loadQueues, rows.length));
   }
 
-  // Totals without live stats: one page of up to 1,000 queues summed.
+  // Totals without live stats: one page of up to 1,000 queues summed. While the event
+  // stream is up (or opening) its next `stats`, within a second, bring them.
   async function loadTotals() {
     const fresh = live.stats && Date.now() - live.statsAt < STATS_FRESH_MS;
     if (fresh) return showStats(live.stats);
+    if (live.state === 'live' || live.state === 'connecting') return;
     try {
       const [qs_, workers, alerts] = await Promise.all([
         api('/queues' + qs({ limit: TOTALS_QUEUES_MAX })), api('/workers'), api('/alerts')]);
