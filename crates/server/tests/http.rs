@@ -3,6 +3,7 @@
 //! with `reqwest`, and checks what a client sees: statuses, error codes and paths, and
 //! the state a later `GET` shows.
 
+#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -103,26 +103,9 @@ async fn a_stream_keeps_keyed_records_in_order_per_partition_across_a_restart() 
         .await;
     assert!(records(&empty).is_empty());
     assert!(started.elapsed() >= Duration::from_millis(250));
-    let waiting = {
-        let (client, url) = (
-            server.client.clone(),
-            server.url(&format!(
-                "/v1/streams/orders/partitions/1/records?offset={end}&wait_ms=10000"
-            )),
-        );
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let reply: Value = client
-                .get(url)
-                .send()
-                .await
-                .expect("fetch")
-                .json()
-                .await
-                .expect("json");
-            (reply, started.elapsed())
-        })
-    };
+    let waiting = server.spawn_get(&format!(
+        "/v1/streams/orders/partitions/1/records?offset={end}&wait_ms=10000"
+    ));
     let (status, _) = server
         .post(
             "/v1/streams/orders/records",
@@ -772,23 +755,8 @@ async fn under_fsync_batch_readers_get_records_once_the_periodic_sync_made_them_
         .await;
     assert_eq!(status, 200);
     // A long-poll parked before the record is woken by the sync that makes it durable.
-    let waiting = {
-        let (client, url) = (
-            server.client.clone(),
-            server.url("/v1/streams/batched/partitions/0/records?offset=0&wait_ms=10000"),
-        );
-        tokio::spawn(async move {
-            let reply: Value = client
-                .get(url)
-                .send()
-                .await
-                .expect("fetch")
-                .json()
-                .await
-                .expect("json");
-            reply
-        })
-    };
+    let waiting =
+        server.spawn_get("/v1/streams/batched/partitions/0/records?offset=0&wait_ms=10000");
     let (status, produced) = server
         .post(
             "/v1/streams/batched/records",
@@ -796,7 +764,7 @@ async fn under_fsync_batch_readers_get_records_once_the_periodic_sync_made_them_
         )
         .await;
     assert_eq!(status, 200, "{produced}");
-    let reply = tokio::time::timeout(Duration::from_secs(5), waiting)
+    let (reply, _) = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
         .expect("the long-poll is answered")
         .expect("task");

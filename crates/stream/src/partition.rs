@@ -709,16 +709,20 @@ impl Partition {
     /// poisons the partition.
     pub fn sync(&mut self) -> Result<(), StreamError> {
         self.check_poisoned()?;
-        let path = self
-            .segments
-            .last()
-            .map(|s| s.path.clone())
-            .unwrap_or_default();
+        let path = self.active_path();
         if let Err(error) = self.active.sync_data() {
             self.poison(&error.to_string());
             return Err(io_err(&path)(error));
         }
         Ok(())
+    }
+
+    /// The active segment's file name (for errors).
+    fn active_path(&self) -> PathBuf {
+        self.segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default()
     }
 
     /// Refuses writes from now on: a sync of this partition failed (here, or on a handle
@@ -742,12 +746,10 @@ impl Partition {
     /// between syncs the old segment itself.
     pub fn sync_handle(&self) -> Result<(File, u64), StreamError> {
         self.check_poisoned()?;
-        let path = self
-            .segments
-            .last()
-            .map(|s| s.path.clone())
-            .unwrap_or_default();
-        let file = self.active.try_clone().map_err(io_err(&path))?;
+        let file = self
+            .active
+            .try_clone()
+            .map_err(io_err(&self.active_path()))?;
         Ok((file, self.next_offset()))
     }
 

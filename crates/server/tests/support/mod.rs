@@ -166,6 +166,24 @@ impl TestServer {
         )
     }
 
+    /// Starts a `GET` (a long-poll) in a task of its own; the task gives its JSON answer
+    /// and how long it took.
+    pub fn spawn_get(&self, path: &str) -> JoinHandle<(Value, Duration)> {
+        let (client, url) = (self.client.clone(), self.url(path));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let reply: Value = client
+                .get(url)
+                .send()
+                .await
+                .expect("GET sent")
+                .json()
+                .await
+                .expect("a JSON answer");
+            (reply, started.elapsed())
+        })
+    }
+
     /// Acks job `id` under `lease_id`; the ack must answer 200.
     pub async fn ack(&self, id: &str, lease_id: &str) {
         let (status, body) = self
