@@ -2661,14 +2661,20 @@ async fn the_server_records_a_history_sample_every_ten_seconds() {
     let sum = |points: &[Value], field: &str| -> u64 {
         points.iter().filter_map(|p| p[field].as_u64()).sum()
     };
-    let recorded = wait_until("a history sample of rec", || async {
-        let (_, history) = server.get("/v1/queues/rec/history").await;
-        history["points"].as_array().is_some_and(|p| {
-            sum(p, "enqueued") == 3
-                && p.iter()
-                    .any(|p| p["ready"] == 2 && p["scheduled"] == 1 && p["dead"] == 0)
-        })
-    })
+    // Samples are written every 10 s, when their slot ends: wait up to three periods (a
+    // busy CI machine delays the tick).
+    let recorded = support::wait_until_within(
+        "a history sample of rec",
+        Duration::from_secs(30),
+        || async {
+            let (_, history) = server.get("/v1/queues/rec/history").await;
+            history["points"].as_array().is_some_and(|p| {
+                sum(p, "enqueued") == 3
+                    && p.iter()
+                        .any(|p| p["ready"] == 2 && p["scheduled"] == 1 && p["dead"] == 0)
+            })
+        },
+    )
     .await;
     assert!(recorded);
     // The server-wide history sums the queues, step by step.

@@ -263,7 +263,17 @@ async fn read(response: reqwest::Response) -> (u16, Value) {
 }
 
 /// Polls `check` until it is true or `POLL_DEADLINE` passes; returns whether it held.
-pub async fn wait_until<F, Fut>(what: &str, mut check: F) -> bool
+pub async fn wait_until<F, Fut>(what: &str, check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_until_within(what, POLL_DEADLINE, check).await
+}
+
+/// As `wait_until`, with a deadline of its own (for what the server does on a period
+/// longer than `POLL_DEADLINE` allows for).
+pub async fn wait_until_within<F, Fut>(what: &str, deadline: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -273,7 +283,7 @@ where
         if check().await {
             return true;
         }
-        if started.elapsed() >= POLL_DEADLINE {
+        if started.elapsed() >= deadline {
             eprintln!("gave up waiting: {what}");
             return false;
         }
