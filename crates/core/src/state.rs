@@ -2049,6 +2049,14 @@ impl State {
             .collect()
     }
 
+    /// The durable state of a group, made empty on its first event.
+    fn group_entry(&mut self, stream: &str, group: &str) -> &mut GroupState {
+        self.groups
+            .groups
+            .entry((stream.to_owned(), group.to_owned()))
+            .or_default()
+    }
+
     pub fn group(&self, stream: &str, group: &str) -> Option<&GroupState> {
         self.groups
             .groups
@@ -2668,11 +2676,7 @@ impl State {
                 group,
                 generation,
             } => {
-                let state = self
-                    .groups
-                    .groups
-                    .entry((stream.clone(), group.clone()))
-                    .or_default();
+                let state = self.group_entry(stream, group);
                 if *generation <= state.generation {
                     return Err(format!(
                         "group {group} went back to generation {generation}"
@@ -2686,11 +2690,7 @@ impl State {
                 offsets,
                 ..
             } => {
-                let state = self
-                    .groups
-                    .groups
-                    .entry((stream.clone(), group.clone()))
-                    .or_default();
+                let state = self.group_entry(stream, group);
                 for &(partition, offset) in offsets {
                     state.offsets.insert(partition, offset);
                 }

@@ -13,6 +13,29 @@ fn records(reply: &Value) -> Vec<Value> {
     reply["records"].as_array().cloned().unwrap_or_default()
 }
 
+/// Creates stream `name` with `partitions`; it must answer 200.
+async fn create_stream(server: &TestServer, name: &str, partitions: u32) {
+    let (status, info) = server
+        .put(
+            &format!("/v1/streams/{name}"),
+            &json!({ "partitions": partitions }),
+        )
+        .await;
+    assert_eq!(status, 200, "create {name}: {info}");
+}
+
+/// Produces `records` (JSON) to stream `name`; it must answer 200. Returns the answer.
+async fn produce(server: &TestServer, name: &str, records: Vec<Value>) -> Value {
+    let (status, reply) = server
+        .post(
+            &format!("/v1/streams/{name}/records"),
+            &json!({ "records": records }),
+        )
+        .await;
+    assert_eq!(status, 200, "produce to {name}: {reply}");
+    reply
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_keeps_keyed_records_in_order_per_partition_across_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
@@ -31,10 +54,7 @@ async fn a_stream_keeps_keyed_records_in_order_per_partition_across_a_restart() 
                     "headers": [["source", "test"]] })
         })
         .collect();
-    let (status, produced) = server
-        .post("/v1/streams/orders/records", &json!({ "records": batch }))
-        .await;
-    assert_eq!(status, 200, "{produced}");
+    let produced = produce(&server, "orders", batch).await;
     let offsets = produced["offsets"].as_array().expect("offsets").clone();
     assert_eq!(offsets.len(), 30);
     for n in 0..30 {
@@ -182,16 +202,11 @@ async fn a_stream_keeps_keyed_records_in_order_per_partition_across_a_restart() 
 async fn records_are_found_by_time() {
     let dir = tempfile::tempdir().expect("dir");
     let server = TestServer::start(dir.path()).await;
-    server
-        .put("/v1/streams/events", &json!({ "partitions": 1 }))
-        .await;
+    create_stream(&server, "events", 1).await;
     let batch: Vec<Value> = (0..10)
         .map(|n| json!({ "value": n, "timestamp": format!("2026-01-01T00:00:{:02}Z", n * 5) }))
         .collect();
-    let (status, _) = server
-        .post("/v1/streams/events/records", &json!({ "records": batch }))
-        .await;
-    assert_eq!(status, 200);
+    produce(&server, "events", batch).await;
     let (_, fetched) = server
         .get("/v1/streams/events/partitions/0/records?timestamp=2026-01-01T00:00:12Z")
         .await;
@@ -204,15 +219,11 @@ async fn records_are_found_by_time() {
 async fn a_consumer_group_shares_partitions_refuses_stale_commits_and_keeps_offsets() {
     let dir = tempfile::tempdir().expect("dir");
     let server = TestServer::start(dir.path()).await;
-    server
-        .put("/v1/streams/pay", &json!({ "partitions": 4 }))
-        .await;
+    create_stream(&server, "pay", 4).await;
     let batch: Vec<Value> = (0..40)
         .map(|n| json!({ "value": n, "partition": n % 4 }))
         .collect();
-    server
-        .post("/v1/streams/pay/records", &json!({ "records": batch }))
-        .await;
+    produce(&server, "pay", batch).await;
     let base = "/v1/streams/pay/groups/billing";
     let (status, a) = server
         .post(&format!("{base}/join"), &json!({ "strategy": "sticky" }))
@@ -363,9 +374,7 @@ async fn a_consumer_group_shares_partitions_refuses_stale_commits_and_keeps_offs
 async fn an_idempotent_produce_retried_is_written_once() {
     let dir = tempfile::tempdir().expect("dir");
     let server = TestServer::start(dir.path()).await;
-    server
-        .put("/v1/streams/ledger", &json!({ "partitions": 2 }))
-        .await;
+    create_stream(&server, "ledger", 2).await;
     let request = json!({ "producer_id": 5, "sequence": 1, "records": [
         { "key": "a", "value": 1 }, { "key": "b", "value": 2 }, { "partition": 1, "value": 3 } ] });
     let (status, first) = server.post("/v1/streams/ledger/records", &request).await;
@@ -396,15 +405,11 @@ async fn an_idempotent_produce_retried_is_written_once() {
 async fn a_stream_feeds_a_queue_each_record_once_across_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
     let server = TestServer::start(dir.path()).await;
-    server
-        .put("/v1/streams/signups", &json!({ "partitions": 2 }))
-        .await;
+    create_stream(&server, "signups", 2).await;
     let batch: Vec<Value> = (0..10)
         .map(|n| json!({ "key": format!("u{n}"), "value": { "user": n } }))
         .collect();
-    server
-        .post("/v1/streams/signups/records", &json!({ "records": batch }))
-        .await;
+    produce(&server, "signups", batch).await;
     let (status, feed) = server
         .put(
             "/v1/streams/signups/feeds/welcome",
@@ -504,10 +509,7 @@ async fn a_compacted_stream_keeps_each_key_s_newest_record_across_a_restart() {
         let batch: Vec<Value> = (0..10)
             .map(|a| json!({ "key": format!("account-{a}"), "value": { "balance": round * 10 + a } }))
             .collect();
-        let (status, reply) = server
-            .post("/v1/streams/accounts/records", &json!({ "records": batch }))
-            .await;
-        assert_eq!(status, 200, "{reply}");
+        produce(&server, "accounts", batch).await;
     }
     let (status, _) = server
         .post(
@@ -587,10 +589,7 @@ async fn record_batches_in_the_binary_encoding_are_produced_and_fetched_as_store
     const BATCH: &str = "application/vnd.sluice.batch";
     let dir = tempfile::tempdir().expect("dir");
     let server = TestServer::start(dir.path()).await;
-    let (status, _) = server
-        .put("/v1/streams/raw", &json!({ "partitions": 2 }))
-        .await;
-    assert_eq!(status, 200);
+    create_stream(&server, "raw", 2).await;
     let record = |n: u32| Record {
         timestamp_ms: 1_700_000_000_000 + i64::from(n),
         key: Some(vec![0xff, n as u8]),
@@ -750,10 +749,7 @@ async fn under_fsync_batch_readers_get_records_once_the_periodic_sync_made_them_
     let mut config = sluice_server::ServerConfig::new(dir.path());
     config.fsync = sluice_wal::FsyncPolicy::Batch { interval_ms: 20 };
     let server = TestServer::start_with(config).await;
-    let (status, _) = server
-        .put("/v1/streams/batched", &json!({ "partitions": 1 }))
-        .await;
-    assert_eq!(status, 200);
+    create_stream(&server, "batched", 1).await;
     // A long-poll parked before the record is woken by the sync that makes it durable.
     let waiting =
         server.spawn_get("/v1/streams/batched/partitions/0/records?offset=0&wait_ms=10000");
@@ -779,10 +775,7 @@ async fn concurrent_producers_across_segment_rolls_get_dense_durable_offsets() {
     let mut config = sluice_server::ServerConfig::new(dir.path());
     config.stream_segment_bytes_max = 4_096;
     let server = TestServer::start_with(config).await;
-    let (status, _) = server
-        .put("/v1/streams/busy", &json!({ "partitions": 1 }))
-        .await;
-    assert_eq!(status, 200);
+    create_stream(&server, "busy", 1).await;
     // 8 producers at once: their appends share syncs (group commit) and roll segments.
     let mut tasks = tokio::task::JoinSet::new();
     for producer in 0..8u64 {
