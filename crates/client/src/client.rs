@@ -476,6 +476,48 @@ impl Client {
         .await
     }
 
+    /// A POST of `body` in `content_type`, answered in JSON.
+    pub(crate) async fn post_raw<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<R> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        reply(request.send().await.map_err(Error::Transport)?).await
+    }
+
+    /// A GET asking for `accept`: on success the reply's headers and body as sent; an
+    /// error comes in JSON as for every request. `long_poll` is how long the server may
+    /// hold it.
+    pub(crate) async fn get_raw(
+        &self,
+        path: &str,
+        accept: &str,
+        long_poll: Duration,
+    ) -> Result<(reqwest::header::HeaderMap, impl AsRef<[u8]>)> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT + long_poll)
+            .header(reqwest::header::ACCEPT, accept)
+            .send()
+            .await
+            .map_err(Error::Transport)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(Error::Transport)?;
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        Ok((headers, body))
+    }
+
     /// A POST whose success has no body (204).
     pub(crate) async fn post_no_content<B: Serialize>(&self, path: &str, body: &B) -> Result<()> {
         no_content(
@@ -500,8 +542,13 @@ async fn reply<R: DeserializeOwned>(response: reqwest::Response) -> Result<R> {
     if status.is_success() {
         return serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()));
     }
-    match serde_json::from_slice::<ErrorResponse>(&bytes) {
-        Ok(body) => Err(Error::Api {
+    Err(api_error(status, &bytes))
+}
+
+/// The error a reply of a failed request carries (`{"error": ...}`), or its text.
+fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> Error {
+    match serde_json::from_slice::<ErrorResponse>(bytes) {
+        Ok(body) => Error::Api {
             status: status.as_u16(),
             code: body.error.code,
             message: body.error.message,
@@ -511,12 +558,12 @@ async fn reply<R: DeserializeOwned>(response: reqwest::Response) -> Result<R> {
                 .into_iter()
                 .map(|d| format!("{}: {}", d.path, d.message))
                 .collect(),
-        }),
-        Err(_) => Err(Error::Api {
+        },
+        Err(_) => Error::Api {
             status: status.as_u16(),
             code: "http_error".to_owned(),
-            message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+            message: String::from_utf8_lossy(bytes).chars().take(300).collect(),
             details: Vec::new(),
-        }),
+        },
     }
 }

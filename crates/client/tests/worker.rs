@@ -850,20 +850,213 @@ async fn a_running_worker_registers_itself_and_unregisters_at_shutdown() {
     server.stop().await;
 }
 
+/// Creates stream `name` with `partitions` partitions through the API.
+async fn create_stream(server: &Server, name: &str, partitions: u32) {
+    let created = reqwest::Client::new()
+        .put(format!("http://{}/v1/streams/{name}", server.address))
+        .json(&serde_json::json!({ "partitions": partitions }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 200, "create stream {name}");
+}
+
+/// Every record a consumer is handed until it has `want`, as `(partition, offset, key,
+/// value)`, sorted.
+async fn consume_all(
+    consumer: &mut sluice_client::GroupConsumer,
+    want: usize,
+) -> Vec<(u32, u64, Option<String>, serde_json::Value)> {
+    let mut got = Vec::new();
+    let started = Instant::now();
+    while got.len() < want {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "consumed {} of {want}",
+            got.len()
+        );
+        for r in consumer
+            .poll::<serde_json::Value>(Duration::from_millis(50))
+            .await
+            .expect("poll")
+        {
+            got.push((r.partition, r.offset, r.key, r.value));
+        }
+    }
+    got.sort_by_key(|a| (a.0, a.1));
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_and_json_producers_and_consumers_agree_on_every_record() {
+    use sluice_client::{GroupConsumer, StreamProducer, StreamRecord};
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    create_stream(&server, "orders", 4).await;
+
+    // The same keys through JSON and binary land in the same partitions.
+    let keyed = |from: u32| -> Vec<StreamRecord<serde_json::Value>> {
+        (from..from + 20)
+            .map(|n| {
+                let mut r = StreamRecord::keyed(
+                    format!("customer-{}", (n - from) % 7),
+                    serde_json::json!({ "n": n, "note": "ünïcode" }),
+                );
+                r.headers.push(("source".into(), "test".into()));
+                r
+            })
+            .collect()
+    };
+    let mut json = StreamProducer::new(client.clone(), "orders");
+    let mut binary = StreamProducer::new(client.clone(), "orders").binary();
+    let json_at = json.send(&keyed(0)).await.expect("json send");
+    let binary_at = binary.send(&keyed(100)).await.expect("binary send");
+    for (i, (j, b)) in json_at.iter().zip(&binary_at).enumerate() {
+        assert_eq!(j.0, b.0, "record {i} (key customer-{}) partition", i % 7);
+    }
+    // Records without key or partition: one partition per send, the next one each send.
+    let loose: Vec<StreamRecord<serde_json::Value>> = (0..3)
+        .map(|n| StreamRecord {
+            key: None,
+            value: serde_json::json!(n),
+            partition: None,
+            headers: Vec::new(),
+        })
+        .collect();
+    let first = binary.send(&loose).await.expect("loose send");
+    let second = binary.send(&loose).await.expect("loose send");
+    assert!(first.iter().all(|o| o.0 == first[0].0), "{first:?}");
+    assert!(
+        second.iter().all(|o| o.0 == (first[0].0 + 1) % 4),
+        "{second:?}"
+    );
+    // Offsets within a partition are dense and in the order sent.
+    let in_first: Vec<u64> = first.iter().map(|o| o.1).collect();
+    assert_eq!(
+        in_first,
+        vec![in_first[0], in_first[0] + 1, in_first[0] + 2]
+    );
+
+    // A binary and a JSON consumer, in groups of their own, are handed the same records.
+    let total = 20 + 20 + 3 + 3;
+    let mut by_binary = GroupConsumer::join(client.clone(), "orders", "b")
+        .await
+        .expect("join")
+        .binary();
+    let mut by_json = GroupConsumer::join(client.clone(), "orders", "j")
+        .await
+        .expect("join");
+    let seen_binary = consume_all(&mut by_binary, total).await;
+    let seen_json = consume_all(&mut by_json, total).await;
+    assert_eq!(seen_binary.len(), total);
+    assert_eq!(seen_binary, seen_json);
+    let values: HashSet<i64> = seen_binary
+        .iter()
+        .filter_map(|r| r.3.get("n").and_then(serde_json::Value::as_i64))
+        .collect();
+    assert_eq!(values, (0..20).chain(100..120).collect::<HashSet<i64>>());
+    by_binary.close().await.expect("close");
+    by_json.close().await.expect("close");
+
+    // An idempotent binary producer that restarts and sends its first batch again (same
+    // id, same sequence) is answered with the first write's offsets; nothing is written
+    // twice.
+    let mut once = StreamProducer::new(client.clone(), "orders")
+        .binary()
+        .idempotent(7);
+    let written = once.send(&keyed(200)).await.expect("send");
+    let mut again = StreamProducer::new(client.clone(), "orders")
+        .binary()
+        .idempotent(7);
+    assert_eq!(again.send(&keyed(200)).await.expect("resend"), written);
+    let mut check = GroupConsumer::join(client.clone(), "orders", "check")
+        .await
+        .expect("join")
+        .binary();
+    assert_eq!(consume_all(&mut check, total + 20).await.len(), total + 20);
+    assert!(
+        check
+            .poll::<serde_json::Value>(Duration::from_millis(100))
+            .await
+            .expect("poll")
+            .is_empty(),
+        "the resent batch was written twice"
+    );
+    check.close().await.expect("close");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_consumer_resumes_inside_a_batch_from_the_committed_offset() {
+    use sluice_client::{GroupConsumer, StreamProducer, StreamRecord};
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    create_stream(&server, "audit", 1).await;
+    let records: Vec<StreamRecord<u32>> =
+        (0..10).map(|n| StreamRecord::to_partition(0, n)).collect();
+    let mut producer = StreamProducer::new(client.clone(), "audit").binary();
+    producer.send(&records).await.expect("send");
+    // A member commits offset 6, in the middle of the one batch, and leaves.
+    let http = reqwest::Client::new();
+    let group = format!("http://{}/v1/streams/audit/groups/g", server.address);
+    let joined: serde_json::Value = http
+        .post(format!("{group}/join"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("join")
+        .json()
+        .await
+        .expect("join reply");
+    let member = serde_json::json!({
+        "member_id": joined["member_id"],
+        "generation": joined["generation"],
+    });
+    let mut commit = member.clone();
+    commit["offsets"] = serde_json::json!([{ "partition": 0, "offset": 6 }]);
+    let committed = http
+        .post(format!("{group}/commit"))
+        .json(&commit)
+        .send()
+        .await
+        .expect("commit");
+    assert_eq!(committed.status(), 204);
+    let left = http
+        .post(format!("{group}/leave"))
+        .json(&member)
+        .send()
+        .await
+        .expect("leave");
+    assert_eq!(left.status(), 204);
+    // The fetch from 6 returns the whole batch; the consumer hands out 6 to 9 only.
+    let mut consumer = GroupConsumer::join(client.clone(), "audit", "g")
+        .await
+        .expect("join")
+        .binary();
+    let got = consumer
+        .poll::<u32>(Duration::from_millis(500))
+        .await
+        .expect("poll");
+    let offsets: Vec<(u64, u32)> = got.iter().map(|r| (r.offset, r.value)).collect();
+    assert_eq!(offsets, vec![(6, 6), (7, 7), (8, 8), (9, 9)]);
+    assert!(
+        got.iter().all(|r| r.timestamp.ends_with('Z')),
+        "{:?}",
+        got[0].timestamp
+    );
+    consumer.close().await.expect("close");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_sdk_consumers_shares_a_stream_and_resumes_from_commits() {
     use sluice_client::{GroupConsumer, StreamProducer, StreamRecord};
     let dir = tempfile::tempdir().expect("dir");
     let server = Server::start(dir.path()).await;
     let client = server.client();
-    let http = reqwest::Client::new();
-    let created = http
-        .put(format!("http://{}/v1/streams/events", server.address))
-        .json(&serde_json::json!({ "partitions": 4 }))
-        .send()
-        .await
-        .expect("create");
-    assert_eq!(created.status(), 200);
+    create_stream(&server, "events", 4).await;
     let mut producer = StreamProducer::new(client.clone(), "events").idempotent(1);
     let records: Vec<StreamRecord<u32>> = (0..60)
         .map(|n| StreamRecord::keyed(format!("user-{}", n % 9), n))

@@ -5,8 +5,10 @@
 
 pub mod batch;
 mod partition;
+pub mod partitioner;
 
 pub use batch::{BatchHeader, Record};
 pub use partition::{
     Appended, Compacted, CompactionPlan, Partition, PartitionConfig, Recovery, Rewrite, StreamError,
 };
+pub use partitioner::partition_for_key;
