@@ -4,10 +4,14 @@
 //! lock (so in log order), only while someone subscribes, into one bounded ring shared by
 //! every subscriber (`LIVE_EVENTS_BUFFER`); a subscriber that falls behind loses the
 //! oldest and is sent `lagged` with how many, then refetches what it shows.
+//!
+//! A job event is made under the lock as numbers and shared names only; its text is
+//! written once, outside the lock, by the first subscriber that sends it. A subscriber
+//! sends what has piled up in one write (up to `SEND_BYTES_MAX`).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -49,11 +53,84 @@ impl Kind {
     }
 }
 
-/// One event as sent: `id:`, `event:` and `data:` lines, ready to write.
+/// One event: `id:`, `event:` and `data:` lines once written.
 #[derive(Debug)]
 pub struct Frame {
     kind: Kind,
-    text: String,
+    id: u64,
+    data: Data,
+    /// The text as sent, written by the first subscriber that sends it.
+    text: OnceLock<Bytes>,
+}
+
+/// What an event says, as made under the state lock.
+#[derive(Debug)]
+enum Data {
+    /// Written already (the rare kinds).
+    Json(String),
+    Job {
+        id: JobId,
+        queue: Arc<str>,
+        kind: Arc<str>,
+        state: &'static str,
+    },
+}
+
+impl Frame {
+    fn text(&self) -> &Bytes {
+        self.text.get_or_init(|| {
+            let json = match &self.data {
+                Data::Json(json) => std::borrow::Cow::Borrowed(json.as_str()),
+                Data::Job {
+                    id,
+                    queue,
+                    kind,
+                    state,
+                } => serde_json::to_string(&JobChange {
+                    id: sluice_proto::ids::encode(*id),
+                    queue,
+                    kind,
+                    state,
+                })
+                .map_or(std::borrow::Cow::Borrowed("null"), std::borrow::Cow::Owned),
+            };
+            Bytes::from(format!(
+                "id: {}\nevent: {}\ndata: {json}\n\n",
+                self.id,
+                self.kind.as_str()
+            ))
+        })
+    }
+}
+
+/// Bytes a subscriber gathers from the events waiting for it into one write.
+const SEND_BYTES_MAX: usize = 64 * 1024;
+
+/// Queue and kind names as shared strings, by id (ids are never reused), so that a job
+/// event under the lock costs two reference counts rather than two copies.
+#[derive(Default)]
+struct Names {
+    queues: Vec<Arc<str>>,
+    kinds: Vec<Arc<str>>,
+}
+
+impl Names {
+    fn queue(&mut self, state: &State, id: u32) -> Arc<str> {
+        Self::get(&mut self.queues, id, |i| state.queue_name(i))
+    }
+
+    fn kind(&mut self, state: &State, id: u32) -> Arc<str> {
+        Self::get(&mut self.kinds, id, |i| state.kind_name(i))
+    }
+
+    fn get<'a>(names: &mut Vec<Arc<str>>, id: u32, name: impl Fn(u32) -> &'a str) -> Arc<str> {
+        let at = id as usize;
+        while names.len() <= at {
+            let next = names.len() as u32;
+            names.push(Arc::from(name(next)));
+        }
+        names[at].clone()
+    }
 }
 
 /// The ring of live events and its subscribers.
@@ -71,6 +148,7 @@ pub struct Live {
     job_subscribers: AtomicUsize,
     /// Outcome totals at the last `stats`, for its per-second rates.
     last_totals: Mutex<Option<(Millis, [u64; 3])>>,
+    names: Mutex<Names>,
 }
 
 impl Default for Live {
@@ -83,6 +161,7 @@ impl Default for Live {
             subscribers: AtomicUsize::new(0),
             job_subscribers: AtomicUsize::new(0),
             last_totals: Mutex::new(None),
+            names: Mutex::new(Names::default()),
         }
     }
 }
@@ -92,7 +171,7 @@ struct JobChange<'a> {
     id: String,
     queue: &'a str,
     kind: &'a str,
-    state: &'static str,
+    state: &'a str,
 }
 
 #[derive(Serialize)]
@@ -142,29 +221,40 @@ impl Live {
     }
 
     fn publish(&self, kind: Kind, data: &impl Serialize) {
-        let Ok(json) = serde_json::to_string(data) else {
-            return;
-        };
-        let id = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let text = format!("id: {id}\nevent: {}\ndata: {json}\n\n", kind.as_str());
-        // No receivers is not an error here: the caller checked `active` a moment ago.
-        let _ = self.tx.send(Arc::new(Frame { kind, text }));
+        if let Ok(json) = serde_json::to_string(data) {
+            self.send(kind, Data::Json(json));
+        }
     }
 
-    fn job(&self, state: &State, id: JobId) {
+    fn send(&self, kind: Kind, data: Data) {
+        let id = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        // No receivers is not an error here: the caller checked `active` a moment ago.
+        let _ = self.tx.send(Arc::new(Frame {
+            kind,
+            id,
+            data,
+            text: OnceLock::new(),
+        }));
+    }
+
+    /// The events of jobs `ids`, when anyone takes job events.
+    fn jobs(&self, state: &State, ids: impl Iterator<Item = JobId>) {
         if self.job_subscribers.load(Ordering::Relaxed) == 0 {
             return;
         }
-        if let Some(job) = state.job(id) {
-            self.publish(
-                Kind::Job,
-                &JobChange {
-                    id: sluice_proto::ids::encode(id),
-                    queue: state.queue_name(job.queue),
-                    kind: state.kind_name(job.kind),
-                    state: job.state.as_str(),
-                },
-            );
+        let mut names = self.names.lock();
+        for id in ids {
+            if let Some(job) = state.job(id) {
+                self.send(
+                    Kind::Job,
+                    Data::Job {
+                        id,
+                        queue: names.queue(state, job.queue),
+                        kind: names.kind(state, job.kind),
+                        state: job.state.as_str(),
+                    },
+                );
+            }
         }
     }
 
@@ -185,43 +275,20 @@ impl Live {
         match event {
             Event::Enqueued { jobs, .. }
             | Event::EnqueuedKeyed { jobs, .. }
-            | Event::FeedDelivered { jobs, .. } => {
-                for job in jobs {
-                    self.job(state, job.id);
-                }
-            }
-            Event::BatchEnqueued { jobs, .. } => {
-                // The callback waits for its batch: it is not a job anyone sees yet.
-                for job in jobs {
-                    self.job(state, job.id);
-                }
-            }
+            | Event::FeedDelivered { jobs, .. }
+            | Event::BatchEnqueued { jobs, .. } => self.jobs(state, jobs.iter().map(|j| j.id)),
             Event::CronFired { fired, .. } => {
-                for job in fired.iter().flat_map(|f| &f.jobs) {
-                    self.job(state, job.id);
-                }
+                self.jobs(state, fired.iter().flat_map(|f| &f.jobs).map(|j| j.id))
             }
-            Event::Leased { jobs, .. } => {
-                for item in jobs {
-                    self.job(state, item.id);
-                }
-            }
+            Event::Leased { jobs, .. } => self.jobs(state, jobs.iter().map(|j| j.id)),
             Event::Acked { ids, .. } | Event::Moved { ids, .. } => {
-                for &id in ids {
-                    self.job(state, id);
-                }
+                self.jobs(state, ids.iter().copied());
             }
-            Event::Failed { jobs, .. } => {
-                for item in jobs {
-                    self.job(state, item.id);
-                }
+            Event::Failed { jobs, .. } => self.jobs(state, jobs.iter().map(|j| j.id)),
+            Event::Expired { jobs, .. } => self.jobs(state, jobs.iter().map(|&(id, _)| id)),
+            Event::Cancelled { id, .. } | Event::Retried { id, .. } => {
+                self.jobs(state, std::iter::once(*id));
             }
-            Event::Expired { jobs, .. } => {
-                for &(id, _) in jobs {
-                    self.job(state, id);
-                }
-            }
-            Event::Cancelled { id, .. } | Event::Retried { id, .. } => self.job(state, *id),
             Event::QueuePaused { queue, .. }
             | Event::Purged { queue, .. }
             | Event::QueueLimitsSet { queue, .. }
@@ -342,6 +409,8 @@ struct Subscriber {
     greeting: Option<String>,
     /// When a keep-alive comment is due: `LIVE_KEEP_ALIVE_MS` after the last bytes sent.
     quiet_until: tokio::time::Instant,
+    /// Events lost while gathering, to report next.
+    dropped: Option<u64>,
     _subscribed: Subscribed,
 }
 
@@ -354,6 +423,26 @@ fn lagged(dropped: Option<u64>) -> Bytes {
 }
 
 impl Subscriber {
+    /// `first` and the events already waiting after it, up to `SEND_BYTES_MAX`, as one
+    /// write. A loss found on the way is left for the next call to report.
+    fn gather(&mut self, first: Bytes) -> Bytes {
+        let mut out: Option<Vec<u8>> = None;
+        while out.as_ref().map_or(first.len(), Vec::len) < SEND_BYTES_MAX {
+            match self.rx.try_recv() {
+                Ok(frame) if frame.kind.bit() & self.mask != 0 => out
+                    .get_or_insert_with(|| first.to_vec())
+                    .extend_from_slice(frame.text()),
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(dropped)) => {
+                    self.dropped = Some(dropped);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        out.map_or(first, Bytes::from)
+    }
+
     /// The next bytes to send, or `None` to end the stream (shutdown).
     async fn next(&mut self) -> Option<Bytes> {
         let keep_alive = Duration::from_millis(limits::LIVE_KEEP_ALIVE_MS);
@@ -366,6 +455,9 @@ impl Subscriber {
         if let Some(greeting) = self.greeting.take() {
             return Some(Bytes::from(greeting));
         }
+        if let Some(dropped) = self.dropped.take() {
+            return Some(lagged(Some(dropped)));
+        }
         loop {
             if *self.stop.borrow() {
                 return None;
@@ -373,7 +465,7 @@ impl Subscriber {
             tokio::select! {
                 received = self.rx.recv() => match received {
                     Ok(frame) if frame.kind.bit() & self.mask != 0 => {
-                        return Some(Bytes::from(frame.text.clone()));
+                        return Some(self.gather(frame.text().clone()));
                     }
                     // Events of other kinds do not count as traffic: the keep-alive is
                     // due by what this subscriber was sent.
@@ -449,6 +541,7 @@ pub async fn events(
         greeting,
         quiet_until: tokio::time::Instant::now()
             + Duration::from_millis(limits::LIVE_KEEP_ALIVE_MS),
+        dropped: None,
         _subscribed: subscribed,
     };
     let stream = futures_util::stream::unfold(subscriber, |mut s| async move {
