@@ -43,6 +43,9 @@ pub struct Broker {
     pub workers: Mutex<Registry>,
     /// Metric history on disk (locked alone).
     pub history: Mutex<Recorder>,
+    /// What `GET /v1/health` read from the history, until a sample is added (held across
+    /// the read, so concurrent requests wait for one read rather than each making one).
+    pub health_cache: tokio::sync::Mutex<Option<crate::analytics::HealthCache>>,
     /// Stream partitions, opened on first use.
     pub streams: crate::streams::StreamStore,
     /// Consumer group members and assignments (not logged).
@@ -97,6 +100,7 @@ impl Broker {
             live: crate::live::Live::default(),
             workers: Mutex::new(Registry::default()),
             history: Mutex::new(Recorder::new(&options_dir.join("metrics"), system_now_ms())),
+            health_cache: tokio::sync::Mutex::new(None),
             streams: crate::streams::StreamStore::new(
                 options_dir.join("streams"),
                 sync_each_write,

@@ -395,6 +395,11 @@ impl Recorder {
         }
     }
 
+    /// The start of the last 10 s slot recorded.
+    pub fn last_slot_ms(&self) -> Option<Millis> {
+        self.last_slot_ms
+    }
+
     /// Starts of the complete 10 s slots not yet recorded (at most the last minute's).
     pub fn due_slots(&self, now: Millis) -> Vec<Millis> {
         let newest = now.div_euclid(FINE_STEP_MS) - 1;

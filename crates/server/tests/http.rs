@@ -2643,6 +2643,23 @@ async fn history_and_insights_read_what_the_store_holds() {
         "the same hour, the same score"
     );
     assert!(overall["score"].as_u64().is_some_and(|s| s <= 100));
+    // The history is read once per sample written, not per request: a queue made since
+    // is scored (as one without history), and the answer agrees with its insights.
+    server.enqueue(spec("ins-new")).await;
+    let (status, again) = server.get("/v1/health").await;
+    assert_eq!(status, 200);
+    let score_of = |name: &str| {
+        again["queues"]
+            .as_array()
+            .expect("queues")
+            .iter()
+            .find(|q| q["queue"] == name)
+            .map(|q| q["score"].clone())
+    };
+    assert_eq!(score_of("ins"), Some(health["score"].clone()));
+    let (status, fresh) = server.get("/v1/queues/ins-new/insights").await;
+    assert_eq!(status, 200);
+    assert_eq!(score_of("ins-new"), Some(fresh["health"]["score"].clone()));
     server.stop().await;
 }
 
