@@ -2,8 +2,9 @@
 # End-to-end test of the embedded dashboard in headless Chromium (tests/browser/).
 #
 # Needs the server binary: SLUICE_BIN (default target/debug/sluice, built beforehand).
-# Installs what is missing: Debian's chromium, and playwright-core (the CDP client)
-# from tests/browser/package-lock.json. Screenshots land in target/screenshots/.
+# Installs what is missing: Debian's chromium, and playwright-core (the CDP client) and
+# axe-core (the accessibility checks) from tests/browser/package-lock.json.
+# Screenshots land in target/screenshots/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,9 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends chromium
 fi
 
-if [ ! -d tests/browser/node_modules ]; then
+# Installed again when anything in the lockfile is missing (a node_modules from before a
+# dependency was added, say). `npm ls` looks only at the disk.
+if ! (cd tests/browser && npm ls --depth=0 >/dev/null 2>&1); then
   (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 

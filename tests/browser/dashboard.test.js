@@ -8,7 +8,9 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,6 +25,11 @@ const READY_DEADLINE_MS = 30000;
 const WAIT_MS = 15000; // for any one thing to show; the page polls every 5 s without events
 const HISTORY_DEADLINE_MS = 25000; // the server writes a history sample every 10 s
 const BULK_QUEUES = 55; // with the three named queues, more than one 50-queue page
+const BROWSER_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const AXE_SOURCE = path.join(REPO, 'tests/browser/node_modules/axe-core/axe.min.js');
+// axe-core's rules for WCAG 2.0, 2.1 and 2.2, levels A and AA.
+const AXE_TAGS = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa'];
 
 let server; // {proc, base, dir, log}
 let ctx;    // the browser context
@@ -134,6 +141,11 @@ async function seedData() {
   // alerts: a rule that fires at once (emails has more than one ready job), a silence
   await ok('PUT', '/v1/alerts/rules/emails-backlog', { queue: 'emails', metric: 'depth', op: '>', threshold: 1, severity: 'critical' });
   await ok('PUT', '/v1/alerts/rules/billing-dead', { queue: 'billing', metric: 'dead', op: '>', threshold: 100, severity: 'warning' });
+  // one with notifiers (it never fires in the test: the oldest job would need a day)
+  await ok('PUT', '/v1/alerts/rules/reports-stale', {
+    queue: 'reports', metric: 'oldest_ready_ms', op: '>', threshold: 86400000, severity: 'info',
+    notifiers: [{ kind: 'webhook', url: 'http://127.0.0.1:9/never', secret: 'never-shown' }, { kind: 'slack', url: 'http://127.0.0.1:9/never' }],
+  });
   await ok('PUT', '/v1/alerts/silences/maintenance', { queue: 'reports', duration_ms: 3600000, comment: 'report rebuild' });
 
   // a stream: 30 records a minute apart in partition 0, a few elsewhere, a consumer group
@@ -204,8 +216,7 @@ before(async () => {
   ctx = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: BROWSER_ARGS,
     viewport: { width: 1280, height: 900 },
     colorScheme: 'light',
     timezoneId: 'UTC',
@@ -546,6 +557,100 @@ test('alerts page: firing alert, rules, history; a silence is added and deleted'
   assert.ok(!(await ok('GET', '/v1/alerts/silences')).silences.some((s) => s.id === 'ui-test'));
 });
 
+// Receives a rule's notifications on a loopback port: {base, received, close}.
+async function notificationReceiver() {
+  const received = [];
+  const srv = http.createServer((req, res) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => {
+      received.push({ path: req.url, signature: req.headers['x-sluice-signature'], body });
+      res.end('ok');
+    });
+  });
+  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  return { base: `http://127.0.0.1:${srv.address().port}`, received, close: () => new Promise((r) => srv.close(r)) };
+}
+
+test('alerts page: a rule is edited; what the form does not show is kept', async () => {
+  const hooks = await notificationReceiver();
+  const SECRET = 'from-the-edit-test';
+  try {
+    await ok('PUT', '/v1/alerts/rules/ui-edit', {
+      queue: 'emails', metric: 'depth', op: '>', threshold: 1000, for_ms: 1500, severity: 'critical',
+      notifiers: [{ kind: 'webhook', url: hooks.base + '/hook', secret: SECRET }, { kind: 'slack', url: hooks.base + '/slack' }],
+    });
+    const before = await ok('GET', '/v1/alerts/rules/ui-edit');
+    await open('#/alerts');
+    const row = page.locator('#h-rules ~ .section-body tr[data-rule="ui-edit"]');
+    await row.waitFor();
+
+    // Cancel leaves the form as it was, for a new rule.
+    await page.getByRole('button', { name: 'Edit rule billing-dead' }).click();
+    await page.locator('form[aria-label="Edit alert rule billing-dead"]').waitFor();
+    await page.click('#rule-cancel');
+    await page.locator('form[aria-label="New alert rule"]').waitFor();
+    assert.equal(await page.inputValue('#rule-name'), '');
+    assert.equal(await page.locator('#rule-name').evaluate((e) => e.readOnly), false);
+
+    // By keyboard: Enter on the row's Edit button fills the form and moves focus into it.
+    await row.getByRole('button', { name: 'Edit rule ui-edit' }).focus();
+    await page.keyboard.press('Enter');
+    await page.locator('form[aria-label="Edit alert rule ui-edit"]').waitFor();
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'rule-queue');
+    assert.equal(await page.inputValue('#rule-name'), 'ui-edit');
+    assert.equal(await page.locator('#rule-name').evaluate((e) => e.readOnly), true, 'the name cannot change');
+    assert.equal(await page.inputValue('#rule-queue'), 'emails');
+    assert.equal(await page.inputValue('#rule-metric'), 'depth');
+    assert.equal(await page.inputValue('#rule-op'), '>');
+    assert.equal(await page.inputValue('#rule-threshold'), '1000');
+    assert.equal(await page.inputValue('#rule-for'), '1.5');
+    assert.equal(await page.inputValue('#rule-severity'), 'critical');
+    assert.match(await text('fieldset.notifiers'), /Notifier 1: webhook/);
+    assert.match(await text('fieldset.notifiers'), /Notifier 2: slack/);
+    await page.fill('#rule-threshold', '2');
+
+    // The server never shows the webhook's secret back: without it typed again (or
+    // said to be none) the form is not sent.
+    await page.click('#rule-submit');
+    assert.equal(await page.locator('#rule-secret-0').evaluate((e) => e.validity.valueMissing), true);
+    assert.equal((await ok('GET', '/v1/alerts/rules/ui-edit')).threshold, 1000, 'nothing saved without the secret');
+
+    await page.fill('#rule-secret-0', SECRET);
+    await page.click('#rule-submit');
+    await page.getByText('Rule ui-edit saved.').waitFor();
+    await page.locator('form[aria-label="New alert rule"]').waitFor();
+    assert.equal(await page.locator('#rule-secret-0').count(), 0, 'the secret is not kept in the page');
+    await row.locator('td', { hasText: 'depth > 2' }).waitFor();
+
+    // Through the API: the threshold changed, and nothing else of the rule did.
+    const after = await ok('GET', '/v1/alerts/rules/ui-edit');
+    assert.equal(after.threshold, 2);
+    for (const field of ['name', 'queue', 'metric', 'op', 'for_ms', 'severity', 'notifiers']) {
+      assert.deepEqual(after[field], before[field], field);
+    }
+    assert.equal(after.notifiers.length, 2);
+
+    // The secret, which the API never shows, was kept too: the rule fires (emails has
+    // more than two ready jobs) and its webhook's notification is signed with it.
+    const deadline = Date.now() + WAIT_MS;
+    while (!['/hook', '/slack'].every((p) => hooks.received.some((r) => r.path === p))) {
+      assert.ok(Date.now() < deadline, `no notifications within ${WAIT_MS} ms: ${JSON.stringify(hooks.received)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const hook = hooks.received.find((r) => r.path === '/hook');
+    assert.equal(hook.signature, 'sha256=' + crypto.createHmac('sha256', SECRET).update(hook.body).digest('hex'));
+    const sent = JSON.parse(hook.body);
+    assert.equal(sent.alert, 'ui-edit');
+    assert.equal(sent.status, 'firing');
+    assert.equal(sent.threshold, 2);
+  } finally {
+    await call('DELETE', '/v1/alerts/rules/ui-edit');
+    await hooks.close();
+  }
+});
+
 test('streams: list, partitions, group lag, records by offset and by time', async () => {
   await open('#/streams');
   const row = page.locator('tr[data-stream="orders"]');
@@ -615,6 +720,91 @@ test('narrow window (380 px): no horizontal scroll', async () => {
   } finally {
     await page.setViewportSize({ width: 1280, height: 900 });
   }
+});
+
+// ---------------------------------------------------------------- accessibility
+
+// What shows that each page has drawn its content (forms opened where there are any), so
+// that axe looks at the page as a user sees it, not at a loading state.
+function axePages() {
+  return [
+    ['overview', '#/', async (p) => {
+      await p.locator('tr[data-queue="emails"]').waitFor();
+      await p.locator('[data-card="health"] .badge').waitFor();
+      await p.locator('figure.chart path.line').first().waitFor();
+    }],
+    ['queue', '#/queues/emails', async (p) => {
+      await p.locator('tr[data-job]').first().waitFor();
+      await p.locator('figure.chart path.line').first().waitFor();
+      await p.locator('#h-insights ~ .section-body table').first().waitFor();
+    }],
+    ['job', '#/jobs/' + seed.dead, (p) => p.locator('#h-attempts ~ .section-body tbody tr').first().waitFor()],
+    ['workers', '#/workers', (p) => p.locator('tr[data-worker="mailer-7"]').waitFor()],
+    ['alerts', '#/alerts', async (p) => {
+      await p.locator('#h-rules ~ .section-body tr[data-rule="billing-dead"]').waitFor();
+      await p.locator('tr[data-silence="maintenance"]').waitFor();
+      await p.locator('#h-history ~ .section-body tbody tr').first().waitFor();
+      for (const summary of await p.locator('main details > summary').all()) await summary.click();
+      // and the rule form editing a rule with a webhook (which asks for its secret)
+      await p.getByRole('button', { name: 'Edit rule reports-stale' }).click();
+      await p.locator('#rule-secret-0').waitFor();
+    }],
+    ['streams', '#/streams', (p) => p.locator('tr[data-stream="orders"]').waitFor()],
+    ['stream', '#/streams/orders', async (p) => {
+      await p.locator('tr[data-partition="0"]').waitFor();
+      await p.locator('[data-group]').first().waitFor();
+      await p.selectOption('#rec-partition', '0');
+      await p.selectOption('#rec-mode', 'offset');
+      await p.fill('#rec-offset', '0');
+      await p.click('form[aria-label="Browse records"] button[type="submit"]');
+      await p.locator('#records tbody tr[data-offset]').first().waitFor();
+    }],
+  ];
+}
+
+// Runs axe-core in the page (already injected) and returns its violations, one line each.
+async function axeViolations(p) {
+  const { passed, violations } = await p.evaluate(async (tags) => {
+    const r = await window.axe.run(document, { runOnly: { type: 'tag', values: tags }, resultTypes: ['violations'] });
+    return {
+      passed: r.passes.length,
+      violations: r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(' ')) })),
+    };
+  }, AXE_TAGS);
+  // Guards against a check that checks nothing (tags that match no rule, say).
+  assert.ok(passed + violations.length >= 20, `axe-core applied only ${passed + violations.length} rules to ${p.url()}`);
+  return violations.map((v) => `${v.id} (${v.impact}): ${v.help}; at ${v.targets.join(', ')}`);
+}
+
+test('accessibility: axe-core finds no WCAG 2 A/AA violation on any page, light or dark', async () => {
+  const axeSource = fs.readFileSync(AXE_SOURCE, 'utf8');
+  // The server's Content-Security-Policy (scripts only from the server) refuses an
+  // injected script, as it should. So axe runs in a browser context of its own that
+  // bypasses the policy; the other tests' context keeps it, and still catches anything
+  // the dashboard itself does against it.
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: BROWSER_ARGS });
+  const found = [];
+  try {
+    const axeCtx = await browser.newContext({ bypassCSP: true, viewport: { width: 1280, height: 900 }, timezoneId: 'UTC' });
+    const p = await axeCtx.newPage();
+    p.setDefaultTimeout(WAIT_MS);
+    for (const scheme of ['light', 'dark']) {
+      await p.emulateMedia({ colorScheme: scheme });
+      for (const [name, hash, ready] of axePages()) {
+        await p.goto('about:blank');
+        await p.goto(server.base + '/' + hash);
+        await p.waitForSelector('main h1');
+        await ready(p);
+        const bg = await p.evaluate(() => getComputedStyle(document.body).backgroundColor);
+        assert.equal(bg === 'rgb(255, 255, 255)', scheme === 'light', `${name}: the ${scheme} theme is shown (background ${bg})`);
+        await p.addScriptTag({ content: axeSource });
+        for (const v of await axeViolations(p)) found.push(`${name}, ${scheme}: ${v}`);
+      }
+    }
+  } finally {
+    await browser.close();
+  }
+  assert.deepEqual(found, [], 'axe-core violations:\n' + found.join('\n'));
 });
 
 test('no script errors or policy violations on any page', () => {

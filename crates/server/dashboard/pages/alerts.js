@@ -4,7 +4,7 @@
 // GET|PUT|DELETE /v1/alerts/silences[/{id}], GET /v1/alerts/history.
 
 import {
-  act, api, badge, button, clear, el, enc, errorNotice, link, ms, num,
+  act, api, badge, button, clear, el, enc, errorNotice, link, ms, notice, num,
   pageControls, pageSlice, queueHref, section, stateBadge, table, td, time,
 } from '../lib.js';
 
@@ -22,30 +22,131 @@ export function mount(root, _params, _ctx) {
   const historyPanel = section('History');
   const out = el('div', { 'aria-live': 'polite' });
 
-  // ---- new rule
+  // ---- new rule, or editing one
+  // PUT replaces the whole rule. The form shows all of it but the notifiers, which an
+  // edit sends back as the rule had them. The server never shows a webhook's secret
+  // back, so an edit asks for each webhook's secret again (or to be told it has none)
+  // rather than dropping it without a word.
   const f = (id, label, input) => el('label', { for: id }, label, input);
   const ruleName = el('input', { id: 'rule-name', required: true, autocomplete: 'off' });
   const ruleQueue = el('input', { id: 'rule-queue', required: true, autocomplete: 'off' });
   const ruleMetric = el('select', { id: 'rule-metric' }, METRICS.map((m) => el('option', { value: m }, m)));
   const ruleOp = el('select', { id: 'rule-op' }, el('option', { value: '>' }, '>'), el('option', { value: '<' }, '<'));
   const ruleThreshold = el('input', { id: 'rule-threshold', type: 'number', step: 'any', required: true, value: '0' });
-  const ruleFor = el('input', { id: 'rule-for', type: 'number', min: '0', max: '86400', value: '0' });
+  const ruleFor = el('input', { id: 'rule-for', type: 'number', min: '0', max: '86400', step: 'any', value: '0' });
   const ruleSeverity = el('select', { id: 'rule-severity' }, ['warning', 'critical', 'info'].map((s) => el('option', { value: s }, s)));
+  const ruleNotifiers = el('fieldset.notifiers', { hidden: true });
   const ruleOut = el('div', { 'aria-live': 'polite' });
-  const ruleSubmit = el('button', { type: 'submit' }, 'Save rule');
+  const ruleSubmit = el('button', { type: 'submit', id: 'rule-submit' }, 'Save rule');
+  const ruleCancel = button('Cancel edit', () => { stopEditing(); clear(ruleOut); ruleSummary.focus(); },
+    { class: 'secondary', id: 'rule-cancel', hidden: true });
+  let editing = null; // the rule being edited, as GET /v1/alerts/rules/{name} gave it
+  let secrets = [];   // per webhook notifier of `editing`: {index, secret, none} inputs
   const ruleForm = el('form.inline', {
     'aria-label': 'New alert rule',
     onsubmit: async (e) => {
       e.preventDefault();
+      const name = editing ? editing.name : ruleName.value.trim();
       const body = { queue: ruleQueue.value.trim(), metric: ruleMetric.value, op: ruleOp.value, threshold: Number(ruleThreshold.value),
         for_ms: Math.round(Number(ruleFor.value || 0) * 1000), severity: ruleSeverity.value };
-      const r = await act(ruleSubmit, ruleOut, () => api('/alerts/rules/' + enc(ruleName.value.trim()), { method: 'PUT', body }), (v) => 'Rule ' + v.name + ' saved.');
-      if (r) refresh();
+      if (editing) body.notifiers = keptNotifiers();
+      const r = await act(ruleSubmit, ruleOut, () => api('/alerts/rules/' + enc(name), { method: 'PUT', body }), (v) => 'Rule ' + v.name + ' saved.');
+      if (r) {
+        if (editing) stopEditing();
+        refresh();
+      }
     },
   }, f('rule-name', 'Name', ruleName), f('rule-queue', 'Queue', ruleQueue), f('rule-metric', 'Metric', ruleMetric), f('rule-op', 'Op', ruleOp),
-  f('rule-threshold', 'Threshold', ruleThreshold), f('rule-for', 'For (s)', ruleFor), f('rule-severity', 'Severity', ruleSeverity), ruleSubmit);
-  const ruleDetails = el('details', el('summary', 'New rule'), ruleForm, ruleOut);
+  f('rule-threshold', 'Threshold', ruleThreshold), f('rule-for', 'For (s)', ruleFor), f('rule-severity', 'Severity', ruleSeverity),
+  ruleNotifiers, ruleSubmit, ruleCancel);
+  const ruleSummary = el('summary', 'New rule');
+  const ruleDetails = el('details', ruleSummary, ruleForm, ruleOut);
   rules.append(ruleDetails);
+
+  // The edited rule's notifiers, each as it was (fields this page does not know
+  // included), with the webhook secrets typed again.
+  function keptNotifiers() {
+    const notifiers = (editing.notifiers || []).map((n) => ({ ...n }));
+    for (const { index, secret, none } of secrets) {
+      delete notifiers[index].secret;
+      if (!none.checked && secret.value) notifiers[index].secret = secret.value;
+    }
+    return notifiers;
+  }
+
+  // Selects `value`, adding it as an option if the page does not list it (a metric
+  // newer than this page, say): an edit must not change what it does not touch.
+  function choose(select, value) {
+    if (![...select.options].some((o) => o.value === value)) select.append(el('option', { value }, value));
+    select.value = value;
+  }
+
+  async function startEditing(name, btn) {
+    let rule;
+    try {
+      btn.disabled = true;
+      rule = await api('/alerts/rules/' + enc(name)); // fresh: the table may be 2 s old
+    } catch (e) {
+      clear(out, errorNotice(e, 'Could not load rule ' + name));
+      return;
+    } finally {
+      btn.disabled = false;
+    }
+    editing = rule;
+    ruleName.value = rule.name;
+    ruleName.readOnly = true;
+    ruleQueue.value = rule.queue;
+    choose(ruleMetric, rule.metric);
+    choose(ruleOp, rule.op);
+    ruleThreshold.value = String(rule.threshold);
+    ruleFor.value = String((rule.for_ms || 0) / 1000);
+    choose(ruleSeverity, rule.severity);
+    showNotifiers(rule.notifiers || []);
+    ruleForm.setAttribute('aria-label', 'Edit alert rule ' + rule.name);
+    ruleSummary.textContent = 'Edit rule ' + rule.name;
+    ruleSubmit.textContent = 'Save changes';
+    ruleCancel.hidden = false;
+    ruleDetails.open = true;
+    clear(ruleOut, notice('info', 'Editing rule ' + rule.name + '. Its name stays; saving replaces the rule' +
+      ((rule.notifiers || []).length ? ', with its notifiers as they are.' : '.')));
+    ruleQueue.focus();
+  }
+
+  function stopEditing() {
+    editing = null;
+    secrets = [];
+    ruleForm.reset();
+    ruleName.readOnly = false;
+    showNotifiers([]);
+    ruleForm.setAttribute('aria-label', 'New alert rule');
+    ruleSummary.textContent = 'New rule';
+    ruleSubmit.textContent = 'Save rule';
+    ruleCancel.hidden = true;
+  }
+
+  function showNotifiers(list) {
+    secrets = [];
+    const items = list.map((n, i) => {
+      const what = el('span', 'Notifier ' + (i + 1) + ': ' + n.kind + ' ', el('code', n.url || ''));
+      if (n.kind !== 'webhook') return el('li', what);
+      const secret = el('input', { id: 'rule-secret-' + i, type: 'password', autocomplete: 'new-password', required: true });
+      const none = el('input', {
+        id: 'rule-secret-none-' + i, type: 'checkbox',
+        onchange: () => { secret.disabled = none.checked; secret.required = !none.checked; if (none.checked) secret.value = ''; },
+      });
+      secrets.push({ index: i, secret, none });
+      return el('li', what, el('div.secret',
+        f('rule-secret-' + i, 'Secret of notifier ' + (i + 1), secret),
+        el('label.check', { for: 'rule-secret-none-' + i }, none, 'Notifier ' + (i + 1) + ' has no secret')));
+    });
+    clear(ruleNotifiers, list.length ? [
+      el('legend', 'Notifiers, kept as they are'),
+      el('ul.plain', items),
+      secrets.length ? el('p.muted', 'The server never shows a webhook\'s secret back, and saving replaces the whole rule: ' +
+        'type each webhook\'s secret again, or tick that it has none.') : null,
+    ] : []);
+    ruleNotifiers.hidden = !list.length;
+  }
 
   // ---- new silence
   const silId = el('input', { id: 'silence-id', required: true, autocomplete: 'off' });
@@ -97,6 +198,11 @@ export function mount(root, _params, _ctx) {
     return b;
   }
 
+  function editButton(name) {
+    const b = button('Edit', () => startEditing(name, b), { class: 'secondary', 'aria-label': 'Edit rule ' + name });
+    return b;
+  }
+
   const condition = (r) => r.metric + ' ' + r.op + ' ' + num(r.threshold, 3) + (r.for_ms ? ' for ' + ms(r.for_ms) : '');
 
   async function loadFiring() {
@@ -120,7 +226,8 @@ export function mount(root, _params, _ctx) {
         td(badge(r.severity, r.severity === 'critical' ? 'bad' : r.severity === 'warning' ? 'warn' : 'info')),
         td(r.firing ? stateBadge('firing') : badge('ok', 'ok')), td(r.silenced ? 'yes' : 'no', 'hide-narrow'),
         td(num((r.notifiers || []).length), 'num hide-narrow'),
-        td(deleteButton('rule ' + r.name, 'Rule ' + r.name, () => api('/alerts/rules/' + enc(r.name), { method: 'DELETE' })))));
+        td(el('div.row-actions', editButton(r.name),
+          deleteButton('rule ' + r.name, 'Rule ' + r.name, () => api('/alerts/rules/' + enc(r.name), { method: 'DELETE' }))))));
       clear(rules.body, table('Alert rules', ['Rule', 'Queue', 'Condition', 'Severity', 'State', { label: 'Silenced', cls: 'hide-narrow' },
         { label: 'Notifiers', cls: 'num hide-narrow' }, 'Actions'], rows, { captionHidden: true, empty: 'No rules yet.' }));
     } catch (e) { clear(rules.body, errorNotice(e, 'Could not load the rules')); }
