@@ -2,6 +2,8 @@
 //! `insights` makes of them (trends, anomalies, forecasts, backlog, worker sizing,
 //! health), plus the server-wide health score.
 
+use std::sync::Arc;
+
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::Json;
@@ -425,12 +427,46 @@ fn health_from(
     })
 }
 
-/// What `GET /v1/health` read from every queue's history: good while the window
-/// (aligned to the 10 s step) and the last sample written are the same. Queues not in
-/// it had no samples in the window.
+/// What each queue's history says over a window, by queue; queues not in it had no
+/// samples in the window.
+type HistoryHealth = rustc_hash::FxHashMap<String, FromHistory>;
+
+/// The window a history read covered and the last sample written when it was made.
+type HealthKey = (Millis, Millis, Option<Millis>);
+
+/// What `GET /v1/health` read from every queue's history, and for which window (aligned
+/// to the 10 s step) and last sample written. When either moves on, requests are
+/// answered from it while one task reads the history again: the history part of the
+/// health is then at most one sample behind, and no request waits for the read but the
+/// first.
+#[derive(Default)]
 pub struct HealthCache {
-    key: (Millis, Millis, Option<Millis>),
-    queues: rustc_hash::FxHashMap<String, FromHistory>,
+    read: Option<(HealthKey, Arc<HistoryHealth>)>,
+    refreshing: bool,
+}
+
+/// Reads every queue's history over `[from_ms, to_ms)` and sums up what health takes.
+async fn history_health(
+    reader: Reader,
+    from_ms: Millis,
+    to_ms: Millis,
+) -> Result<HistoryHealth, ApiError> {
+    let step_ms = reader.step_ms;
+    let mut samples = read(reader, None, from_ms, to_ms).await?;
+    tokio::task::spawn_blocking(move || {
+        let names: Vec<String> = samples.keys().cloned().collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let metrics = Metrics::of(&mut samples, &name, from_ms, to_ms, step_ms);
+                let found = anomalies_of(&metrics);
+                let history = FromHistory::of(&metrics, &found);
+                (name, history)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
 fn health_view(health: insights::Health) -> proto::HealthInfo {
@@ -626,39 +662,49 @@ pub async fn server_health(
                 .collect())
         })
         .await?;
-    // Every queue's history over the window is read and summed up once per sample
-    // written (every 10 s), not per request: on a server of 10,000 queues that is most
-    // of the work.
+    // Every queue's history over the window is read once per sample written (every
+    // 10 s), not per request, and off the request's path but the first (`HealthCache`):
+    // on a server of 10,000 queues that read is most of the work.
     let key = (from_ms, to_ms, broker.history.lock().last_slot_ms());
-    let mut cache = broker.health_cache.lock().await;
-    if cache.as_ref().is_none_or(|c| c.key != key) {
-        let mut samples = read(reader, None, from_ms, to_ms).await?;
-        let queues = tokio::task::spawn_blocking(move || {
-            let names: Vec<String> = samples.keys().cloned().collect();
-            names
-                .into_iter()
-                .map(|name| {
-                    let metrics = Metrics::of(&mut samples, &name, from_ms, to_ms, step_ms);
-                    let found = anomalies_of(&metrics);
-                    let history = FromHistory::of(&metrics, &found);
-                    (name, history)
-                })
-                .collect()
-        })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-        *cache = Some(HealthCache { key, queues });
+    let (cached, refresh) = {
+        let mut cache = broker.health_cache.lock();
+        let cached = cache
+            .read
+            .as_ref()
+            .map(|(at, read)| (*at == key, read.clone()));
+        let refresh = matches!(cached, Some((false, _))) && !cache.refreshing;
+        cache.refreshing |= refresh;
+        (cached.map(|(_, read)| read), refresh)
+    };
+    if refresh {
+        let (broker, reader) = (broker.clone(), reader.clone());
+        tokio::spawn(async move {
+            let read = history_health(reader, from_ms, to_ms).await;
+            let mut cache = broker.health_cache.lock();
+            cache.refreshing = false;
+            match read {
+                Ok(read) => cache.read = Some((key, Arc::new(read))),
+                Err(error) => tracing::warn!(?error, "cannot read the metric history for health"),
+            }
+        });
     }
+    let cached = match cached {
+        Some(cached) => cached,
+        None => {
+            let read = Arc::new(history_health(reader, from_ms, to_ms).await?);
+            broker.health_cache.lock().read = Some((key, read.clone()));
+            read
+        }
+    };
     // A queue without samples in the window, as its history reads then.
     let none = {
         let metrics = Metrics::from_samples(&dense(&[], from_ms, to_ms, step_ms), from_ms, step_ms);
         FromHistory::of(&metrics, &anomalies_of(&metrics))
     };
-    let cached = cache.as_ref().map(|c| &c.queues);
     let mut queues = Vec::with_capacity(live.len());
     let mut weighted = Vec::with_capacity(live.len());
     for (name, now) in live {
-        let history = cached.and_then(|c| c.get(&name)).unwrap_or(&none);
+        let history = cached.get(&name).unwrap_or(&none);
         let health = health_from(history, &now, WAIT_TARGET_MS_DEFAULT, at_ms);
         queues.push(proto::QueueHealth {
             queue: name,
