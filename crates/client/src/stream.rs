@@ -96,6 +96,27 @@ struct StreamPartitions {
     partitions: Vec<Value>,
 }
 
+/// A JSON produce request, written straight from the caller's records.
+#[derive(Serialize)]
+struct WireProduce<'a, T> {
+    records: Vec<WireRecord<'a, T>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    producer_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct WireRecord<'a, T> {
+    value: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition: Option<u32>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    headers: &'a [(String, String)],
+}
+
 #[derive(Deserialize)]
 struct Produced {
     offsets: Vec<Offset>,
@@ -148,26 +169,23 @@ impl StreamProducer {
         if self.encoding == Encoding::Binary {
             return self.send_binary(records).await;
         }
-        let mut wire = Vec::with_capacity(records.len());
-        for r in records {
-            let mut record = json!({ "value": serde_json::to_value(&r.value)? });
-            if let Some(key) = &r.key {
-                record["key"] = json!(key);
-            }
-            if let Some(partition) = r.partition {
-                record["partition"] = json!(partition);
-            }
-            if !r.headers.is_empty() {
-                record["headers"] = json!(r.headers);
-            }
-            wire.push(record);
-        }
-        let mut body = json!({ "records": wire });
-        if let Some(id) = self.producer_id {
+        let sequence = self.producer_id.map(|_| {
             self.sequence += 1;
-            body["producer_id"] = json!(id);
-            body["sequence"] = json!(self.sequence);
-        }
+            self.sequence
+        });
+        let body = WireProduce {
+            records: records
+                .iter()
+                .map(|r| WireRecord {
+                    value: &r.value,
+                    key: r.key.as_deref(),
+                    partition: r.partition,
+                    headers: &r.headers,
+                })
+                .collect(),
+            producer_id: self.producer_id,
+            sequence,
+        };
         let path = format!("/v1/streams/{}/records", self.stream);
         let produced: Produced = self
             .retrying(|client| {
