@@ -5,9 +5,13 @@
 //!
 //! A chunk file is an 8-byte magic and the step, then frames: `u32` length, `u32`
 //! CRC32C of the payload, and the payload, a postcard `Row`: one sample time, the queue
-//! names new to this file, and a sample for each queue that had anything (idle queues
-//! are left out, and read back as zeros). A reader stops at the first frame that does not
-//! check (a torn tail). Each process writes its own files (the name holds its start), so
+//! names new to this file, and a sample for each queue whose sample says something the
+//! reader could not work out. A queue left out of a row had no counts in the step
+//! (nothing enqueued, finished or failed) and the same gauges (jobs ready, leased,
+//! scheduled, retrying, dead) as in its last sample in this file, or zeros when it has
+//! none: so a queue that only holds dead or scheduled jobs costs nothing per row, and a
+//! row is written at every sample time, even empty, to say that it was sampled. A reader
+//! stops at the first frame that does not check (a torn tail). Each process writes its own files (the name holds its start), so
 //! a restart never appends to a file another process left.
 //!
 //! Durability: files are fdatasync'd every 5 minutes and when they are closed; a power
@@ -21,10 +25,12 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sluice_core::Millis;
 
-/// Chunks written now: samples with every state's count.
-const MAGIC: &[u8; 8] = b"SLUICEH2";
-/// Chunks of earlier versions, still read (their samples have no scheduled, retrying or
-/// dead counts: read as 0).
+/// Chunks written now: samples with every state's count, gauges carried forward.
+const MAGIC: &[u8; 8] = b"SLUICEH3";
+/// Chunks of earlier versions, still read. Version 2: a queue left out of a row was
+/// idle (all zeros). Version 1: as 2, and samples have no scheduled, retrying or dead
+/// counts (read as 0).
+const MAGIC_V2: &[u8; 8] = b"SLUICEH2";
 const MAGIC_V1: &[u8; 8] = b"SLUICEH1";
 const HEADER_BYTES: usize = 16;
 /// A frame bigger than this is damage, not a row (a row of 100,000 queues is ~5 MB).
@@ -95,8 +101,16 @@ impl From<RowV1> for Row {
 }
 
 impl Sample {
-    fn is_idle(&self) -> bool {
-        *self == Sample::default()
+    /// Only the gauges (counts and p95s of the step zero).
+    fn gauges(&self) -> Sample {
+        Sample {
+            ready: self.ready,
+            leased: self.leased,
+            scheduled: self.scheduled,
+            retrying: self.retrying,
+            dead: self.dead,
+            ..Sample::default()
+        }
     }
 }
 
@@ -114,6 +128,9 @@ struct Open {
     path: PathBuf,
     file: File,
     names: FxHashMap<String, u32>,
+    /// Each queue's gauges as last written in this file, where not all zero: what a
+    /// reader carries forward.
+    gauges: FxHashMap<u32, Sample>,
     synced_at_ms: Millis,
 }
 
@@ -146,10 +163,10 @@ impl Store {
         }
     }
 
-    /// Appends the samples of time `at_ms` (idle ones are dropped).
+    /// Appends the samples of time `at_ms`: every queue's, as a queue missing from
+    /// `samples` is taken to be idle. Only those a reader could not work out are written
+    /// (see the module's comment).
     pub fn append(&mut self, at_ms: Millis, samples: Vec<(String, Sample)>) -> io::Result<()> {
-        let samples: Vec<(String, Sample)> =
-            samples.into_iter().filter(|(_, s)| !s.is_idle()).collect();
         let chunk_start_ms = at_ms - at_ms.rem_euclid(self.chunk_ms);
         if self
             .open
@@ -173,6 +190,7 @@ impl Store {
                 path,
                 file,
                 names: FxHashMap::default(),
+                gauges: FxHashMap::default(),
                 synced_at_ms: at_ms,
             });
         }
@@ -184,13 +202,29 @@ impl Store {
             new_names: Vec::new(),
             samples: Vec::with_capacity(samples.len()),
         };
+        let mut carried = std::mem::take(&mut open.gauges);
         for (name, sample) in samples {
-            let next = open.names.len() as u32;
-            let id = *open.names.entry(name.clone()).or_insert_with(|| {
-                row.new_names.push(name);
-                next
-            });
-            row.samples.push((id, sample));
+            let id = match open.names.get(&name) {
+                Some(&id) => id,
+                None => {
+                    let id = open.names.len() as u32;
+                    open.names.insert(name.clone(), id);
+                    row.new_names.push(name);
+                    id
+                }
+            };
+            let gauges = sample.gauges();
+            let before = carried.remove(&id).unwrap_or_default();
+            if sample != before {
+                row.samples.push((id, sample));
+            }
+            if gauges != Sample::default() {
+                open.gauges.insert(id, gauges);
+            }
+        }
+        // Queues with gauges that were not sampled this time (deleted): zeros from now.
+        for (id, _) in carried {
+            row.samples.push((id, Sample::default()));
         }
         let payload = postcard::to_allocvec(&row).map_err(io::Error::other)?;
         let mut frame = Vec::with_capacity(8 + payload.len());
@@ -474,11 +508,19 @@ fn read_chunk(
         Err(error) => return Err(error),
     };
     let version_1 = bytes.get(..8) == Some(MAGIC_V1.as_slice());
-    if bytes.len() < HEADER_BYTES || (&bytes[..8] != MAGIC && !version_1) {
+    let carries = bytes.get(..8) == Some(MAGIC.as_slice());
+    if bytes.len() < HEADER_BYTES
+        || !(carries || version_1 || bytes.get(..8) == Some(MAGIC_V2.as_slice()))
+    {
         tracing::warn!(path = %path.display(), "not a history chunk; skipped");
         return Ok(());
     }
     let mut names: Vec<String> = Vec::new();
+    // Version 3: each queue's gauges carried forward, with the index of the last row
+    // that had it (so those left out of a row are known).
+    let mut carried: FxHashMap<u32, (Sample, usize)> = FxHashMap::default();
+    let mut only_id: Option<u32> = None;
+    let mut row_index = 0usize;
     let mut offset = HEADER_BYTES;
     while let Some(head) = bytes.get(offset..offset + 8) {
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -497,17 +539,43 @@ fn read_chunk(
         let Ok(row) = row else {
             break;
         };
-        names.extend(row.new_names);
-        if (from_ms..to_ms).contains(&row.at_ms) {
-            for (id, sample) in row.samples {
-                let Some(name) = names.get(id as usize) else {
-                    continue;
-                };
-                if only.is_none_or(|q| q == name) {
-                    visit(name, row.at_ms, sample);
+        for name in row.new_names {
+            if only == Some(name.as_str()) {
+                only_id = Some(names.len() as u32);
+            }
+            names.push(name);
+        }
+        let in_range = (from_ms..to_ms).contains(&row.at_ms);
+        for (id, sample) in row.samples {
+            let Some(name) = names.get(id as usize) else {
+                continue;
+            };
+            if only.is_some() && only_id != Some(id) {
+                continue;
+            }
+            // A zero sample only ends a carried one: read as before, as nothing.
+            if in_range && sample != Sample::default() {
+                visit(name, row.at_ms, sample);
+            }
+            if carries {
+                let gauges = sample.gauges();
+                if gauges == Sample::default() {
+                    carried.remove(&id);
+                } else {
+                    carried.insert(id, (gauges, row_index));
                 }
             }
         }
+        if in_range {
+            for (&id, &(gauges, last_row)) in &carried {
+                if last_row != row_index {
+                    if let Some(name) = names.get(id as usize) {
+                        visit(name, row.at_ms, gauges);
+                    }
+                }
+            }
+        }
+        row_index += 1;
         offset += 8 + len;
     }
     Ok(())
@@ -619,6 +687,105 @@ mod tests {
         fs::write(&path, &bytes).expect("write");
         let got = store.read("a", 0, 100_000).expect("read");
         assert_eq!(got, vec![(0, sample(1))]);
+    }
+
+    #[test]
+    fn unchanged_gauges_are_carried_forward_not_written_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let hour = 3_600_000;
+        let mut store = Store::new(dir.path().to_owned(), 10_000, hour, hour, 0);
+        let holding = |dead: u32| Sample {
+            dead,
+            scheduled: 7,
+            ..Sample::default()
+        };
+        let busy = |n: u32| Sample {
+            ready: n,
+            enqueued: n,
+            succeeded: 1,
+            wait_p95_ms: Some(n),
+            ..Sample::default()
+        };
+        // 100 queues that only hold dead and scheduled jobs, one busy queue, and a
+        // queue that holds jobs until it is deleted after the 100th sample.
+        let rows = 360;
+        for row in 0..rows {
+            let at = row as Millis * 10_000;
+            let mut samples: Vec<(String, Sample)> = (0..100)
+                .map(|q| (format!("static-{q}"), holding(3)))
+                .collect();
+            // The dead count of static-0 changes once, at the 200th sample.
+            if row >= 200 {
+                samples[0].1 = holding(4);
+            }
+            samples.push(("busy".into(), busy(row + 1)));
+            if row < 100 {
+                samples.push(("gone".into(), holding(1)));
+            }
+            store.append(at, samples).expect("append");
+        }
+        store.close().expect("close");
+        // What a reader sees: every queue at every sample time, as sampled.
+        let all = store.reader().read_all(0, hour).expect("read");
+        assert_eq!(all["static-5"].len(), rows as usize);
+        assert!(all["static-5"].iter().all(|(_, s)| *s == holding(3)));
+        let first: Vec<(Millis, Sample)> = all["static-0"].clone();
+        assert_eq!(first[199], (1_990_000, holding(3)));
+        assert_eq!(first[200], (2_000_000, holding(4)));
+        assert_eq!(first[359], (3_590_000, holding(4)));
+        assert_eq!(all["busy"].len(), rows as usize);
+        assert_eq!(all["busy"][42], (420_000, busy(43)));
+        assert_eq!(
+            all["gone"].len(),
+            100,
+            "zeros once deleted, read as nothing"
+        );
+        // One queue, from inside the chunk: what was carried from before `from` counts.
+        let one = store.read("static-0", 2_500_000, 2_520_000).expect("read");
+        assert_eq!(one, vec![(2_500_000, holding(4)), (2_510_000, holding(4))]);
+        assert_eq!(
+            store.read("gone", 990_000, hour).expect("read"),
+            vec![(990_000, holding(1))]
+        );
+        // On disk: the static queues once (and static-0 twice), not in every row. Written
+        // in full, each row would hold 100 samples of a few bytes each.
+        let bytes = fs::metadata(&store.chunks().expect("chunks")[0].1)
+            .expect("size")
+            .len();
+        assert!(
+            bytes < 30_000,
+            "{bytes} bytes for {rows} rows of 102 queues"
+        );
+    }
+
+    #[test]
+    fn chunks_of_the_second_version_carry_nothing_forward() {
+        let dir = tempfile::tempdir().expect("dir");
+        let hour = 3_600_000;
+        let store = Store::new(dir.path().join("10s"), 10_000, hour, 24 * hour, 0);
+        fs::create_dir_all(dir.path().join("10s")).expect("dir");
+        let mut bytes = MAGIC_V2.to_vec();
+        bytes.extend_from_slice(&10_000u64.to_le_bytes());
+        for (at_ms, new_names, samples) in [
+            (0, vec!["q".to_owned()], vec![(0, sample(5))]),
+            (10_000, Vec::new(), Vec::new()),
+        ] {
+            let payload = postcard::to_allocvec(&Row {
+                at_ms,
+                new_names,
+                samples,
+            })
+            .expect("encode");
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+            bytes.extend_from_slice(&payload);
+        }
+        fs::write(dir.path().join("10s").join("0-0.hist"), bytes).expect("write");
+        assert_eq!(
+            store.read("q", 0, hour).expect("read"),
+            vec![(0, sample(5))],
+            "left out of a version 2 row: idle"
+        );
     }
 
     #[test]
