@@ -607,17 +607,13 @@ test('alerts page: a rule is edited; what the form does not show is kept', async
     assert.equal(await page.inputValue('#rule-threshold'), '1000');
     assert.equal(await page.inputValue('#rule-for'), '1.5');
     assert.equal(await page.inputValue('#rule-severity'), 'critical');
-    assert.match(await text('fieldset.notifiers'), /Notifier 1: webhook/);
+    assert.match(await text('fieldset.notifiers'), /Notifier 1: webhook .* \(signed\)/);
     assert.match(await text('fieldset.notifiers'), /Notifier 2: slack/);
     await page.fill('#rule-threshold', '2');
 
-    // The server never shows the webhook's secret back: without it typed again (or
-    // said to be none) the form is not sent.
-    await page.click('#rule-submit');
-    assert.equal(await page.locator('#rule-secret-0').evaluate((e) => e.validity.valueMissing), true);
-    assert.equal((await ok('GET', '/v1/alerts/rules/ui-edit')).threshold, 1000, 'nothing saved without the secret');
-
-    await page.fill('#rule-secret-0', SECRET);
+    // The server never shows the webhook's secret back, and the form does not ask for
+    // it: left empty, the webhook keeps it (`keep_secret`).
+    assert.equal(await page.inputValue('#rule-secret-0'), '');
     await page.click('#rule-submit');
     await page.getByText('Rule ui-edit saved.').waitFor();
     await page.locator('form[aria-label="New alert rule"]').waitFor();
@@ -745,7 +741,7 @@ function axePages() {
       await p.locator('tr[data-silence="maintenance"]').waitFor();
       await p.locator('#h-history ~ .section-body tbody tr').first().waitFor();
       for (const summary of await p.locator('main details > summary').all()) await summary.click();
-      // and the rule form editing a rule with a webhook (which asks for its secret)
+      // and the rule form editing a rule with a webhook (with its new-secret field)
       await p.getByRole('button', { name: 'Edit rule reports-stale' }).click();
       await p.locator('#rule-secret-0').waitFor();
     }],

@@ -30,6 +30,9 @@ pub enum Scenario {
     LifecycleBatch,
     /// --clients loops of enqueue one, lease one, ack one, for --duration-s.
     LifecycleSingle,
+    /// As lifecycle-single, but each lease acks the client's previous job (the `acks` of
+    /// `POST /v1/lease`): two requests a job, as a worker that acks with its next fetch.
+    LifecycleNext,
     /// Open-loop single enqueues at --rate per second, for --duration-s.
     Latency,
     /// Own server: load --jobs, measure RSS per job, time kill -9 and SIGTERM restarts.
@@ -63,6 +66,7 @@ impl Scenario {
             Scenario::EnqueueBatch => "enqueue-batch",
             Scenario::LifecycleBatch => "lifecycle-batch",
             Scenario::LifecycleSingle => "lifecycle-single",
+            Scenario::LifecycleNext => "lifecycle-next",
             Scenario::Latency => "latency",
             Scenario::Restart => "restart",
             Scenario::Soak => "soak",
@@ -149,6 +153,7 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
             Scenario::EnqueueBatch,
             Scenario::LifecycleBatch,
             Scenario::LifecycleSingle,
+            Scenario::LifecycleNext,
             Scenario::Latency,
             Scenario::Restart,
         ],
@@ -184,6 +189,7 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
             Scenario::EnqueueBatch => enqueue_batch(&http, &args, &run_id).await,
             Scenario::LifecycleBatch => lifecycle_batch(&http, &args, &run_id).await,
             Scenario::LifecycleSingle => lifecycle_single(&http, &args, &run_id).await,
+            Scenario::LifecycleNext => lifecycle_next(&http, &args, &run_id).await,
             Scenario::Latency => latency(&http, &args, &run_id).await,
             Scenario::Restart => restart(&args, &run_id).await,
             Scenario::Soak => soak(&args, &run_id).await,
@@ -427,6 +433,114 @@ async fn lifecycle_single(http: &Http, args: &BenchArgs, run_id: &str) -> Result
         enqueue.summary(),
         lease.summary(),
         ack.summary()
+    );
+    finish(
+        &mut line,
+        &[&enqueue, &lease, &ack],
+        ">=",
+        rate,
+        20_000.0,
+        "jobs/s",
+    );
+    Ok(Report {
+        line,
+        errors: enqueue.errors + lease.errors + ack.errors,
+    })
+}
+
+/// `lifecycle-next`: each of --clients enqueues one job, then leases one with the ack of
+/// the job it leased before in the same request; a job is done when a later lease's
+/// `acks` says it was acked (the last one is acked on its own at the end).
+async fn lifecycle_next(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> {
+    let duration = Duration::from_secs(args.duration_s.unwrap_or(10));
+    let payload = payload(args.payload_bytes);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..args.clients {
+        let queue = format!("bench-ln-{run_id}-{client}");
+        let enqueue_body = leak(job_json(&queue, &payload));
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tallies = [Tally::default(), Tally::default(), Tally::default()];
+            let mut done = 0u64;
+            let mut previous: Option<LeasedRef> = None;
+            while started.elapsed() < duration {
+                let t = Instant::now();
+                match http.post("/v1/jobs", enqueue_body, |_| Ok(())).await {
+                    Ok(()) => tallies[0].ok(t.elapsed()),
+                    Err(e) => {
+                        tallies[0].err(e);
+                        continue;
+                    }
+                }
+                let acks: Vec<AckItem<'_>> = previous
+                    .iter()
+                    .map(|p| AckItem {
+                        id: &p.id,
+                        lease_id: &p.lease_id,
+                    })
+                    .collect();
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "queues": [queue], "max_jobs": 1, "wait_ms": 1000, "acks": acks,
+                }))
+                .unwrap_or_default();
+                let t = Instant::now();
+                let leased = http
+                    .post_owned("/v1/lease", body, |b| {
+                        serde_json::from_slice::<LeaseReply>(b).map_err(|e| e.to_string())
+                    })
+                    .await;
+                match leased {
+                    Ok(reply) => {
+                        tallies[1].ok(t.elapsed());
+                        if previous.is_some() {
+                            match reply.acks.first() {
+                                Some(AckResult { error: None }) => done += 1,
+                                _ => tallies[2].err("the lease's ack failed".to_owned()),
+                            }
+                        }
+                        previous = reply.jobs.into_iter().next();
+                        if previous.is_none() {
+                            tallies[1].err("lease returned no job".to_owned());
+                        }
+                    }
+                    Err(e) => tallies[1].err(e),
+                }
+            }
+            if let Some(job) = previous {
+                let body = serde_json::to_vec(&AckOne {
+                    lease_id: &job.lease_id,
+                })
+                .unwrap_or_default();
+                let path = format!("/v1/jobs/{}/ack", job.id);
+                match http.post_owned(&path, body, |_| Ok(())).await {
+                    Ok(()) => done += 1,
+                    Err(e) => tallies[2].err(e),
+                }
+            }
+            (tallies, done)
+        }));
+    }
+    let mut tallies = [Tally::default(), Tally::default(), Tally::default()];
+    let mut done = 0;
+    for task in tasks {
+        let (t, n) = task.await?;
+        for (into, from) in tallies.iter_mut().zip(t) {
+            into.merge(from);
+        }
+        done += n;
+    }
+    let elapsed = started.elapsed();
+    let rate = done as f64 / elapsed.as_secs_f64();
+    let [mut enqueue, mut lease, ack] = tallies;
+    let mut line = format!(
+        "{done} jobs in {:.2} s = {} jobs/s | clients {} | enqueue {} | lease with the previous ack {} | ack errors {}",
+        elapsed.as_secs_f64(),
+        thousands(rate),
+        args.clients,
+        enqueue.summary(),
+        lease.summary(),
+        ack.errors
     );
     finish(
         &mut line,
@@ -1539,6 +1653,9 @@ impl Batches {
 #[derive(Deserialize)]
 struct LeaseReply {
     jobs: Vec<LeasedRef>,
+    /// Results of the request's `acks` (lifecycle-next).
+    #[serde(default)]
+    acks: Vec<AckResult>,
 }
 
 #[derive(Deserialize)]

@@ -980,6 +980,15 @@ pub enum NotifierSpec {
         url: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret: Option<String>,
+        /// In a PUT that replaces a rule: keep the secret (or none) that the rule's
+        /// webhook to this `url` has now, to edit a rule without knowing its secret.
+        /// Not with `secret`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_secret: bool,
+        /// In answers: whether the webhook has a secret. Ignored in a PUT, so that a rule
+        /// read can be sent back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signed: Option<bool>,
     },
     /// A Slack-compatible incoming webhook: `{"text": "..."}`.
     Slack { url: String },

@@ -15,7 +15,7 @@ use sha2::Sha256;
 use sluice_core::alerts::{
     AlertMetric, AlertRule, AlertTransition, Comparison, Notifier, RuleState, Severity, Silence,
 };
-use sluice_core::{Backoff, EnqueueSpec, JobState, Millis, State};
+use sluice_core::{Backoff, CoreError, EnqueueSpec, JobState, Millis, State};
 use sluice_proto::{self as proto, ids, limits, rfc3339};
 
 use crate::api::{ApiJson, AppState};
@@ -44,9 +44,11 @@ const NOTIFIER_IDLE: Duration = Duration::from_millis(250);
 
 fn notifier_view(notifier: &Notifier) -> proto::NotifierSpec {
     match notifier {
-        Notifier::Webhook { url, .. } => proto::NotifierSpec::Webhook {
+        Notifier::Webhook { url, secret } => proto::NotifierSpec::Webhook {
             url: url.clone(),
             secret: None,
+            keep_secret: false,
+            signed: Some(secret.is_some()),
         },
         Notifier::Slack { url } => proto::NotifierSpec::Slack { url: url.clone() },
     }
@@ -82,7 +84,31 @@ fn silence_view(silence: &Silence, now: Millis) -> proto::SilenceInfo {
     }
 }
 
-fn rule_from_spec(name: String, spec: proto::AlertRuleSpec) -> Result<AlertRule, ApiError> {
+/// A webhook that keeps its secret, by index, and its URL (`keep_secret`).
+type KeptSecrets = Vec<(usize, String)>;
+
+fn rule_from_spec(
+    name: String,
+    spec: proto::AlertRuleSpec,
+) -> Result<(AlertRule, KeptSecrets), ApiError> {
+    let mut kept = Vec::new();
+    for (i, notifier) in spec.notifiers.iter().enumerate() {
+        if let proto::NotifierSpec::Webhook {
+            url,
+            secret,
+            keep_secret: true,
+            ..
+        } = notifier
+        {
+            if secret.is_some() {
+                return Err(ApiError::bad_input(
+                    format!("notifiers[{i}].keep_secret"),
+                    "not together with secret",
+                ));
+            }
+            kept.push((i, url.clone()));
+        }
+    }
     let metric = AlertMetric::parse(&spec.metric).ok_or_else(|| {
         let names: Vec<&str> = AlertMetric::ALL.iter().map(|m| m.as_str()).collect();
         ApiError::bad_input("metric", format!("one of {}", names.join(", ")))
@@ -97,7 +123,7 @@ fn rule_from_spec(name: String, spec: proto::AlertRuleSpec) -> Result<AlertRule,
         Some(text) => Severity::parse(text)
             .ok_or_else(|| ApiError::bad_input("severity", "info, warning or critical"))?,
     };
-    Ok(AlertRule {
+    let rule = AlertRule {
         name,
         queue: spec.queue,
         metric,
@@ -109,11 +135,40 @@ fn rule_from_spec(name: String, spec: proto::AlertRuleSpec) -> Result<AlertRule,
             .notifiers
             .into_iter()
             .map(|n| match n {
-                proto::NotifierSpec::Webhook { url, secret } => Notifier::Webhook { url, secret },
+                proto::NotifierSpec::Webhook { url, secret, .. } => {
+                    Notifier::Webhook { url, secret }
+                }
                 proto::NotifierSpec::Slack { url } => Notifier::Slack { url },
             })
             .collect(),
-    })
+    };
+    Ok((rule, kept))
+}
+
+/// Gives the webhooks of `rule` that keep their secret the one the rule in `state`
+/// has now for the same URL.
+fn keep_secrets(state: &State, rule: &mut AlertRule, kept: &KeptSecrets) -> Result<(), CoreError> {
+    for (i, url) in kept {
+        let now = state.alerts().rules.get(&rule.name).and_then(|r| {
+            r.rule.notifiers.iter().find_map(|n| match n {
+                Notifier::Webhook { url: u, secret } if u == url => Some(secret.clone()),
+                _ => None,
+            })
+        });
+        let Some(secret) = now else {
+            return Err(CoreError::bad_input(
+                format!("notifiers[{i}].keep_secret"),
+                format!(
+                    "rule {} has no webhook to this url to keep a secret from",
+                    rule.name
+                ),
+            ));
+        };
+        if let Some(Notifier::Webhook { secret: to, .. }) = rule.notifiers.get_mut(*i) {
+            *to = secret;
+        }
+    }
+    Ok(())
 }
 
 fn rule_or_404(state: &State, name: &str, now: Millis) -> Result<proto::AlertRuleInfo, ApiError> {
@@ -139,9 +194,14 @@ pub async fn set_rule(
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<proto::AlertRuleSpec>,
 ) -> Result<Json<proto::AlertRuleInfo>, ApiError> {
-    let rule = rule_from_spec(name.clone(), spec)?;
+    let (mut rule, kept) = rule_from_spec(name.clone(), spec)?;
     let broker = app.broker()?;
-    broker.execute(|s, now| s.set_alert_rule(now, rule)).await?;
+    broker
+        .execute(|s, now| {
+            keep_secrets(s, &mut rule, &kept)?;
+            s.set_alert_rule(now, rule)
+        })
+        .await?;
     Ok(Json(
         broker.read(|s, now| rule_or_404(s, &name, now)).await?,
     ))

@@ -73,6 +73,88 @@ async fn put(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_read_back_and_edited_keeps_its_webhook_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (sink, seen) = sink().await;
+    let server = TestServer::start(dir.path()).await;
+    let rule = json!({
+        "queue": "ks", "metric": "depth", "op": ">", "threshold": 100,
+        "notifiers": [
+            { "kind": "webhook", "url": format!("{sink}/hook"), "secret": "s3cret" },
+            { "kind": "webhook", "url": format!("{sink}/plain") }
+        ]
+    });
+    let (status, info) = put(&server, "/v1/alerts/rules/kept", &rule).await;
+    assert_eq!(status, 200, "{info}");
+    // Whether each webhook is signed is shown; the secret is not.
+    assert_eq!(info["notifiers"][0]["signed"], true, "{info}");
+    assert_eq!(info["notifiers"][1]["signed"], false, "{info}");
+    assert!(info["notifiers"][0].get("secret").is_none());
+
+    // What a client that never knew the secret does: read the rule, change the
+    // threshold, send the notifiers back as read with `keep_secret`.
+    let mut notifiers = info["notifiers"].clone();
+    notifiers[0]["keep_secret"] = json!(true);
+    notifiers[1]["keep_secret"] = json!(true);
+    let edited = json!({
+        "queue": "ks", "metric": "depth", "op": ">", "threshold": 0, "notifiers": notifiers,
+    });
+    let (status, info) = put(&server, "/v1/alerts/rules/kept", &edited).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["threshold"], 0.0);
+    assert_eq!(info["notifiers"][0]["signed"], true, "{info}");
+    assert_eq!(info["notifiers"][1]["signed"], false, "{info}");
+
+    // It fires (depth 1 > 0): the webhook is still signed with the first secret.
+    server
+        .enqueue(json!({ "queue": "ks", "kind": "k", "payload": {} }))
+        .await;
+    let notified = wait_until("the firing notifications", || async {
+        received(&seen, "/hook").len() == 1 && received(&seen, "/plain").len() == 1
+    })
+    .await;
+    assert!(notified, "{:?}", seen.lock().expect("lock"));
+    let raw = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(p, _, _)| p == "/hook")
+        .map(|(_, signature, body)| (signature.clone(), body.clone()))
+        .expect("the webhook was called");
+    assert_eq!(
+        raw.0.as_deref(),
+        Some(sluice_server::alerting::sign("s3cret", &raw.1).as_str())
+    );
+    assert_eq!(received(&seen, "/plain")[0].0, None, "still unsigned");
+
+    // Refused: with a secret as well, for a url the rule does not have, for a new rule.
+    let keep = |url: String, secret: Option<&str>| {
+        let mut notifier = json!({ "kind": "webhook", "url": url, "keep_secret": true });
+        if let Some(secret) = secret {
+            notifier["secret"] = json!(secret);
+        }
+        json!({ "queue": "ks", "metric": "depth", "op": ">", "threshold": 1,
+                "notifiers": [notifier] })
+    };
+    for (path, body) in [
+        ("kept", keep(format!("{sink}/hook"), Some("other"))),
+        ("kept", keep(format!("{sink}/elsewhere"), None)),
+        ("new-rule", keep(format!("{sink}/hook"), None)),
+    ] {
+        let reply = put(&server, &format!("/v1/alerts/rules/{path}"), &body).await;
+        assert_error(
+            &reply,
+            400,
+            "invalid_request",
+            Some("notifiers[0].keep_secret"),
+        );
+    }
+    let (_, after) = server.get("/v1/alerts/rules/kept").await;
+    assert_eq!(after["threshold"], 0.0, "a refused PUT changed nothing");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_fires_notifies_signed_retries_resolves_and_is_silenced() {
     let dir = tempfile::tempdir().expect("dir");
     let (sink, seen) = sink().await;

@@ -25,8 +25,8 @@ export function mount(root, _params, _ctx) {
   // ---- new rule, or editing one
   // PUT replaces the whole rule. The form shows all of it but the notifiers, which an
   // edit sends back as the rule had them. The server never shows a webhook's secret
-  // back, so an edit asks for each webhook's secret again (or to be told it has none)
-  // rather than dropping it without a word.
+  // back: an edit sends `keep_secret` for each webhook, unless a new secret is typed or
+  // the secret is to be removed.
   const f = (id, label, input) => el('label', { for: id }, label, input);
   const ruleName = el('input', { id: 'rule-name', required: true, autocomplete: 'off' });
   const ruleQueue = el('input', { id: 'rule-queue', required: true, autocomplete: 'off' });
@@ -41,7 +41,7 @@ export function mount(root, _params, _ctx) {
   const ruleCancel = button('Cancel edit', () => { stopEditing(); clear(ruleOut); ruleSummary.focus(); },
     { class: 'secondary', id: 'rule-cancel', hidden: true });
   let editing = null; // the rule being edited, as GET /v1/alerts/rules/{name} gave it
-  let secrets = [];   // per webhook notifier of `editing`: {index, secret, none} inputs
+  let secrets = [];   // per webhook notifier of `editing`: {index, secret, remove} inputs
   const ruleForm = el('form.inline', {
     'aria-label': 'New alert rule',
     onsubmit: async (e) => {
@@ -64,12 +64,15 @@ export function mount(root, _params, _ctx) {
   rules.append(ruleDetails);
 
   // The edited rule's notifiers, each as it was (fields this page does not know
-  // included), with the webhook secrets typed again.
+  // included): each webhook keeps its secret, takes the new one typed, or loses it.
   function keptNotifiers() {
     const notifiers = (editing.notifiers || []).map((n) => ({ ...n }));
-    for (const { index, secret, none } of secrets) {
-      delete notifiers[index].secret;
-      if (!none.checked && secret.value) notifiers[index].secret = secret.value;
+    for (const { index, secret, remove } of secrets) {
+      const n = notifiers[index];
+      delete n.secret;
+      delete n.keep_secret;
+      if (secret.value) n.secret = secret.value;
+      else if (!remove.checked) n.keep_secret = true;
     }
     return notifiers;
   }
@@ -129,21 +132,22 @@ export function mount(root, _params, _ctx) {
     const items = list.map((n, i) => {
       const what = el('span', 'Notifier ' + (i + 1) + ': ' + n.kind + ' ', el('code', n.url || ''));
       if (n.kind !== 'webhook') return el('li', what);
-      const secret = el('input', { id: 'rule-secret-' + i, type: 'password', autocomplete: 'new-password', required: true });
-      const none = el('input', {
-        id: 'rule-secret-none-' + i, type: 'checkbox',
-        onchange: () => { secret.disabled = none.checked; secret.required = !none.checked; if (none.checked) secret.value = ''; },
+      what.append(n.signed ? ' (signed)' : ' (unsigned)');
+      const secret = el('input', { id: 'rule-secret-' + i, type: 'password', autocomplete: 'new-password' });
+      const remove = el('input', {
+        id: 'rule-secret-remove-' + i, type: 'checkbox',
+        onchange: () => { secret.disabled = remove.checked; if (remove.checked) secret.value = ''; },
       });
-      secrets.push({ index: i, secret, none });
+      secrets.push({ index: i, secret, remove });
       return el('li', what, el('div.secret',
-        f('rule-secret-' + i, 'Secret of notifier ' + (i + 1), secret),
-        el('label.check', { for: 'rule-secret-none-' + i }, none, 'Notifier ' + (i + 1) + ' has no secret')));
+        f('rule-secret-' + i, 'New secret of notifier ' + (i + 1), secret),
+        n.signed ? el('label.check', { for: 'rule-secret-remove-' + i }, remove, 'Remove the secret of notifier ' + (i + 1)) : null));
     });
     clear(ruleNotifiers, list.length ? [
       el('legend', 'Notifiers, kept as they are'),
       el('ul.plain', items),
-      secrets.length ? el('p.muted', 'The server never shows a webhook\'s secret back, and saving replaces the whole rule: ' +
-        'type each webhook\'s secret again, or tick that it has none.') : null,
+      secrets.length ? el('p.muted', 'A webhook keeps its secret (the server never shows it) unless a new one is typed ' +
+        'or it is removed.') : null,
     ] : []);
     ruleNotifiers.hidden = !list.length;
   }
