@@ -396,13 +396,8 @@ async fn lifecycle_single(http: &Http, args: &BenchArgs, run_id: &str) -> Result
                         continue;
                     }
                 };
-                let body = serde_json::to_vec(&AckOne {
-                    lease_id: &job.lease_id,
-                })
-                .unwrap_or_default();
                 let t = Instant::now();
-                let path = format!("/v1/jobs/{}/ack", job.id);
-                match http.post_owned(&path, body, |_| Ok(())).await {
+                match ack_one(&http, &job.id, &job.lease_id).await {
                     Ok(()) => {
                         tallies[2].ok(t.elapsed());
                         done += 1;
@@ -413,15 +408,7 @@ async fn lifecycle_single(http: &Http, args: &BenchArgs, run_id: &str) -> Result
             (tallies, done)
         }));
     }
-    let mut tallies = [Tally::default(), Tally::default(), Tally::default()];
-    let mut done = 0;
-    for task in tasks {
-        let (t, n) = task.await?;
-        for (into, from) in tallies.iter_mut().zip(t) {
-            into.merge(from);
-        }
-        done += n;
-    }
+    let (tallies, done) = join_clients(tasks).await?;
     let elapsed = started.elapsed();
     let rate = done as f64 / elapsed.as_secs_f64();
     let [mut enqueue, mut lease, mut ack] = tallies;
@@ -446,6 +433,29 @@ async fn lifecycle_single(http: &Http, args: &BenchArgs, run_id: &str) -> Result
         line,
         errors: enqueue.errors + lease.errors + ack.errors,
     })
+}
+
+/// The clients' tallies (enqueue, lease, ack) merged, and the jobs they finished.
+async fn join_clients(
+    tasks: Vec<tokio::task::JoinHandle<([Tally; 3], u64)>>,
+) -> Result<([Tally; 3], u64)> {
+    let mut tallies = [Tally::default(), Tally::default(), Tally::default()];
+    let mut done = 0;
+    for task in tasks {
+        let (t, n) = task.await?;
+        for (into, from) in tallies.iter_mut().zip(t) {
+            into.merge(from);
+        }
+        done += n;
+    }
+    Ok((tallies, done))
+}
+
+/// Acks job `id` under `lease_id` with `POST /v1/jobs/{id}/ack`.
+async fn ack_one(http: &Http, id: &str, lease_id: &str) -> std::result::Result<(), String> {
+    let body = serde_json::to_vec(&AckOne { lease_id }).unwrap_or_default();
+    http.post_owned(&format!("/v1/jobs/{id}/ack"), body, |_| Ok(()))
+        .await
 }
 
 /// `lifecycle-next`: each of --clients enqueues one job, then leases one with the ack of
@@ -508,12 +518,7 @@ async fn lifecycle_next(http: &Http, args: &BenchArgs, run_id: &str) -> Result<R
                 }
             }
             if let Some(job) = previous {
-                let body = serde_json::to_vec(&AckOne {
-                    lease_id: &job.lease_id,
-                })
-                .unwrap_or_default();
-                let path = format!("/v1/jobs/{}/ack", job.id);
-                match http.post_owned(&path, body, |_| Ok(())).await {
+                match ack_one(&http, &job.id, &job.lease_id).await {
                     Ok(()) => done += 1,
                     Err(e) => tallies[2].err(e),
                 }
@@ -521,15 +526,7 @@ async fn lifecycle_next(http: &Http, args: &BenchArgs, run_id: &str) -> Result<R
             (tallies, done)
         }));
     }
-    let mut tallies = [Tally::default(), Tally::default(), Tally::default()];
-    let mut done = 0;
-    for task in tasks {
-        let (t, n) = task.await?;
-        for (into, from) in tallies.iter_mut().zip(t) {
-            into.merge(from);
-        }
-        done += n;
-    }
+    let (tallies, done) = join_clients(tasks).await?;
     let elapsed = started.elapsed();
     let rate = done as f64 / elapsed.as_secs_f64();
     let [mut enqueue, mut lease, ack] = tallies;

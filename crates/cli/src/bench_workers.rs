@@ -716,6 +716,26 @@ enum Encoding {
 
 const BATCH_CONTENT_TYPE: &str = "application/vnd.sluice.batch";
 
+/// Creates stream `name` with `partitions` partitions.
+async fn create_stream(
+    http: &reqwest::Client,
+    url: &str,
+    name: &str,
+    partitions: u32,
+) -> Result<()> {
+    let created = http
+        .put(format!("{url}/v1/streams/{name}"))
+        .json(&json!({ "partitions": partitions }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        created.status().is_success(),
+        "create {name}: {}",
+        created.status()
+    );
+    Ok(())
+}
+
 /// One produce-then-consume run: `records` records of `value_bytes` bytes (JSON: a string
 /// of that length with its quotes), spread evenly over `partitions` partitions by 4
 /// producers in requests of 1,000 records, then read back by one reader per partition.
@@ -730,16 +750,7 @@ async fn stream_run(
     records: u64,
 ) -> Result<(f64, f64, bool)> {
     const BATCH: u64 = 1_000;
-    let created = http
-        .put(format!("{url}/v1/streams/{name}"))
-        .json(&json!({ "partitions": partitions }))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        created.status().is_success(),
-        "create: {}",
-        created.status()
-    );
+    create_stream(http, url, name, partitions).await?;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -869,16 +880,7 @@ async fn stream_sdk_run(
     use sluice_client::{GroupConsumer, StreamProducer, StreamRecord};
     const SEND: u64 = 1_000;
     let client = Client::new(url)?;
-    let created = reqwest::Client::new()
-        .put(format!("{url}/v1/streams/{name}"))
-        .json(&json!({ "partitions": 1 }))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        created.status().is_success(),
-        "create: {}",
-        created.status()
-    );
+    create_stream(&reqwest::Client::new(), url, name, 1).await?;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -996,10 +998,7 @@ pub async fn stream(url: &str, run_id: &str) -> Result<Report> {
     // End to end: a reader long-polls partition 0 while records arrive at 10,000/s in
     // batches of 10 (one every millisecond); each record carries its send time.
     let name = format!("bench-se-{run_id}");
-    http.put(format!("{url}/v1/streams/{name}"))
-        .json(&json!({ "partitions": 1 }))
-        .send()
-        .await?;
+    create_stream(&http, url, &name, 1).await?;
     let origin = Instant::now();
     let total = 100_000u64;
     let reader = {
