@@ -361,7 +361,62 @@ fn decode_batches(mut bytes: &[u8]) -> Result<Vec<(u64, sluice_stream::Record)>>
     Ok(out)
 }
 
-/// A member of a consumer group. `poll` heartbeats when due (a third of the session),
+/// Kafka's `max.poll.interval.ms` default: a member that has not polled for this long
+/// stops heartbeating, so that the group hands its partitions to the others.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(300);
+
+/// What a consumer and its heartbeat task share.
+struct Beat {
+    /// The generation the consumer holds, sent with each heartbeat.
+    generation: u64,
+    /// A newer assignment a heartbeat brought, for the next poll to take.
+    news: Option<Assignment>,
+    /// A heartbeat failed: the next poll heartbeats itself, to report why.
+    failed: bool,
+    last_poll: Instant,
+}
+
+/// Heartbeats every third of `session` while the consumer lives and polls at least
+/// every `MAX_POLL_INTERVAL`.
+async fn heartbeats(
+    client: Client,
+    path: String,
+    member_id: String,
+    session: Duration,
+    beat: std::sync::Arc<std::sync::Mutex<Beat>>,
+) {
+    loop {
+        tokio::time::sleep(session / 3).await;
+        let generation = {
+            let beat = beat.lock().unwrap_or_else(|e| e.into_inner());
+            if beat.last_poll.elapsed() > MAX_POLL_INTERVAL {
+                return;
+            }
+            beat.generation
+        };
+        let body = json!({ "member_id": member_id, "generation": generation });
+        let answer = client.post::<_, Assignment>(&path, &body, None).await;
+        let mut beat = beat.lock().unwrap_or_else(|e| e.into_inner());
+        match answer {
+            Ok(assignment) if assignment.generation != beat.generation => {
+                beat.news = Some(assignment);
+            }
+            Ok(_) => {}
+            Err(_) => beat.failed = true,
+        }
+    }
+}
+
+impl Drop for GroupConsumer {
+    /// Stops heartbeating: the group hands the partitions on after the session.
+    fn drop(&mut self) {
+        self.heartbeat_task.abort();
+    }
+}
+
+/// A member of a consumer group. A task of its own heartbeats every third of the
+/// session, so that handling a poll's records may take longer than the session (up to
+/// `MAX_POLL_INTERVAL`); `poll`
 /// takes on the partitions a rebalance gives it (from their committed offsets), and
 /// commits what earlier polls handed out; `close` commits and leaves. At least once: a
 /// crash, or a rebalance before a commit, hands records out again.
@@ -371,8 +426,8 @@ pub struct GroupConsumer {
     group: String,
     member_id: String,
     generation: u64,
-    session: Duration,
-    last_heartbeat: Instant,
+    beat: std::sync::Arc<std::sync::Mutex<Beat>>,
+    heartbeat_task: tokio::task::JoinHandle<()>,
     /// Next offset to read per assigned partition (`None`: from the earliest kept).
     positions: BTreeMap<u32, Option<u64>>,
     /// Handed out but not committed yet.
@@ -383,7 +438,17 @@ pub struct GroupConsumer {
 impl GroupConsumer {
     /// Joins `group` of `stream` with the default range assignment and a 10 s session.
     pub async fn join(client: Client, stream: &str, group: &str) -> Result<GroupConsumer> {
-        let session = Duration::from_secs(10);
+        Self::join_with_session(client, stream, group, Duration::from_secs(10)).await
+    }
+
+    /// Joins with a session of `session`: the group hands this member's partitions to
+    /// the others when it has not heard from it for that long.
+    pub async fn join_with_session(
+        client: Client,
+        stream: &str,
+        group: &str,
+        session: Duration,
+    ) -> Result<GroupConsumer> {
         let assignment: Assignment = client
             .post(
                 &format!("/v1/streams/{stream}/groups/{group}/join"),
@@ -391,20 +456,37 @@ impl GroupConsumer {
                 None,
             )
             .await?;
+        let beat = std::sync::Arc::new(std::sync::Mutex::new(Beat {
+            generation: assignment.generation,
+            news: None,
+            failed: false,
+            last_poll: Instant::now(),
+        }));
+        let heartbeat_task = tokio::spawn(heartbeats(
+            client.clone(),
+            format!("/v1/streams/{stream}/groups/{group}/heartbeat"),
+            assignment.member_id.clone(),
+            session,
+            beat.clone(),
+        ));
         let mut consumer = GroupConsumer {
             client,
             stream: stream.to_owned(),
             group: group.to_owned(),
             member_id: assignment.member_id.clone(),
             generation: 0,
-            session,
-            last_heartbeat: Instant::now(),
+            beat,
+            heartbeat_task,
             positions: BTreeMap::new(),
             uncommitted: BTreeMap::new(),
             encoding: Encoding::Json,
         };
         consumer.take(assignment);
         Ok(consumer)
+    }
+
+    fn beat(&self) -> std::sync::MutexGuard<'_, Beat> {
+        self.beat.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Fetches record batches (`application/vnd.sluice.batch`) instead of JSON; the
@@ -419,6 +501,7 @@ impl GroupConsumer {
             return;
         }
         self.generation = assignment.generation;
+        self.beat().generation = assignment.generation;
         let committed: BTreeMap<u32, u64> = assignment
             .offsets
             .iter()
@@ -493,16 +576,24 @@ impl GroupConsumer {
                 None,
             )
             .await?;
-        self.last_heartbeat = Instant::now();
         self.take(assignment);
         Ok(())
     }
 
-    /// Commits the last poll's records, heartbeats if due, then reads each assigned
-    /// partition (waiting up to `wait` in all when there is nothing).
+    /// Commits the last poll's records, takes a new assignment the heartbeats brought
+    /// (or heartbeats itself when the last one failed, to report why), then reads each
+    /// assigned partition (waiting up to `wait` in all when there is nothing).
     pub async fn poll<T: DeserializeOwned>(&mut self, wait: Duration) -> Result<Vec<Consumed<T>>> {
         self.commit().await?;
-        if self.last_heartbeat.elapsed() >= self.session / 3 {
+        let (news, failed) = {
+            let mut beat = self.beat();
+            beat.last_poll = Instant::now();
+            (beat.news.take(), std::mem::take(&mut beat.failed))
+        };
+        if let Some(assignment) = news {
+            self.take(assignment);
+        }
+        if failed {
             self.heartbeat().await?;
         }
         let mut out = Vec::new();
@@ -573,6 +664,7 @@ impl GroupConsumer {
 
     /// Commits what was handed out and leaves the group (the others rebalance).
     pub async fn close(mut self) -> Result<()> {
+        self.heartbeat_task.abort();
         self.commit().await?;
         self.client
             .post_no_content(

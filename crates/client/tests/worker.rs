@@ -1051,6 +1051,79 @@ async fn a_binary_consumer_resumes_inside_a_batch_from_the_committed_offset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_busy_for_longer_than_its_session_keeps_its_partitions() {
+    use sluice_client::GroupConsumer;
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    create_stream(&server, "slow", 2).await;
+    let session = Duration::from_millis(1_500);
+    let group = |server: &Server| {
+        let url = format!("http://{}/v1/streams/slow/groups/g", server.address);
+        async move {
+            reqwest::get(url)
+                .await
+                .expect("get group")
+                .json::<serde_json::Value>()
+                .await
+                .expect("group")
+        }
+    };
+    let mut a = GroupConsumer::join_with_session(client.clone(), "slow", "g", session)
+        .await
+        .expect("join");
+    assert_eq!(a.partitions(), vec![0, 1]);
+    let before = group(&server).await;
+    // The application handles what it got for over three sessions without polling (the
+    // wait is the point here): the consumer's own task heartbeats, so the group keeps it.
+    tokio::time::sleep(session * 3 + Duration::from_millis(500)).await;
+    let after = group(&server).await;
+    assert_eq!(after["generation"], before["generation"], "{after}");
+    assert_eq!(
+        after["members"].as_array().map(Vec::len),
+        Some(1),
+        "{after}"
+    );
+
+    // A newcomer: a's heartbeats bring the rebalance, and its next poll takes it.
+    let mut b = GroupConsumer::join_with_session(client.clone(), "slow", "g", session)
+        .await
+        .expect("join b");
+    let started = Instant::now();
+    while a.partitions().len() != 1 || b.partitions().len() != 1 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no rebalance: {:?} {:?}",
+            a.partitions(),
+            b.partitions()
+        );
+        for consumer in [&mut a, &mut b] {
+            consumer
+                .poll::<u32>(Duration::from_millis(20))
+                .await
+                .expect("poll");
+        }
+    }
+    assert_eq!(a.generation(), b.generation());
+
+    // A consumer dropped without `close` stops heartbeating: after its session the group
+    // gives its partition to the one left.
+    drop(b);
+    let started = Instant::now();
+    while a.partitions().len() != 2 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the dropped member kept its partition"
+        );
+        a.poll::<u32>(Duration::from_millis(100))
+            .await
+            .expect("poll");
+    }
+    a.close().await.expect("close");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_sdk_consumers_shares_a_stream_and_resumes_from_commits() {
     use sluice_client::{GroupConsumer, StreamProducer, StreamRecord};
     let dir = tempfile::tempdir().expect("dir");
