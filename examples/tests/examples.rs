@@ -84,3 +84,94 @@ async fn producer_enqueues_and_worker_runs_every_job_then_stops_on_sigterm() {
 
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_produced_to_a_stream_and_consumed_by_a_group_member() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(dir.path()).await;
+    let url = server.url.clone();
+
+    let produced = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_orders"))
+                .args(["--url", &url, "--produce", "40"])
+                .output()
+                .expect("run the producer")
+        }
+    })
+    .await
+    .expect("producer task");
+    assert!(
+        produced.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&produced.stdout).lines().count(),
+        40
+    );
+
+    let mut consumer = Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["--url", &url, "--consume"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the consumer");
+    let stdout = consumer.stdout.take().expect("stdout");
+    // Read until every order was printed (the reads end at the deadline below at worst:
+    // the consumer is stopped then, which closes its output).
+    let lines = std::thread::spawn(move || {
+        let mut orders = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("order ") {
+                orders.push(line);
+            }
+            if orders.len() == 40 {
+                break;
+            }
+        }
+        orders
+    });
+    let pid =
+        rustix::process::Pid::from_raw(i32::try_from(consumer.id()).expect("pid")).expect("a pid");
+    let started = Instant::now();
+    while !lines.is_finished() && started.elapsed() < DEADLINE {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let orders = lines.join().expect("reader");
+    let status = tokio::task::spawn_blocking(move || consumer.wait().expect("wait"))
+        .await
+        .expect("wait task");
+    assert!(status.success(), "the consumer exited with {status}");
+    let mut ids: Vec<u32> = orders
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..40).collect::<Vec<u32>>(), "every order once");
+
+    // It committed what it printed before leaving: the group has no lag.
+    let group: serde_json::Value = reqwest::get(format!("{url}/v1/streams/orders/groups/billing"))
+        .await
+        .expect("GET group")
+        .json()
+        .await
+        .expect("group");
+    let lag: u64 = group["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["lag"].as_u64().unwrap_or(u64::MAX))
+        .sum();
+    assert_eq!(lag, 0, "{group}");
+    assert_eq!(
+        group["members"].as_array().map(Vec::len),
+        Some(0),
+        "it left"
+    );
+    server.stop().await;
+}

@@ -518,6 +518,18 @@ impl Client {
         Ok((headers, body))
     }
 
+    pub(crate) async fn put<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R> {
+        reply(
+            self.send(reqwest::Method::PUT, path, Some(body), None)
+                .await?,
+        )
+        .await
+    }
+
     /// A POST whose success has no body (204).
     pub(crate) async fn post_no_content<B: Serialize>(&self, path: &str, body: &B) -> Result<()> {
         no_content(

@@ -63,6 +63,23 @@ impl<T> StreamRecord<T> {
     }
 }
 
+impl Client {
+    /// Creates stream `name` with `partitions` partitions and no retention unless it
+    /// exists (an existing stream is left as it is); returns its partition count.
+    pub async fn ensure_stream(&self, name: &str, partitions: u32) -> Result<u32> {
+        let path = format!("/v1/streams/{name}");
+        let info: StreamPartitions = match self.get(&path).await {
+            Ok(info) => info,
+            Err(error) if error.code() == Some("not_found") => {
+                self.put(&path, &json!({ "partitions": partitions }))
+                    .await?
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(info.partitions.len() as u32)
+    }
+}
+
 /// Appends records to one stream.
 pub struct StreamProducer {
     client: Client,
@@ -583,6 +600,7 @@ impl GroupConsumer {
     /// Commits the last poll's records, takes a new assignment the heartbeats brought
     /// (or heartbeats itself when the last one failed, to report why), then reads each
     /// assigned partition (waiting up to `wait` in all when there is nothing).
+    /// Cancel-safe: a poll dropped before it returns hands out nothing and moves nothing.
     pub async fn poll<T: DeserializeOwned>(&mut self, wait: Duration) -> Result<Vec<Consumed<T>>> {
         self.commit().await?;
         let (news, failed) = {
@@ -597,6 +615,7 @@ impl GroupConsumer {
             self.heartbeat().await?;
         }
         let mut out = Vec::new();
+        let mut advanced = Vec::new();
         let partitions: Vec<(u32, Option<u64>)> =
             self.positions.iter().map(|(p, o)| (*p, *o)).collect();
         let each_wait = wait.as_millis() as u64 / partitions.len().max(1) as u64;
@@ -656,6 +675,11 @@ impl GroupConsumer {
                     next_offset
                 }
             };
+            advanced.push((p, next_offset));
+        }
+        // Only now, with no await left: a poll dropped before it returns (in a `select!`)
+        // has moved no position, so its records are read again.
+        for (p, next_offset) in advanced {
             self.positions.insert(p, Some(next_offset));
             self.uncommitted.insert(p, next_offset);
         }
