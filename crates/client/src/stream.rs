@@ -65,7 +65,9 @@ impl<T> StreamRecord<T> {
 
 impl Client {
     /// Creates stream `name` with `partitions` partitions and no retention unless it
-    /// exists (an existing stream is left as it is); returns its partition count.
+    /// exists (an existing stream is left as it is); returns its partition count. Not
+    /// atomic: a stream someone else creates between the check and the create gets this
+    /// one's settings (the PUT replaces them), or an error if they made it larger.
     pub async fn ensure_stream(&self, name: &str, partitions: u32) -> Result<u32> {
         let path = format!("/v1/streams/{name}");
         let info: StreamPartitions = match self.get(&path).await {
@@ -155,7 +157,10 @@ impl StreamProducer {
             attempts: 5,
             encoding: Encoding::Json,
             partitions: None,
-            sticky: 0,
+            // Not 0 for every producer: short-lived ones would all start on partition 0.
+            sticky: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_micros()),
         }
     }
 
@@ -284,10 +289,12 @@ impl StreamProducer {
             };
             let batch = batches.entry(partition).or_default();
             placed.push((partition, batch.len() as u64));
+            // JSON null is a tombstone, as in a JSON produce.
+            let value = serde_json::to_vec(&r.value)?;
             batch.push(sluice_stream::Record {
                 timestamp_ms: now,
                 key: r.key.as_ref().map(|k| k.as_bytes().to_vec()),
-                value: Some(serde_json::to_vec(&r.value)?),
+                value: (value != b"null").then_some(value),
                 headers: r
                     .headers
                     .iter()
@@ -390,36 +397,70 @@ struct Beat {
     news: Option<Assignment>,
     /// A heartbeat failed: the next poll heartbeats itself, to report why.
     failed: bool,
+    /// The group no longer knows this member (its session ran out, the server
+    /// restarted): the next poll joins again.
+    unknown: bool,
     last_poll: Instant,
 }
 
+type SharedBeat = std::sync::Arc<std::sync::Mutex<Beat>>;
+
+fn new_beat(generation: u64) -> SharedBeat {
+    std::sync::Arc::new(std::sync::Mutex::new(Beat {
+        generation,
+        news: None,
+        failed: false,
+        unknown: false,
+        last_poll: Instant::now(),
+    }))
+}
+
+fn lock(beat: &SharedBeat) -> std::sync::MutexGuard<'_, Beat> {
+    beat.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Heartbeats every third of `session` while the consumer lives and polls at least
-/// every `MAX_POLL_INTERVAL`.
+/// every `MAX_POLL_INTERVAL`, and until the group no longer knows the member.
 async fn heartbeats(
     client: Client,
     path: String,
     member_id: String,
     session: Duration,
-    beat: std::sync::Arc<std::sync::Mutex<Beat>>,
+    beat: SharedBeat,
 ) {
+    let every = (session / 3).max(Duration::from_millis(10));
     loop {
-        tokio::time::sleep(session / 3).await;
+        tokio::time::sleep(every).await;
         let generation = {
-            let beat = beat.lock().unwrap_or_else(|e| e.into_inner());
+            let beat = lock(&beat);
             if beat.last_poll.elapsed() > MAX_POLL_INTERVAL {
                 return;
             }
             beat.generation
         };
         let body = json!({ "member_id": member_id, "generation": generation });
-        let answer = client.post::<_, Assignment>(&path, &body, None).await;
-        let mut beat = beat.lock().unwrap_or_else(|e| e.into_inner());
+        // A heartbeat slower than the session is as good as none.
+        let answer =
+            tokio::time::timeout(session, client.post::<_, Assignment>(&path, &body, None)).await;
+        let mut beat = lock(&beat);
         match answer {
-            Ok(assignment) if assignment.generation != beat.generation => {
+            // Generations only grow: an answer older than what the consumer holds, or
+            // than news not yet taken, is left alone.
+            Ok(Ok(assignment))
+                if assignment.generation > beat.generation
+                    && beat
+                        .news
+                        .as_ref()
+                        .is_none_or(|n| assignment.generation > n.generation) =>
+            {
                 beat.news = Some(assignment);
             }
-            Ok(_) => {}
-            Err(_) => beat.failed = true,
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) if error.code() == Some("unknown_member") => {
+                beat.unknown = true;
+                return;
+            }
+            Ok(Err(_)) | Err(_) => beat.failed = true,
         }
     }
 }
@@ -433,17 +474,19 @@ impl Drop for GroupConsumer {
 
 /// A member of a consumer group. A task of its own heartbeats every third of the
 /// session, so that handling a poll's records may take longer than the session (up to
-/// `MAX_POLL_INTERVAL`); `poll`
-/// takes on the partitions a rebalance gives it (from their committed offsets), and
-/// commits what earlier polls handed out; `close` commits and leaves. At least once: a
-/// crash, or a rebalance before a commit, hands records out again.
+/// `MAX_POLL_INTERVAL`); `poll` takes on the partitions a rebalance gives it (from their
+/// committed offsets), commits what earlier polls handed out, and joins the group again
+/// when the group no longer knows it (its session ran out, or the server restarted);
+/// `close` commits and leaves. At least once: a crash, or a rebalance before a commit,
+/// hands records out again.
 pub struct GroupConsumer {
     client: Client,
     stream: String,
     group: String,
     member_id: String,
+    session: Duration,
     generation: u64,
-    beat: std::sync::Arc<std::sync::Mutex<Beat>>,
+    beat: SharedBeat,
     heartbeat_task: tokio::task::JoinHandle<()>,
     /// Next offset to read per assigned partition (`None`: from the earliest kept).
     positions: BTreeMap<u32, Option<u64>>,
@@ -466,44 +509,67 @@ impl GroupConsumer {
         group: &str,
         session: Duration,
     ) -> Result<GroupConsumer> {
-        let assignment: Assignment = client
-            .post(
-                &format!("/v1/streams/{stream}/groups/{group}/join"),
-                &json!({ "session_timeout_ms": session.as_millis() as u64 }),
-                None,
-            )
-            .await?;
-        let beat = std::sync::Arc::new(std::sync::Mutex::new(Beat {
-            generation: assignment.generation,
-            news: None,
-            failed: false,
-            last_poll: Instant::now(),
-        }));
-        let heartbeat_task = tokio::spawn(heartbeats(
-            client.clone(),
-            format!("/v1/streams/{stream}/groups/{group}/heartbeat"),
-            assignment.member_id.clone(),
-            session,
-            beat.clone(),
-        ));
         let mut consumer = GroupConsumer {
             client,
             stream: stream.to_owned(),
             group: group.to_owned(),
-            member_id: assignment.member_id.clone(),
+            member_id: String::new(),
+            session,
             generation: 0,
-            beat,
-            heartbeat_task,
+            beat: new_beat(0),
+            heartbeat_task: tokio::spawn(async {}),
             positions: BTreeMap::new(),
             uncommitted: BTreeMap::new(),
             encoding: Encoding::Json,
         };
-        consumer.take(assignment);
+        consumer.rejoin().await?;
         Ok(consumer)
     }
 
+    /// Joins the group (again, as the same member when it has an id), starts from the
+    /// assignment's committed offsets, and starts heartbeating.
+    async fn rejoin(&mut self) -> Result<()> {
+        let mut body = json!({ "session_timeout_ms": self.session.as_millis() as u64 });
+        if !self.member_id.is_empty() {
+            body["member_id"] = json!(self.member_id);
+        }
+        let assignment: Assignment = self
+            .client
+            .post(
+                &format!("/v1/streams/{}/groups/{}/join", self.stream, self.group),
+                &body,
+                None,
+            )
+            .await?;
+        self.member_id = assignment.member_id.clone();
+        // What this member read before is someone else's now, or will be read again
+        // from the commits.
+        self.positions.clear();
+        self.uncommitted.clear();
+        self.generation = 0;
+        self.start_heartbeats(assignment.generation);
+        self.take(assignment);
+        Ok(())
+    }
+
+    /// (Re)starts the heartbeat task, with fresh shared state.
+    fn start_heartbeats(&mut self, generation: u64) {
+        self.heartbeat_task.abort();
+        self.beat = new_beat(generation);
+        self.heartbeat_task = tokio::spawn(heartbeats(
+            self.client.clone(),
+            format!(
+                "/v1/streams/{}/groups/{}/heartbeat",
+                self.stream, self.group
+            ),
+            self.member_id.clone(),
+            self.session,
+            self.beat.clone(),
+        ));
+    }
+
     fn beat(&self) -> std::sync::MutexGuard<'_, Beat> {
-        self.beat.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.beat)
     }
 
     /// Fetches record batches (`application/vnd.sluice.batch`) instead of JSON; the
@@ -513,25 +579,38 @@ impl GroupConsumer {
         self
     }
 
+    /// Takes `assignment` if it is newer than the one held (generations only grow).
     fn take(&mut self, assignment: Assignment) {
-        if assignment.generation == self.generation {
+        if assignment.generation <= self.generation {
             return;
         }
         self.generation = assignment.generation;
-        self.beat().generation = assignment.generation;
+        {
+            let mut beat = self.beat();
+            beat.generation = assignment.generation;
+            if beat
+                .news
+                .as_ref()
+                .is_some_and(|n| n.generation <= assignment.generation)
+            {
+                beat.news = None;
+            }
+        }
         let committed: BTreeMap<u32, u64> = assignment
             .offsets
             .iter()
             .map(|o| (o.partition, o.offset))
             .collect();
-        // Partitions kept go on from where this member was; new ones from their commit.
+        // Partitions kept go on from where this member was, or from their commit if that
+        // is further on (another member may have had them in between); new ones from
+        // their commit.
         let old = std::mem::take(&mut self.positions);
         for p in assignment.partitions {
-            let position = old
-                .get(&p)
-                .copied()
-                .flatten()
-                .or_else(|| committed.get(&p).copied());
+            let own = old.get(&p).copied().flatten();
+            let position = match (own, committed.get(&p).copied()) {
+                (Some(own), Some(committed)) => Some(own.max(committed)),
+                (own, committed) => own.or(committed),
+            };
             self.positions.insert(p, position);
         }
         self.uncommitted
@@ -547,9 +626,23 @@ impl GroupConsumer {
         self.generation
     }
 
+    /// Reads `partition` from `offset` on at the next poll, and commits that at the next
+    /// commit: to skip a record that cannot be read (its partition and offset are in
+    /// `poll`'s error), or to read again. False when this member does not hold
+    /// `partition`.
+    pub fn seek(&mut self, partition: u32, offset: u64) -> bool {
+        let Some(position) = self.positions.get_mut(&partition) else {
+            return false;
+        };
+        *position = Some(offset);
+        self.uncommitted.insert(partition, offset);
+        true
+    }
+
     /// Commits what was handed out so far. A commit the group refuses because it moved
     /// on (a rebalance) is dropped — those records will be handed out again — and the
-    /// new assignment is taken at once.
+    /// new assignment is taken at once; one refused because the group no longer knows
+    /// this member joins it again.
     pub async fn commit(&mut self) -> Result<()> {
         if self.uncommitted.is_empty() {
             return Ok(());
@@ -577,14 +670,17 @@ impl GroupConsumer {
                 self.uncommitted.clear();
                 self.heartbeat().await
             }
+            Err(error) if error.code() == Some("unknown_member") => self.rejoin().await,
             Err(error) => Err(error),
         }
     }
 
+    /// Heartbeats now and takes the answer; joins again if the group no longer knows
+    /// this member.
     async fn heartbeat(&mut self) -> Result<()> {
-        let assignment: Assignment = self
+        let answer = self
             .client
-            .post(
+            .post::<_, Assignment>(
                 &format!(
                     "/v1/streams/{}/groups/{}/heartbeat",
                     self.stream, self.group
@@ -592,16 +688,31 @@ impl GroupConsumer {
                 &json!({ "member_id": self.member_id, "generation": self.generation }),
                 None,
             )
-            .await?;
-        self.take(assignment);
-        Ok(())
+            .await;
+        match answer {
+            Ok(assignment) => {
+                self.take(assignment);
+                Ok(())
+            }
+            Err(error) if error.code() == Some("unknown_member") => self.rejoin().await,
+            Err(error) => Err(error),
+        }
     }
 
     /// Commits the last poll's records, takes a new assignment the heartbeats brought
-    /// (or heartbeats itself when the last one failed, to report why), then reads each
-    /// assigned partition (waiting up to `wait` in all when there is nothing).
+    /// (or heartbeats itself when the last one failed, to report why; or joins again when
+    /// the group no longer knows this member), then reads each assigned partition
+    /// (waiting up to `wait` in all when there is nothing). A record whose value does not
+    /// read as `T` is an error naming its partition and offset (see `seek`).
     /// Cancel-safe: a poll dropped before it returns hands out nothing and moves nothing.
     pub async fn poll<T: DeserializeOwned>(&mut self, wait: Duration) -> Result<Vec<Consumed<T>>> {
+        let (unknown, stopped) = {
+            let beat = self.beat();
+            (beat.unknown, self.heartbeat_task.is_finished())
+        };
+        if unknown {
+            self.rejoin().await?;
+        }
         self.commit().await?;
         let (news, failed) = {
             let mut beat = self.beat();
@@ -611,8 +722,20 @@ impl GroupConsumer {
         if let Some(assignment) = news {
             self.take(assignment);
         }
-        if failed {
+        if stopped && !unknown {
+            // Not heard from for `MAX_POLL_INTERVAL`: the group has most likely moved
+            // on without this member; heartbeat (joining again if so) and start again.
             self.heartbeat().await?;
+            if self.heartbeat_task.is_finished() {
+                self.start_heartbeats(self.generation);
+            }
+        } else if failed {
+            self.heartbeat().await?;
+        }
+        if self.positions.is_empty() {
+            // More members than partitions: nothing to read until a rebalance.
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
         }
         let mut out = Vec::new();
         let mut advanced = Vec::new();
@@ -626,15 +749,21 @@ impl GroupConsumer {
                 "/v1/streams/{}/partitions/{p}/records?{from}&wait_ms={wait_ms}",
                 self.stream
             );
+            let unreadable = |offset: u64, error: serde_json::Error| {
+                Error::Decode(format!(
+                    "the record at partition {p} offset {offset} does not read as the type asked for: {error}"
+                ))
+            };
             let next_offset = match self.encoding {
                 Encoding::Json => {
                     let fetched: Fetched = self.client.get(&path).await?;
                     let _ = fetched.earliest_offset;
                     for r in fetched.records {
                         let value = match r.value {
-                            Some(raw) => serde_json::from_str(raw.get())?,
-                            None => serde_json::from_value(Value::Null)?,
-                        };
+                            Some(raw) => serde_json::from_str(raw.get()),
+                            None => serde_json::from_value(Value::Null),
+                        }
+                        .map_err(|e| unreadable(r.offset, e))?;
                         out.push(Consumed {
                             partition: p,
                             offset: r.offset,
@@ -661,9 +790,10 @@ impl GroupConsumer {
                             continue;
                         }
                         let value = match record.value {
-                            Some(bytes) => serde_json::from_slice(&bytes)?,
-                            None => serde_json::from_value(Value::Null)?,
-                        };
+                            Some(bytes) => serde_json::from_slice(&bytes),
+                            None => serde_json::from_value(Value::Null),
+                        }
+                        .map_err(|e| unreadable(offset, e))?;
                         out.push(Consumed {
                             partition: p,
                             offset,

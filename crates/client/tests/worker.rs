@@ -1124,6 +1124,142 @@ async fn a_consumer_busy_for_longer_than_its_session_keeps_its_partitions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_joins_again_when_the_restarted_server_no_longer_knows_it() {
+    use sluice_client::{GroupConsumer, StreamProducer, StreamRecord};
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let address = server.address;
+    let client = server.client();
+    create_stream(&server, "again", 1).await;
+    let send = |from: u32| {
+        let client = client.clone();
+        async move {
+            let records: Vec<StreamRecord<u32>> = (from..from + 5)
+                .map(|n| StreamRecord::to_partition(0, n))
+                .collect();
+            StreamProducer::new(client, "again")
+                .binary()
+                .send(&records)
+                .await
+                .expect("send");
+        }
+    };
+    send(0).await;
+    let mut consumer = GroupConsumer::join(client.clone(), "again", "g")
+        .await
+        .expect("join")
+        .binary();
+    let first = consumer
+        .poll::<u32>(Duration::from_millis(500))
+        .await
+        .expect("poll");
+    assert_eq!(first.len(), 5);
+    consumer.commit().await.expect("commit");
+    // Members live in the server's memory: after a restart the group does not know this
+    // one. Its commit of 0..5 is durable.
+    server.stop().await;
+    let server = Server::restart(address, dir.path()).await;
+    send(5).await;
+    // Fetching needs no membership, so the first polls may read on before the consumer
+    // learns it is unknown; its commit is refused, it joins again and reads from the
+    // commit. At least once: 5..10 may come twice, nothing before 5 comes again.
+    let group_url = format!("http://{address}/v1/streams/again/groups/g");
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < DEADLINE, "after the restart: {seen:?}");
+        match consumer.poll::<u32>(Duration::from_millis(100)).await {
+            Ok(records) => seen.extend(records.into_iter().map(|r| r.value)),
+            // The heartbeat task may have failed while the server was down: that poll
+            // reports it, the next goes on.
+            Err(error) => eprintln!("poll: {error}"),
+        }
+        let group: serde_json::Value = reqwest::get(&group_url)
+            .await
+            .expect("group")
+            .json()
+            .await
+            .expect("group json");
+        let members = group["members"].as_array().map_or(0, Vec::len);
+        if members == 1 && group["partitions"][0]["committed"] == 10 {
+            break;
+        }
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, vec![5, 6, 7, 8, 9], "from the commit on");
+    consumer.close().await.expect("close");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_read_is_named_and_can_be_skipped() {
+    use sluice_client::{GroupConsumer, StreamProducer, StreamRecord};
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path()).await;
+    let client = server.client();
+    create_stream(&server, "mixed", 1).await;
+    let values = [
+        serde_json::json!(1),
+        serde_json::json!(2),
+        serde_json::json!("not a number"),
+        serde_json::json!(4),
+        serde_json::Value::Null,
+    ];
+    let records: Vec<StreamRecord<serde_json::Value>> = values
+        .iter()
+        .map(|v| StreamRecord::to_partition(0, v.clone()))
+        .collect();
+    StreamProducer::new(client.clone(), "mixed")
+        .binary()
+        .send(&records)
+        .await
+        .expect("send");
+    // A binary producer's null is a tombstone, as a JSON producer's is: no value.
+    let fetched: serde_json::Value = reqwest::get(format!(
+        "http://{}/v1/streams/mixed/partitions/0/records?offset=4",
+        server.address
+    ))
+    .await
+    .expect("fetch")
+    .json()
+    .await
+    .expect("fetch json");
+    assert_eq!(fetched["records"][0]["offset"], 4);
+    assert!(fetched["records"][0].get("value").is_none(), "{fetched}");
+
+    let mut consumer = GroupConsumer::join(client.clone(), "mixed", "g")
+        .await
+        .expect("join")
+        .binary();
+    let error = consumer
+        .poll::<Option<u32>>(Duration::from_millis(500))
+        .await
+        .expect_err("offset 2 is not a number");
+    assert!(
+        error.to_string().contains("partition 0 offset 2"),
+        "{error}"
+    );
+    // Nothing moved: the same error again, until the record is skipped.
+    assert!(consumer
+        .poll::<Option<u32>>(Duration::from_millis(10))
+        .await
+        .is_err());
+    assert!(consumer.seek(0, 3));
+    assert!(!consumer.seek(7, 0), "not a partition of this member");
+    let rest: Vec<(u64, Option<u32>)> = consumer
+        .poll::<Option<u32>>(Duration::from_millis(500))
+        .await
+        .expect("poll")
+        .into_iter()
+        .map(|r| (r.offset, r.value))
+        .collect();
+    assert_eq!(rest, vec![(3, Some(4)), (4, None)]);
+    consumer.close().await.expect("close");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_sdk_consumers_shares_a_stream_and_resumes_from_commits() {
     use sluice_client::{GroupConsumer, StreamProducer, StreamRecord};
     let dir = tempfile::tempdir().expect("dir");
