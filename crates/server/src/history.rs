@@ -127,6 +127,8 @@ struct Open {
     chunk_start_ms: Millis,
     path: PathBuf,
     file: File,
+    /// Bytes written: a failed write is cut back to this.
+    len: u64,
     names: FxHashMap<String, u32>,
     /// Each queue's gauges as last written in this file, where not all zero: what a
     /// reader carries forward.
@@ -143,6 +145,9 @@ pub struct Store {
     /// Distinguishes this process's files from earlier ones of the same chunk.
     started_ms: Millis,
     open: Option<Open>,
+    /// Files given up after a write that failed and could not be cut back: the next file
+    /// of the same chunk gets a name of its own.
+    abandoned: u32,
 }
 
 impl Store {
@@ -160,6 +165,7 @@ impl Store {
             keep_ms,
             started_ms: now,
             open: None,
+            abandoned: 0,
         }
     }
 
@@ -177,7 +183,10 @@ impl Store {
             fs::create_dir_all(&self.dir)?;
             let path = self
                 .dir
-                .join(format!("{chunk_start_ms}-{}.hist", self.started_ms));
+                .join(match self.abandoned {
+                    0 => format!("{chunk_start_ms}-{}.hist", self.started_ms),
+                    n => format!("{chunk_start_ms}-{}-{n}.hist", self.started_ms),
+                });
             let mut file = fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -192,6 +201,7 @@ impl Store {
                 names: FxHashMap::default(),
                 gauges: FxHashMap::default(),
                 synced_at_ms: at_ms,
+                len: HEADER_BYTES as u64,
             });
         }
         let Some(open) = self.open.as_mut() else {
@@ -202,13 +212,18 @@ impl Store {
             new_names: Vec::new(),
             samples: Vec::with_capacity(samples.len()),
         };
-        let mut carried = std::mem::take(&mut open.gauges);
+        // What readers will carry after this row; the file's state moves only once the
+        // row is written (a failed write changes nothing a reader sees).
+        let names_before = open.names.len();
+        let mut new_names = FxHashMap::default();
+        let mut carried = open.gauges.clone();
+        let mut next = FxHashMap::default();
         for (name, sample) in samples {
-            let id = match open.names.get(&name) {
+            let id = match open.names.get(&name).or_else(|| new_names.get(&name)) {
                 Some(&id) => id,
                 None => {
-                    let id = open.names.len() as u32;
-                    open.names.insert(name.clone(), id);
+                    let id = (names_before + new_names.len()) as u32;
+                    new_names.insert(name.clone(), id);
                     row.new_names.push(name);
                     id
                 }
@@ -219,7 +234,7 @@ impl Store {
                 row.samples.push((id, sample));
             }
             if gauges != Sample::default() {
-                open.gauges.insert(id, gauges);
+                next.insert(id, gauges);
             }
         }
         // Queues with gauges that were not sampled this time (deleted): zeros from now.
@@ -231,7 +246,18 @@ impl Store {
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
         frame.extend_from_slice(&payload);
-        open.file.write_all(&frame)?;
+        if let Err(error) = open.file.write_all(&frame) {
+            // Cut a partial frame off, so that later rows stay readable; if that fails
+            // too, the rest of the chunk goes to a new file.
+            if open.file.set_len(open.len).is_err() {
+                self.open = None;
+                self.abandoned += 1;
+            }
+            return Err(error);
+        }
+        open.len += frame.len() as u64;
+        open.names.extend(new_names);
+        open.gauges = next;
         if at_ms.saturating_sub(open.synced_at_ms) >= SYNC_EVERY_MS {
             open.file.sync_data()?;
             open.synced_at_ms = at_ms;
