@@ -435,14 +435,58 @@ type HistoryHealth = rustc_hash::FxHashMap<String, FromHistory>;
 type HealthKey = (Millis, Millis, Option<Millis>);
 
 /// What `GET /v1/health` read from every queue's history, and for which window (aligned
-/// to the 10 s step) and last sample written. When either moves on, requests are
-/// answered from it while one task reads the history again: the history part of the
-/// health is then at most one sample behind, and no request waits for the read but the
-/// first.
+/// to the 10 s step) and last sample written. When either moves on by one step at most,
+/// requests are answered from it while one task reads the history again: the history
+/// part of the health is then at most one sample behind. An older read is not used: the
+/// request waits for a new one. One read at a time (`HealthCache::reading`), so that
+/// requests arriving together wait for one read rather than each making one.
 #[derive(Default)]
 pub struct HealthCache {
-    read: Option<(HealthKey, Arc<HistoryHealth>)>,
-    refreshing: bool,
+    read: parking_lot::Mutex<Option<(HealthKey, Arc<HistoryHealth>)>>,
+    refreshing: std::sync::atomic::AtomicBool,
+    reading: tokio::sync::Mutex<()>,
+}
+
+impl HealthCache {
+    /// The last read if it is for `key`, or for the window one step before.
+    fn usable(&self, key: HealthKey, step_ms: Millis) -> Option<(bool, Arc<HistoryHealth>)> {
+        let read = self.read.lock();
+        let (at, read) = read.as_ref()?;
+        if *at == key {
+            Some((true, read.clone()))
+        } else if at.1 + step_ms >= key.1 {
+            Some((false, read.clone()))
+        } else {
+            None
+        }
+    }
+
+    /// Reads the history for `key` unless a read for it is there once this request's
+    /// turn comes.
+    async fn read_now(
+        &self,
+        reader: Reader,
+        key: HealthKey,
+    ) -> Result<Arc<HistoryHealth>, ApiError> {
+        let _turn = self.reading.lock().await;
+        if let Some((at, read)) = self.read.lock().as_ref() {
+            if *at == key {
+                return Ok(read.clone());
+            }
+        }
+        match history_health(reader, key.0, key.1).await {
+            Ok(read) => {
+                let read = Arc::new(read);
+                *self.read.lock() = Some((key, read.clone()));
+                Ok(read)
+            }
+            Err(error) => {
+                // Not answered from an ever older read: the next request tries again.
+                *self.read.lock() = None;
+                Err(error)
+            }
+        }
+    }
 }
 
 /// Reads every queue's history over `[from_ms, to_ms)` and sums up what health takes.
@@ -666,35 +710,28 @@ pub async fn server_health(
     // 10 s), not per request, and off the request's path but the first (`HealthCache`):
     // on a server of 10,000 queues that read is most of the work.
     let key = (from_ms, to_ms, broker.history.lock().last_slot_ms());
-    let (cached, refresh) = {
-        let mut cache = broker.health_cache.lock();
-        let cached = cache
-            .read
-            .as_ref()
-            .map(|(at, read)| (*at == key, read.clone()));
-        let refresh = matches!(cached, Some((false, _))) && !cache.refreshing;
-        cache.refreshing |= refresh;
-        (cached.map(|(_, read)| read), refresh)
-    };
-    if refresh {
-        let (broker, reader) = (broker.clone(), reader.clone());
-        tokio::spawn(async move {
-            let read = history_health(reader, from_ms, to_ms).await;
-            let mut cache = broker.health_cache.lock();
-            cache.refreshing = false;
-            match read {
-                Ok(read) => cache.read = Some((key, Arc::new(read))),
-                Err(error) => tracing::warn!(?error, "cannot read the metric history for health"),
+    let cache = &broker.health_cache;
+    let cached = match cache.usable(key, step_ms) {
+        Some((current, read)) => {
+            let refresh = !current
+                && !cache
+                    .refreshing
+                    .swap(true, std::sync::atomic::Ordering::AcqRel);
+            if refresh {
+                let (broker, reader) = (broker.clone(), reader.clone());
+                tokio::spawn(async move {
+                    let cache = &broker.health_cache;
+                    if let Err(error) = cache.read_now(reader, key).await {
+                        tracing::warn!(?error, "cannot read the metric history for health");
+                    }
+                    cache
+                        .refreshing
+                        .store(false, std::sync::atomic::Ordering::Release);
+                });
             }
-        });
-    }
-    let cached = match cached {
-        Some(cached) => cached,
-        None => {
-            let read = Arc::new(history_health(reader, from_ms, to_ms).await?);
-            broker.health_cache.lock().read = Some((key, read.clone()));
             read
         }
+        None => cache.read_now(reader, key).await?,
     };
     // A queue without samples in the window, as its history reads then.
     let none = {

@@ -43,8 +43,8 @@ pub struct Broker {
     pub workers: Mutex<Registry>,
     /// Metric history on disk (locked alone).
     pub history: Mutex<Recorder>,
-    /// What `GET /v1/health` last read from the history (locked alone, briefly).
-    pub health_cache: Mutex<crate::analytics::HealthCache>,
+    /// What `GET /v1/health` last read from the history.
+    pub health_cache: crate::analytics::HealthCache,
     /// Stream partitions, opened on first use.
     pub streams: crate::streams::StreamStore,
     /// Consumer group members and assignments (not logged).
@@ -99,7 +99,7 @@ impl Broker {
             live: crate::live::Live::default(),
             workers: Mutex::new(Registry::default()),
             history: Mutex::new(Recorder::new(&options_dir.join("metrics"), system_now_ms())),
-            health_cache: Mutex::new(crate::analytics::HealthCache::default()),
+            health_cache: crate::analytics::HealthCache::default(),
             streams: crate::streams::StreamStore::new(
                 options_dir.join("streams"),
                 sync_each_write,
