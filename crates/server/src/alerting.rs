@@ -84,8 +84,10 @@ fn silence_view(silence: &Silence, now: Millis) -> proto::SilenceInfo {
     }
 }
 
-/// A webhook that keeps its secret, by index, and its URL (`keep_secret`).
-type KeptSecrets = Vec<(usize, String)>;
+/// A webhook that keeps its secret: its index, its URL, which webhook to that URL it is
+/// (the first, second...), and the field that asked (`keep_secret`, or `signed` sent
+/// back as read).
+type KeptSecrets = Vec<(usize, String, usize, &'static str)>;
 
 fn rule_from_spec(
     name: String,
@@ -93,21 +95,33 @@ fn rule_from_spec(
 ) -> Result<(AlertRule, KeptSecrets), ApiError> {
     let mut kept = Vec::new();
     for (i, notifier) in spec.notifiers.iter().enumerate() {
-        if let proto::NotifierSpec::Webhook {
+        let proto::NotifierSpec::Webhook {
             url,
             secret,
-            keep_secret: true,
-            ..
+            keep_secret,
+            signed,
         } = notifier
-        {
-            if secret.is_some() {
-                return Err(ApiError::bad_input(
-                    format!("notifiers[{i}].keep_secret"),
-                    "not together with secret",
-                ));
-            }
-            kept.push((i, url.clone()));
+        else {
+            continue;
+        };
+        if *keep_secret && secret.is_some() {
+            return Err(ApiError::bad_input(
+                format!("notifiers[{i}].keep_secret"),
+                "not together with secret",
+            ));
         }
+        // A webhook read back as signed and sent without a secret keeps it: a rule read
+        // and sent back as it is stays as it was.
+        let field = match (keep_secret, signed, secret) {
+            (true, _, _) => "keep_secret",
+            (false, Some(true), None) => "signed",
+            _ => continue,
+        };
+        let occurrence = spec.notifiers[..i]
+            .iter()
+            .filter(|n| matches!(n, proto::NotifierSpec::Webhook { url: u, .. } if u == url))
+            .count();
+        kept.push((i, url.clone(), occurrence, field));
     }
     let metric = AlertMetric::parse(&spec.metric).ok_or_else(|| {
         let names: Vec<&str> = AlertMetric::ALL.iter().map(|m| m.as_str()).collect();
@@ -148,16 +162,20 @@ fn rule_from_spec(
 /// Gives the webhooks of `rule` that keep their secret the one the rule in `state`
 /// has now for the same URL.
 fn keep_secrets(state: &State, rule: &mut AlertRule, kept: &KeptSecrets) -> Result<(), CoreError> {
-    for (i, url) in kept {
+    for (i, url, occurrence, field) in kept {
         let now = state.alerts().rules.get(&rule.name).and_then(|r| {
-            r.rule.notifiers.iter().find_map(|n| match n {
-                Notifier::Webhook { url: u, secret } if u == url => Some(secret.clone()),
-                _ => None,
-            })
+            r.rule
+                .notifiers
+                .iter()
+                .filter_map(|n| match n {
+                    Notifier::Webhook { url: u, secret } if u == url => Some(secret.clone()),
+                    _ => None,
+                })
+                .nth(*occurrence)
         });
         let Some(secret) = now else {
             return Err(CoreError::bad_input(
-                format!("notifiers[{i}].keep_secret"),
+                format!("notifiers[{i}].{field}"),
                 format!(
                     "rule {} has no webhook to this url to keep a secret from",
                     rule.name

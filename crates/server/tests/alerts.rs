@@ -104,6 +104,15 @@ async fn a_rule_read_back_and_edited_keeps_its_webhook_secret() {
     assert_eq!(info["threshold"], 0.0);
     assert_eq!(info["notifiers"][0]["signed"], true, "{info}");
     assert_eq!(info["notifiers"][1]["signed"], false, "{info}");
+    // And one that sends a rule back exactly as read (`signed: true`, no secret): the
+    // secret stays too.
+    let as_read = json!({
+        "queue": "ks", "metric": "depth", "op": ">", "threshold": 0,
+        "notifiers": info["notifiers"].clone(),
+    });
+    let (status, info) = put(&server, "/v1/alerts/rules/kept", &as_read).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["notifiers"][0]["signed"], true, "{info}");
 
     // It fires (depth 1 > 0): the webhook is still signed with the first secret.
     server
@@ -149,6 +158,11 @@ async fn a_rule_read_back_and_edited_keeps_its_webhook_secret() {
             Some("notifiers[0].keep_secret"),
         );
     }
+    // A rule read elsewhere as signed cannot bring its secret along.
+    let copied = json!({ "queue": "ks", "metric": "depth", "op": ">", "threshold": 1,
+        "notifiers": [{ "kind": "webhook", "url": format!("{sink}/hook"), "signed": true }] });
+    let reply = put(&server, "/v1/alerts/rules/copy", &copied).await;
+    assert_error(&reply, 400, "invalid_request", Some("notifiers[0].signed"));
     let (_, after) = server.get("/v1/alerts/rules/kept").await;
     assert_eq!(after["threshold"], 0.0, "a refused PUT changed nothing");
     server.stop().await;

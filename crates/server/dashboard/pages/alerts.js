@@ -71,6 +71,7 @@ export function mount(root, _params, _ctx) {
       const n = notifiers[index];
       delete n.secret;
       delete n.keep_secret;
+      delete n.signed; // read back as signed and sent without a secret, it would be kept
       if (secret.value) n.secret = secret.value;
       else if (!remove.checked) n.keep_secret = true;
     }
