@@ -181,12 +181,10 @@ impl Store {
         {
             self.close()?;
             fs::create_dir_all(&self.dir)?;
-            let path = self
-                .dir
-                .join(match self.abandoned {
-                    0 => format!("{chunk_start_ms}-{}.hist", self.started_ms),
-                    n => format!("{chunk_start_ms}-{}-{n}.hist", self.started_ms),
-                });
+            let path = self.dir.join(match self.abandoned {
+                0 => format!("{chunk_start_ms}-{}.hist", self.started_ms),
+                n => format!("{chunk_start_ms}-{}-{n}.hist", self.started_ms),
+            });
             let mut file = fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -221,6 +219,8 @@ impl Store {
         for (name, sample) in samples {
             let id = match open.names.get(&name).or_else(|| new_names.get(&name)) {
                 Some(&id) => id,
+                // Idle and never written in this file: nothing to say, no name to give.
+                None if sample == Sample::default() => continue,
                 None => {
                     let id = (names_before + new_names.len()) as u32;
                     new_names.insert(name.clone(), id);

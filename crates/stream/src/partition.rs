@@ -927,7 +927,11 @@ impl Partition {
         max_bytes: usize,
         until: u64,
     ) -> Result<(Vec<u8>, u64), StreamError> {
-        let mut out = Vec::new();
+        // Sized up front: grown by doubling, a 16 MiB fetch is copied over and over by an
+        // allocator that cannot grow large blocks in place (jemalloc: half the consume
+        // rate measured).
+        let mut out =
+            Vec::with_capacity(max_bytes.min(usize::try_from(self.bytes()).unwrap_or(usize::MAX)));
         let mut next = offset;
         self.walk(offset, until, &mut out, |out, header, _, _| {
             let start = out.len() - header.bytes;
