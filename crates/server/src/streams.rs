@@ -503,7 +503,8 @@ pub struct FetchQuery {
 /// What a fetch read: records for JSON, or stored batches; and where the next read starts.
 enum Read {
     Records(Vec<(u64, Record)>, u64),
-    Encoded(Vec<u8>, u64),
+    /// Whole batches, in chunks (`sluice_stream::ENCODED_CHUNK_BYTES`) sent in order.
+    Encoded(Vec<Vec<u8>>, u64),
 }
 
 /// A record as JSON: a key that is not UTF-8 and a value that is not JSON go in base64.
@@ -1029,7 +1030,7 @@ pub async fn fetch(
         let (start, read, earliest_offset, latest_offset) = read;
         resolved = start;
         let empty = match &read {
-            Read::Encoded(bytes, _) => bytes.is_empty(),
+            Read::Encoded(chunks, _) => chunks.is_empty(),
             Read::Records(records, _) => records.is_empty(),
         };
         if !empty || tokio::time::Instant::now() >= deadline {
@@ -1048,7 +1049,19 @@ pub async fn fetch(
                     for (name, value) in offsets {
                         headers.insert(name, axum::http::HeaderValue::from(value));
                     }
-                    (headers, bytes).into_response()
+                    let length: usize = bytes.iter().map(Vec::len).sum();
+                    headers.insert(
+                        axum::http::header::CONTENT_LENGTH,
+                        axum::http::HeaderValue::from(length),
+                    );
+                    let chunks = bytes.into_iter().map(|chunk| {
+                        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk))
+                    });
+                    (
+                        headers,
+                        axum::body::Body::from_stream(futures_util::stream::iter(chunks)),
+                    )
+                        .into_response()
                 }
                 Read::Records(records, next) => {
                     // Past any gap compaction left, so a reader's lag can reach 0.

@@ -9,6 +9,7 @@ pub mod partitioner;
 
 pub use batch::{BatchHeader, Record};
 pub use partition::{
-    Appended, Compacted, CompactionPlan, Partition, PartitionConfig, Recovery, Rewrite, StreamError,
+    Appended, Compacted, CompactionPlan, Partition, PartitionConfig, Recovery, Rewrite,
+    StreamError, ENCODED_CHUNK_BYTES,
 };
 pub use partitioner::partition_for_key;

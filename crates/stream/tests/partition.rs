@@ -496,7 +496,8 @@ fn client_encoded_batches_are_checked_placed_and_read_back_as_stored() {
     }
     assert_eq!(offsets, (0..20).map(|b| b * 5).collect::<Vec<_>>());
     // Read from the middle of a batch: whole batches, the first holding earlier records.
-    let (bytes, next) = partition.read_encoded(42, 300, u64::MAX).expect("read");
+    let (chunks, next) = partition.read_encoded(42, 300, u64::MAX).expect("read");
+    let bytes = chunks.concat();
     let mut position = 0;
     let mut got = Vec::new();
     while position < bytes.len() {
@@ -627,7 +628,8 @@ fn reads_stop_at_the_end_they_are_given() {
         next <= 50 && next + 4 > 50,
         "whole batches up to 50: {next}"
     );
-    let (bytes, encoded_next) = partition.read_encoded(0, usize::MAX, 50).expect("read");
+    let (chunks, encoded_next) = partition.read_encoded(0, usize::MAX, 50).expect("read");
+    let bytes = chunks.concat();
     assert_eq!(encoded_next, next);
     assert!(!bytes.is_empty());
     assert_eq!(
@@ -667,4 +669,60 @@ fn a_poisoned_partition_refuses_writes_and_syncs_but_still_reads() {
             .base_offset,
         10
     );
+}
+
+#[test]
+fn a_large_encoded_read_comes_in_chunks_of_whole_batches() {
+    use sluice_stream::{batch, ENCODED_CHUNK_BYTES};
+    let dir = tempfile::tempdir().expect("dir");
+    let mut partition = Partition::open(
+        dir.path(),
+        PartitionConfig {
+            segment_bytes_max: 64 * 1024 * 1024,
+            index_interval_bytes: 4096,
+        },
+    )
+    .expect("open")
+    .0;
+    // 40 batches of 10 records of 10 KB: about 4 MB.
+    let value = vec![b'v'; 10_000];
+    for b in 0..40u64 {
+        let records: Vec<Record> = (0..10)
+            .map(|i| Record {
+                timestamp_ms: 1_000 + (b * 10 + i) as i64,
+                key: None,
+                value: Some(value.clone()),
+                headers: Vec::new(),
+            })
+            .collect();
+        partition.append(&records, 0, 0).expect("append");
+    }
+    let (chunks, next) = partition
+        .read_encoded(0, usize::MAX, u64::MAX)
+        .expect("read");
+    assert_eq!(next, 400);
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    let mut offsets = Vec::new();
+    for chunk in &chunks {
+        // Each chunk is whole batches, about ENCODED_CHUNK_BYTES (one batch over at most).
+        assert!(
+            chunk.len() < ENCODED_CHUNK_BYTES + 110_000,
+            "{}",
+            chunk.len()
+        );
+        let mut position = 0;
+        while position < chunk.len() {
+            let (header, records) = batch::decode(&chunk[position..]).expect("a whole batch");
+            position += header.bytes;
+            offsets.extend(records.into_iter().map(|(o, _)| o));
+        }
+    }
+    assert_eq!(offsets, (0..400).collect::<Vec<u64>>());
+    // `max_bytes` counts over the chunks: about 2.5 MB of batches, and no more.
+    let (chunks, next) = partition
+        .read_encoded(0, 2_500_000, u64::MAX)
+        .expect("read");
+    let total: usize = chunks.iter().map(Vec::len).sum();
+    assert!((2_500_000..2_500_000 + 110_000).contains(&total), "{total}");
+    assert_eq!(next, 250);
 }
