@@ -12,28 +12,37 @@ use support::TestServer;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Runs an example binary to its end (off the runtime's threads); panics unless it
+/// succeeded.
+async fn run_to_end(binary: &'static str, args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(binary)
+            .args(&args)
+            .output()
+            .expect("run the example")
+    })
+    .await
+    .expect("example task");
+    assert!(
+        output.status.success(),
+        "{binary} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_enqueues_and_worker_runs_every_job_then_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("dir");
     let server = TestServer::start(dir.path()).await;
     let url = server.url.clone();
 
-    let produced = tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_producer"))
-                .args(["--url", &url, "--count", "25"])
-                .output()
-                .expect("run the producer")
-        }
-    })
-    .await
-    .expect("producer task");
-    assert!(
-        produced.status.success(),
-        "producer failed: {}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
+    let produced = run_to_end(
+        env!("CARGO_BIN_EXE_producer"),
+        &["--url", &url, "--count", "25"],
+    )
+    .await;
     let ids: Vec<String> = String::from_utf8(produced.stdout)
         .expect("utf-8")
         .lines()
@@ -92,22 +101,11 @@ async fn orders_are_produced_to_a_stream_and_consumed_by_a_group_member() {
     let server = TestServer::start(dir.path()).await;
     let url = server.url.clone();
 
-    let produced = tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_orders"))
-                .args(["--url", &url, "--produce", "40"])
-                .output()
-                .expect("run the producer")
-        }
-    })
-    .await
-    .expect("producer task");
-    assert!(
-        produced.status.success(),
-        "producer failed: {}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
+    let produced = run_to_end(
+        env!("CARGO_BIN_EXE_orders"),
+        &["--url", &url, "--produce", "40"],
+    )
+    .await;
     assert_eq!(
         String::from_utf8_lossy(&produced.stdout).lines().count(),
         40

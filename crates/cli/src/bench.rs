@@ -412,7 +412,7 @@ async fn lifecycle_single(http: &Http, args: &BenchArgs, run_id: &str) -> Result
     let elapsed = started.elapsed();
     let rate = done as f64 / elapsed.as_secs_f64();
     let [mut enqueue, mut lease, mut ack] = tallies;
-    let mut line = format!(
+    let line = format!(
         "{done} jobs in {:.2} s = {} jobs/s | clients {} | enqueue {} | lease {} | ack {}",
         elapsed.as_secs_f64(),
         thousands(rate),
@@ -421,18 +421,7 @@ async fn lifecycle_single(http: &Http, args: &BenchArgs, run_id: &str) -> Result
         lease.summary(),
         ack.summary()
     );
-    finish(
-        &mut line,
-        &[&enqueue, &lease, &ack],
-        ">=",
-        rate,
-        20_000.0,
-        "jobs/s",
-    );
-    Ok(Report {
-        line,
-        errors: enqueue.errors + lease.errors + ack.errors,
-    })
+    Ok(single_report(line, [enqueue, lease, ack], rate))
 }
 
 /// The clients' tallies (enqueue, lease, ack) merged, and the jobs they finished.
@@ -449,6 +438,24 @@ async fn join_clients(
         done += n;
     }
     Ok((tallies, done))
+}
+
+/// A single-job lifecycle's report: `line` with the verdict against 20,000 jobs/s, and
+/// the errors of its three tallies.
+fn single_report(mut line: String, tallies: [Tally; 3], rate: f64) -> Report {
+    let [enqueue, lease, ack] = &tallies;
+    finish(
+        &mut line,
+        &[enqueue, lease, ack],
+        ">=",
+        rate,
+        20_000.0,
+        "jobs/s",
+    );
+    Report {
+        line,
+        errors: tallies.iter().map(|t| t.errors).sum(),
+    }
 }
 
 /// Acks job `id` under `lease_id` with `POST /v1/jobs/{id}/ack`.
@@ -530,7 +537,7 @@ async fn lifecycle_next(http: &Http, args: &BenchArgs, run_id: &str) -> Result<R
     let elapsed = started.elapsed();
     let rate = done as f64 / elapsed.as_secs_f64();
     let [mut enqueue, mut lease, ack] = tallies;
-    let mut line = format!(
+    let line = format!(
         "{done} jobs in {:.2} s = {} jobs/s | clients {} | enqueue {} | lease with the previous ack {} | ack errors {}",
         elapsed.as_secs_f64(),
         thousands(rate),
@@ -539,18 +546,7 @@ async fn lifecycle_next(http: &Http, args: &BenchArgs, run_id: &str) -> Result<R
         lease.summary(),
         ack.errors
     );
-    finish(
-        &mut line,
-        &[&enqueue, &lease, &ack],
-        ">=",
-        rate,
-        20_000.0,
-        "jobs/s",
-    );
-    Ok(Report {
-        line,
-        errors: enqueue.errors + lease.errors + ack.errors,
-    })
+    Ok(single_report(line, [enqueue, lease, ack], rate))
 }
 
 async fn latency(http: &Http, args: &BenchArgs, run_id: &str) -> Result<Report> {
