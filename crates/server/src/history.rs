@@ -785,6 +785,47 @@ mod tests {
     }
 
     #[test]
+    fn a_row_that_cannot_be_written_leaves_what_readers_see_whole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let hour = 3_600_000;
+        let mut store = Store::new(dir.path().to_owned(), 10_000, hour, hour, 0);
+        let holding = |dead: u32| Sample {
+            dead,
+            ..Sample::default()
+        };
+        store
+            .append(0, vec![("q".into(), holding(3))])
+            .expect("append");
+        // The file turns unwritable (as a disk gone bad would): the row fails, and so
+        // does cutting the file back, so the chunk goes on in a file of its own.
+        let open = store.open.as_mut().expect("an open chunk");
+        open.file = File::open(&open.path).expect("read-only handle");
+        assert!(store
+            .append(
+                10_000,
+                vec![("q".into(), holding(4)), ("new".into(), sample(1))]
+            )
+            .is_err());
+        for at in [20_000, 30_000] {
+            store
+                .append(
+                    at,
+                    vec![("q".into(), holding(4)), ("new".into(), sample(2))],
+                )
+                .expect("append");
+        }
+        store.close().expect("close");
+        assert_eq!(store.chunks().expect("chunks").len(), 2);
+        let all = store.reader().read_all(0, hour).expect("read");
+        // The failed row is missing; nothing else is, and nothing is carried wrongly.
+        assert_eq!(
+            all["q"],
+            vec![(0, holding(3)), (20_000, holding(4)), (30_000, holding(4))]
+        );
+        assert_eq!(all["new"], vec![(20_000, sample(2)), (30_000, sample(2))]);
+    }
+
+    #[test]
     fn chunks_of_the_second_version_carry_nothing_forward() {
         let dir = tempfile::tempdir().expect("dir");
         let hour = 3_600_000;
