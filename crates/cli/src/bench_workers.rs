@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use sluice_client::{Client, Job, Limits, NewJob, Worker};
+use sluice_stream::batch::CONTENT_TYPE as BATCH_CONTENT_TYPE;
 
 use crate::bench::{finish_plain, mib, rss_bytes, thousands, BenchArgs, Report};
 
@@ -714,8 +715,6 @@ enum Encoding {
     Binary,
 }
 
-const BATCH_CONTENT_TYPE: &str = "application/vnd.sluice.batch";
-
 /// Creates stream `name` with `partitions` partitions.
 async fn create_stream(
     http: &reqwest::Client,
@@ -831,14 +830,11 @@ async fn stream_run(
                             .get("x-sluice-next-offset")
                             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                         let bytes = reply.bytes().await?;
-                        let mut position = 0;
-                        let mut got = 0u64;
-                        while position < bytes.len() {
-                            let (header, batch) = sluice_stream::batch::decode(&bytes[position..])
-                                .map_err(|e| anyhow::anyhow!("a fetched batch: {e:?}"))?;
-                            position += header.bytes;
-                            got += batch.iter().filter(|(o, _)| *o >= offset).count() as u64;
-                        }
+                        let got = sluice_stream::batch::decode_all(&bytes)
+                            .map_err(|e| anyhow::anyhow!("a fetched batch: {e:?}"))?
+                            .iter()
+                            .filter(|(o, _)| *o >= offset)
+                            .count() as u64;
                         offset = next.unwrap_or(offset + got);
                         got
                     }

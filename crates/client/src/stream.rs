@@ -19,7 +19,7 @@ use sluice_stream::batch;
 use crate::client::{Client, Error, Result};
 
 /// The content type of the binary record-batch encoding.
-pub const BATCH_CONTENT_TYPE: &str = "application/vnd.sluice.batch";
+pub use sluice_stream::batch::CONTENT_TYPE as BATCH_CONTENT_TYPE;
 
 /// How long a binary producer trusts the partition count it read (Kafka's producer
 /// refreshes its metadata every `metadata.max.age.ms`, 5 min; a stream's partitions can
@@ -69,16 +69,25 @@ impl Client {
     /// atomic: a stream someone else creates between the check and the create gets this
     /// one's settings (the PUT replaces them), or an error if they made it larger.
     pub async fn ensure_stream(&self, name: &str, partitions: u32) -> Result<u32> {
-        let path = format!("/v1/streams/{name}");
-        let info: StreamPartitions = match self.get(&path).await {
-            Ok(info) => info,
+        match self.stream_partitions(name).await {
             Err(error) if error.code() == Some("not_found") => {
-                self.put(&path, &json!({ "partitions": partitions }))
-                    .await?
+                let path = format!("/v1/streams/{name}");
+                let info: StreamPartitions = self
+                    .put(&path, &json!({ "partitions": partitions }))
+                    .await?;
+                Ok(info.partitions.len() as u32)
             }
-            Err(error) => return Err(error),
-        };
-        Ok(info.partitions.len() as u32)
+            read => read,
+        }
+    }
+
+    /// Stream `name`'s partition count.
+    async fn stream_partitions(&self, name: &str) -> Result<u32> {
+        let info: StreamPartitions = self.get(&format!("/v1/streams/{name}")).await?;
+        u32::try_from(info.partitions.len())
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Error::Decode("a stream without partitions".into()))
     }
 }
 
@@ -253,14 +262,7 @@ impl StreamProducer {
         match self.partitions {
             Some((count, at)) if at.elapsed() < PARTITIONS_MAX_AGE => Ok(count),
             _ => {
-                let info: StreamPartitions = self
-                    .client
-                    .get(&format!("/v1/streams/{}", self.stream))
-                    .await?;
-                let count = u32::try_from(info.partitions.len())
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| Error::Decode("a stream without partitions".into()))?;
+                let count = self.client.stream_partitions(&self.stream).await?;
                 self.partitions = Some((count, Instant::now()));
                 Ok(count)
             }
@@ -371,18 +373,6 @@ struct FetchedRecord {
     key: Option<String>,
     #[serde(default)]
     value: Option<Box<RawValue>>,
-}
-
-/// The records of a fetch's body of whole batches, each with its offset.
-fn decode_batches(mut bytes: &[u8]) -> Result<Vec<(u64, sluice_stream::Record)>> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let (header, records) = batch::decode(bytes)
-            .map_err(|bad| Error::Decode(format!("a fetched record batch: {bad:?}")))?;
-        out.extend(records);
-        bytes = &bytes[header.bytes..];
-    }
-    Ok(out)
 }
 
 /// Kafka's `max.poll.interval.ms` default: a member that has not polled for this long
@@ -785,7 +775,9 @@ impl GroupConsumer {
                         .ok_or_else(|| Error::Decode("no x-sluice-next-offset header".into()))?;
                     // The first batch may start before the offset asked for.
                     let skip_below = position.unwrap_or(0);
-                    for (offset, record) in decode_batches(body.as_ref())? {
+                    let records = batch::decode_all(body.as_ref())
+                        .map_err(|bad| Error::Decode(format!("a fetched record batch: {bad:?}")))?;
+                    for (offset, record) in records {
                         if offset < skip_below {
                             continue;
                         }

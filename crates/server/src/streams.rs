@@ -407,7 +407,7 @@ pub struct ProduceResponse {
 
 /// The content type of the binary encoding: record batches as stored
 /// (docs/design/stream-format.md), for produce (request) and fetch (`Accept`).
-pub const BATCH_CONTENT_TYPE: &str = "application/vnd.sluice.batch";
+pub use sluice_stream::batch::CONTENT_TYPE as BATCH_CONTENT_TYPE;
 
 /// Where one batch of a binary produce went.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

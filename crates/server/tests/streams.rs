@@ -585,8 +585,8 @@ async fn a_compacted_stream_keeps_each_key_s_newest_record_across_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_batches_in_the_binary_encoding_are_produced_and_fetched_as_stored() {
-    use sluice_stream::{batch, Record};
-    const BATCH: &str = "application/vnd.sluice.batch";
+    use sluice_stream::batch::{self, CONTENT_TYPE as BATCH};
+    use sluice_stream::Record;
     let dir = tempfile::tempdir().expect("dir");
     let server = TestServer::start(dir.path()).await;
     create_stream(&server, "raw", 2).await;
@@ -647,13 +647,7 @@ async fn record_batches_in_the_binary_encoding_are_produced_and_fetched_as_store
     assert_eq!(fetched.headers()["x-sluice-next-offset"], "5");
     assert_eq!(fetched.headers()["x-sluice-latest-offset"], "5");
     let bytes = fetched.bytes().await.expect("body");
-    let mut got = Vec::new();
-    let mut position = 0;
-    while position < bytes.len() {
-        let (header, records) = batch::decode(&bytes[position..]).expect("a batch");
-        position += header.bytes;
-        got.extend(records);
-    }
+    let got = batch::decode_all(&bytes).expect("whole batches");
     let expected: Vec<(u64, Record)> = (0..5).map(|n| (u64::from(n), record(n))).collect();
     assert_eq!(got, expected);
 

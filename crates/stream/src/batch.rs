@@ -287,6 +287,22 @@ pub fn check_new(bytes: &[u8], value_bytes_max: usize) -> Result<BatchHeader, Ba
     Ok(header)
 }
 
+/// The content type of record batches on the API: produce bodies and fetch answers
+/// (docs/design/stream-format.md, "Binary encoding on the API").
+pub const CONTENT_TYPE: &str = "application/vnd.sluice.batch";
+
+/// Every record of `bytes`, whole batches one after another (a binary fetch's body), each
+/// with its offset.
+pub fn decode_all(mut bytes: &[u8]) -> Result<Vec<(u64, Record)>, Bad> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (header, records) = decode(bytes)?;
+        out.extend(records);
+        bytes = &bytes[header.bytes..];
+    }
+    Ok(out)
+}
+
 /// Decodes the batch at the start of `bytes`: its header and records, each with its
 /// offset.
 pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<(u64, Record)>), Bad> {

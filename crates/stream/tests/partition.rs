@@ -497,14 +497,7 @@ fn client_encoded_batches_are_checked_placed_and_read_back_as_stored() {
     assert_eq!(offsets, (0..20).map(|b| b * 5).collect::<Vec<_>>());
     // Read from the middle of a batch: whole batches, the first holding earlier records.
     let (chunks, next) = partition.read_encoded(42, 300, u64::MAX).expect("read");
-    let bytes = chunks.concat();
-    let mut position = 0;
-    let mut got = Vec::new();
-    while position < bytes.len() {
-        let (header, records) = batch::decode(&bytes[position..]).expect("a batch");
-        position += header.bytes;
-        got.extend(records);
-    }
+    let got = batch::decode_all(&chunks.concat()).expect("whole batches");
     assert_eq!(got.first().map(|(o, _)| *o), Some(40));
     assert!(got.len() >= 5 && next == got.last().expect("one").0 + 1);
     for (offset, r) in &got {
@@ -710,12 +703,8 @@ fn a_large_encoded_read_comes_in_chunks_of_whole_batches() {
             "{}",
             chunk.len()
         );
-        let mut position = 0;
-        while position < chunk.len() {
-            let (header, records) = batch::decode(&chunk[position..]).expect("a whole batch");
-            position += header.bytes;
-            offsets.extend(records.into_iter().map(|(o, _)| o));
-        }
+        let records = batch::decode_all(chunk).expect("whole batches");
+        offsets.extend(records.into_iter().map(|(o, _)| o));
     }
     assert_eq!(offsets, (0..400).collect::<Vec<u64>>());
     // `max_bytes` counts over the chunks: about 2.5 MB of batches, and no more.
